@@ -1,0 +1,1 @@
+"""Evaluations and inspection of trained SAEs (metrics, spliced loss, feature browser)."""

@@ -1,0 +1,1 @@
+"""Harvesting: model + corpus sources, the harvest loop, and the activation cache format."""

@@ -1,0 +1,1 @@
+"""Sparse autoencoders: architectures, losses, kernels, trainer and file formats."""

