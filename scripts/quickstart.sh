@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up .venv, then run the workbench end to end on the offline default model and corpus:
+# harvest -> (train -> eval -> steer as those capabilities land). Safe to run again: a finished
+# harvest is reused, an interrupted one resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+OUT=${QUICKSTART_DIR:-cache/quickstart}
+
+echo "== 1. harvest: 100k tokens of wiki-vital from smollm2-135m, two hook points in one pass"
+sae harvest --model smollm2-135m --corpus wiki-vital \
+  --hooks blocks.4.hook_resid_post blocks.8.hook_resid_post \
+  --tokens 100000 --out "$OUT/acts"
+sae cache info "$OUT/acts"
+sae cache verify "$OUT/acts"
