@@ -1,0 +1,177 @@
+"""Selectors: which pre-activations of a batch become active features.
+
+A selector only picks places; the value at a picked place is always relu(pre) there, and the
+gradient flows back through those places only. Every rule here reads the dense pre-activations
+(the one dense `[B, F]` tensor training keeps) and writes nothing else of that size except, for
+`Threshold`, the boolean mask `nonzero` needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from workbench.errors import WorkbenchError
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Each token keeps its k largest pre-activations (Gao et al. 2024).
+
+    `features` restricts the choice to a subset of feature ids (AuxK picks among dead features);
+    only a `[B, len(features)]` slice of the pre-activations is read.
+    """
+
+    k: int
+    features: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class BatchTopK:
+    """The k·B largest pre-activations of the whole batch (BatchTopK; also Mutual Choice)."""
+
+    k: int
+
+
+@dataclass(frozen=True)
+class FeatureChoice:
+    """Feature f takes the `capacity[f]` tokens of the batch where its pre-activation is largest."""
+
+    capacity: Tensor
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Every place where pre > theta[f] (JumpReLU, and the inference rule of BatchTopK / FC / MC)."""
+
+    theta: Tensor
+
+
+Selector = TopK | BatchTopK | FeatureChoice | Threshold
+SELECTOR_NAMES = ("TopK", "BatchTopK", "FeatureChoice", "Threshold")
+
+
+@dataclass
+class Selection:
+    """The picked places of one selector: raw pre-activations there, token ids, feature ids.
+
+    `rows` ascending; `k` set when every token has exactly k entries (stored row-major).
+    """
+
+    pre: Tensor
+    rows: Tensor | None
+    cols: Tensor
+    offsets: Tensor | None
+    k: int | None
+
+
+def check_selector(sel: object, batch_size: int, num_features: int) -> None:
+    """Reject a selector that cannot apply to a `[batch_size, num_features]` batch, naming the values."""
+    if isinstance(sel, TopK):
+        limit = num_features if sel.features is None else sel.features.numel()
+        if sel.k < 1 or (sel.features is None and sel.k > num_features):
+            raise WorkbenchError(f"TopK k={sel.k} must be between 1 and the number of features ({limit})")
+        if sel.features is not None and sel.features.numel() and (
+            int(sel.features.min()) < 0 or int(sel.features.max()) >= num_features
+        ):
+            raise WorkbenchError(f"TopK features must be feature ids in [0, {num_features})")
+    elif isinstance(sel, BatchTopK):
+        if sel.k < 1 or sel.k > num_features:
+            raise WorkbenchError(f"BatchTopK k={sel.k} must be between 1 and the number of features ({num_features})")
+    elif isinstance(sel, FeatureChoice):
+        if sel.capacity.shape != (num_features,):
+            raise WorkbenchError(
+                f"FeatureChoice capacity has shape {tuple(sel.capacity.shape)}; expected ({num_features},)"
+            )
+        if sel.capacity.numel() and int(sel.capacity.min()) < 0:
+            raise WorkbenchError("FeatureChoice capacity must be >= 0 for every feature")
+    elif isinstance(sel, Threshold):
+        if sel.theta.shape != (num_features,):
+            raise WorkbenchError(f"Threshold theta has shape {tuple(sel.theta.shape)}; expected ({num_features},)")
+    else:
+        raise WorkbenchError(
+            f"unknown selector {type(sel).__name__!r}; valid choices: {', '.join(SELECTOR_NAMES)}"
+        )
+
+
+def select(pre: Tensor, sel: Selector) -> Selection:
+    """Apply one selector to detached pre-activations `[B, F]` (torch path; also used on CUDA)."""
+    if isinstance(sel, TopK):
+        return select_topk(pre, sel.k, sel.features)
+    if isinstance(sel, BatchTopK):
+        return select_batch_topk(pre, sel.k)
+    if isinstance(sel, FeatureChoice):
+        return select_feature_choice(pre, sel.capacity)
+    if isinstance(sel, Threshold):
+        return select_threshold(pre, sel.theta)
+    raise WorkbenchError(f"unknown selector {type(sel).__name__!r}; valid choices: {', '.join(SELECTOR_NAMES)}")
+
+
+def select_topk(pre: Tensor, k: int, features: Tensor | None = None) -> Selection:
+    """Per-token top-k, optionally among `features` only. Fixed width, so no CSR is built."""
+    if features is None:
+        v, i = pre.topk(k, dim=1, sorted=False)
+        return Selection(v, None, i, None, k)
+    features = features.to(pre.device, torch.long)
+    kk = min(k, features.numel())
+    if kk == 0:
+        b = pre.shape[0]
+        return Selection(pre.new_zeros(b, 0), None, features.new_zeros(b, 0), None, 0)
+    v, j = pre.index_select(1, features).topk(kk, dim=1, sorted=False)
+    return Selection(v, None, features[j], None, kk)
+
+
+def select_batch_topk(pre: Tensor, k: int) -> Selection:
+    """The k·B largest entries of the batch, returned in token order.
+
+    Exact, but avoids a top-k over all B·F entries in the common case: every token's top-c
+    candidates (c = 4k) are ranked; if each token's smallest candidate lies below the resulting
+    cut-off, no entry outside the candidates can be among the k·B largest. Otherwise (a token
+    wants more than c entries) it falls back to the flat top-k.
+    """
+    b, f = pre.shape
+    total = min(k * b, b * f)
+    c = min(4 * k, f)
+    flat_idx: Tensor | None = None
+    if c < f:
+        cv, ci = pre.topk(c, dim=1, sorted=False)
+        v, j = cv.reshape(-1).topk(total, sorted=False)
+        cut = v.min()
+        # Tokens whose every candidate was taken might hold more entries above the cut-off.
+        if bool((cv.min(dim=1).values < cut).all()):
+            tok = torch.div(j, c, rounding_mode="floor")
+            flat_idx = tok * f + ci.reshape(-1)[j]
+    if flat_idx is None:
+        v, flat_idx = pre.reshape(-1).topk(total, sorted=False)
+    order = torch.argsort(flat_idx)
+    flat_idx = flat_idx[order]
+    v = v[order]
+    rows = torch.div(flat_idx, f, rounding_mode="floor")
+    cols = flat_idx - rows * f
+    return Selection(v, rows, cols, None, None)
+
+
+def select_feature_choice(pre: Tensor, capacity: Tensor) -> Selection:
+    """Each feature's top `capacity[f]` tokens (capacities may differ, e.g. Zipf-distributed)."""
+    b, f = pre.shape
+    capacity = capacity.to(pre.device, torch.long).clamp(max=b)
+    m = int(capacity.max()) if capacity.numel() else 0
+    if m == 0:
+        e = torch.zeros(0, dtype=torch.long, device=pre.device)
+        return Selection(pre.new_zeros(0), e, e, None, None)
+    v, t = pre.topk(m, dim=0, sorted=True)  # [m, F]: rank r of feature f
+    keep = torch.arange(m, device=pre.device)[:, None] < capacity[None, :]
+    rows = t[keep]
+    cols = torch.arange(f, device=pre.device).expand(m, f)[keep]
+    v = v[keep]
+    order = torch.argsort(rows * f + cols)
+    return Selection(v[order], rows[order], cols[order], None, None)
+
+
+def select_threshold(pre: Tensor, theta: Tensor) -> Selection:
+    """All places with pre > theta[f], in token order (the nonzero of a boolean mask is row-major)."""
+    nz = (pre > theta.to(pre.device, pre.dtype)).nonzero()
+    rows, cols = nz[:, 0], nz[:, 1]
+    return Selection(pre[rows, cols], rows, cols, None, None)
