@@ -10,7 +10,7 @@ matmul, then any number of selectors) and `sparse_decode`.
 
 from saes.kernels.codes import SparseCodes, feature_index
 from saes.kernels.dispatch import backend, deterministic, is_deterministic, ops_for, triton_available
-from saes.kernels.functions import encode, sparse_decode
+from saes.kernels.functions import encode, release_workspace, sparse_decode
 from saes.kernels.selectors import (
     BatchTopK,
     FeatureChoice,
@@ -50,6 +50,7 @@ __all__ = [
     "encoder_input_grad",
     "encoder_weight_grad",
     "feature_index",
+    "release_workspace",
     "grad_at_active",
     "is_deterministic",
     "ops_for",
