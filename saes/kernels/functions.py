@@ -133,7 +133,7 @@ class _Encode(torch.autograd.Function):
             if need_w:
                 dW = ops.encoder_weight_grad(x, g, rows, cols, f, by_feature).t()
             if need_b:
-                db = ops.bias_grad(g.to(acc_dtype(g.dtype)), cols, f).to(ctx.b_enc_dtype)
+                db = ops.bias_grad(g.to(acc_dtype(g.dtype)), cols, f, by_feature).to(ctx.b_enc_dtype)
         return dx, dW, db, None, None, None, None
 
 

@@ -110,8 +110,10 @@ def encoder_input_grad(g: Tensor, cols: Tensor, offsets: Tensor, k: int | None, 
     return decode_forward(g, cols, offsets, k, W_enc_t, None)
 
 
-def bias_grad(g: Tensor, cols: Tensor, num_features: int) -> Tensor:
-    """db_enc[f] = sum of g over entries of feature f."""
+def bias_grad(
+    g: Tensor, cols: Tensor, num_features: int, by_feature: tuple[Tensor, Tensor] | None = None
+) -> Tensor:
+    """db_enc[f] = sum of g over entries of feature f (`index_add_` is deterministic on the CPU)."""
     return torch.zeros(num_features, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
 
 
