@@ -268,3 +268,61 @@ def test_backend_dispatch(monkeypatch):
     assert backend(x) == "torch"
     monkeypatch.setenv("SAE_KERNELS", "triton")
     assert backend(x) == "triton"
+
+
+def _largest_allocations(fn) -> list[int]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sorted((e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), reverse=True)
+
+
+@pytest.mark.parametrize("sel", [TopK(4), BatchTopK(4), FeatureChoice(torch.full((4099,), 3))], ids=repr)
+def test_backward_allocates_nothing_of_dense_batch_by_features_size(sel):
+    """Every allocation in the backward is under half a dense fp32 [B, F] gradient (counted by the
+    profiler's allocator hooks, so allocations inside library kernels count too); the same
+    detector does flag the dense autograd backward."""
+    b, d, f = 64, 8, 4099
+    limit = b * f * 4 // 2
+    gen = torch.Generator().manual_seed(50)
+    x = torch.randn(b, d, generator=gen, requires_grad=True)
+    We = torch.randn(f, d, generator=gen, requires_grad=True)
+    be = torch.zeros(f, requires_grad=True)
+    Wd = torch.randn(f, d, generator=gen, requires_grad=True)
+    bd = torch.zeros(d, requires_grad=True)
+    (c,) = encode(x, We.t(), be, [sel])
+    loss = sparse_decode(c, Wd, bd).pow(2).sum()
+    assert max(_largest_allocations(loss.backward)) < limit
+    assert We.grad is not None and Wd.grad is not None and x.grad is not None
+
+    mask = c.to_dense().detach() != 0
+    pre = x @ We.t() + be
+    dense_loss = (torch.where(mask, pre.relu(), 0) @ Wd + bd).pow(2).sum()
+    assert max(_largest_allocations(dense_loss.backward)) >= limit  # the detector is not blind
+
+
+def test_bf16_matmul_chooses_places_and_keeps_exact_values():
+    gen = torch.Generator().manual_seed(60)
+    b, d, f, k = 41, 33, 97, 6
+    x = torch.randn(b, d, generator=gen, requires_grad=True)
+    We = torch.randn(f, d, generator=gen, requires_grad=True)
+    be = (torch.randn(f, generator=gen) * 0.1).requires_grad_(True)
+    Wd = torch.randn(f, d, generator=gen, requires_grad=True)
+    (c,) = encode(x, We.t(), be, [TopK(k)], matmul_dtype=torch.bfloat16)
+    assert c.vals.dtype == torch.float32
+    pre = x @ We.t() + be
+    # values are the fp32 pre-activations at the chosen places, not their bf16 roundings
+    assert rel(c.vals, pre[c.rows, c.cols].relu()) < 1e-6
+    # the chosen places are (nearly) the fp32 top-k: all but boundary near-ties agree
+    ref = torch.zeros(b, f, dtype=torch.bool)
+    ref[torch.arange(b)[:, None], pre.topk(k, dim=1).indices] = True
+    agree = ref[c.rows, c.cols].float().mean()
+    assert agree > 0.9
+    # gradients are those of the dense reference with the same places
+    loss = sparse_decode(c, Wd).pow(2).sum()
+    grads = torch.autograd.grad(loss, [x, We, be, Wd])
+    mask = c.to_dense().detach() != 0
+    ref_loss = (torch.where(mask, pre.relu(), 0) @ Wd).pow(2).sum()
+    for g, r in zip(grads, torch.autograd.grad(ref_loss, [x, We, be, Wd])):
+        assert rel(g, r) < 1e-5
