@@ -17,7 +17,7 @@ from torch import Tensor
 
 from saes.kernels.codes import SparseCodes, cached_feature_index, feature_index
 from saes.kernels.dispatch import ops_for
-from saes.kernels.selectors import Selector, check_selector, select
+from saes.kernels.selectors import FeatureChoice, Selector, check_selector, select, select_feature_choice
 from saes.kernels.torch_ops import acc_dtype
 from workbench.errors import WorkbenchError
 
@@ -78,10 +78,19 @@ class _Encode(torch.autograd.Function):
         b, f = x.shape[0], W_enc.shape[1]
         exact = matmul_dtype is None or matmul_dtype == x.dtype
         mdt = x.dtype if exact else matmul_dtype
-        pre = torch.addmm(b_enc.to(mdt), x.to(mdt), W_enc.to(mdt), out=_workspace((b, f), mdt, x.device))
+        # Feature Choice ranks tokens within each feature: give it contiguous [F, B] rows.
+        features_major = all(isinstance(sel, FeatureChoice) for sel in selectors)
+        if features_major:
+            ws = _workspace((f, b), mdt, x.device)
+            pre = torch.addmm(b_enc.to(mdt)[:, None], W_enc.t().to(mdt), x.t().to(mdt), out=ws)
+        else:
+            pre = torch.addmm(b_enc.to(mdt), x.to(mdt), W_enc.to(mdt), out=_workspace((b, f), mdt, x.device))
         vals, indices, masks = [], [], []
         for sel in selectors:
-            s = select(pre, sel)
+            if features_major:
+                s = select_feature_choice(pre, sel.capacity, features_major=True)
+            else:
+                s = select(pre, sel)
             codes = _codes_from_selection(s.pre, s.rows, s.cols, s.offsets, s.k, b, f)
             if not exact:
                 # The low-precision matmul only chose the places; the values there are recomputed

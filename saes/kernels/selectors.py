@@ -153,18 +153,24 @@ def select_batch_topk(pre: Tensor, k: int) -> Selection:
     return Selection(v, rows, cols, None, None)
 
 
-def select_feature_choice(pre: Tensor, capacity: Tensor) -> Selection:
-    """Each feature's top `capacity[f]` tokens (capacities may differ, e.g. Zipf-distributed)."""
-    b, f = pre.shape
+def select_feature_choice(pre: Tensor, capacity: Tensor, features_major: bool = False) -> Selection:
+    """Each feature's top `capacity[f]` tokens (capacities may differ, e.g. Zipf-distributed).
+
+    `features_major=True` takes the pre-activations as `[F, B]`: `encode` computes them in that
+    layout when every selector is a FeatureChoice, because a top-k along contiguous rows is about
+    2x faster on the CPU than along the strided token axis of a `[B, F]` matrix.
+    """
+    pf = pre if features_major else pre.t()  # [F, B] view either way
+    f, b = pf.shape
     capacity = capacity.to(pre.device, torch.long).clamp(max=b)
     m = int(capacity.max()) if capacity.numel() else 0
     if m == 0:
         e = torch.zeros(0, dtype=torch.long, device=pre.device)
         return Selection(pre.new_zeros(0), e, e, None, None)
-    v, t = pre.topk(m, dim=0, sorted=True)  # [m, F]: rank r of feature f
-    keep = torch.arange(m, device=pre.device)[:, None] < capacity[None, :]
+    v, t = pf.topk(m, dim=1, sorted=True)  # [F, m]: feature f's rank-r token
+    keep = torch.arange(m, device=pre.device)[None, :] < capacity[:, None]
     rows = t[keep]
-    cols = torch.arange(f, device=pre.device).expand(m, f)[keep]
+    cols = torch.arange(f, device=pre.device)[:, None].expand(f, m)[keep]
     v = v[keep]
     order = torch.argsort(rows * f + cols)
     return Selection(v[order], rows[order], cols[order], None, None)

@@ -197,15 +197,17 @@ def test_several_selectors_share_one_matmul_and_sum_their_gradients():
     b = torch.randn(F, generator=gen, dtype=dt, requires_grad=True)
     Wd = torch.randn(F, D, generator=gen, dtype=dt, requires_grad=True)
     dead = torch.randperm(F, generator=gen)[:13]
-    sels = [TopK(4), TopK(16), TopK(6, features=dead)]
+    sels = [TopK(4), TopK(16), TopK(6, features=dead), FeatureChoice(torch.randint(0, 5, (F,), generator=gen))]
     codes = encode(x, W.t(), b, sels)
-    assert [c.k for c in codes] == [4, 16, 6]
+    assert [c.k for c in codes] == [4, 16, 6, None]
     outs = [sparse_decode(c, Wd) for c in codes]
-    loss = outs[0].pow(2).sum() + 0.125 * outs[1].pow(2).sum() + outs[2].sin().sum()
+    loss = outs[0].pow(2).sum() + 0.125 * outs[1].pow(2).sum() + outs[2].sin().sum() + outs[3].cos().sum()
     grads = torch.autograd.grad(loss, [x, W, b, Wd])
     masks = [c.to_dense().detach() != 0 for c in codes]
+    for c, sel in zip(codes, sels):  # each selector's places are its dense rule's, on the shared matmul
+        assert torch.equal(c.to_dense().detach() != 0, dense_mask((x @ W.t() + b).detach(), sel) & (x @ W.t() + b > 0))
     r = _dense_reference(x, W.t(), b, Wd, torch.zeros(D, dtype=dt), masks)
-    ref = r[0].pow(2).sum() + 0.125 * r[1].pow(2).sum() + r[2].sin().sum()
+    ref = r[0].pow(2).sum() + 0.125 * r[1].pow(2).sum() + r[2].sin().sum() + r[3].cos().sum()
     for g, rg in zip(grads, torch.autograd.grad(ref, [x, W, b, Wd])):
         assert rel(g, rg) < 1e-10
 
