@@ -328,3 +328,25 @@ def test_bf16_matmul_chooses_places_and_keeps_exact_values():
     ref_loss = (torch.where(mask, pre.relu(), 0) @ Wd).pow(2).sum()
     for g, r in zip(grads, torch.autograd.grad(ref_loss, [x, We, be, Wd])):
         assert rel(g, r) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "sel",
+    [TopK(8, features=torch.tensor([], dtype=torch.long)), Threshold(torch.full((F,), 1e9)),
+     FeatureChoice(torch.zeros(F, dtype=torch.long))],
+    ids=["auxk-no-dead-features", "threshold-nothing-fires", "zero-capacity"],
+)
+def test_empty_selections_give_zero_codes_and_zero_gradients(sel):
+    """AuxK with no dead feature (the healthy case) must not break the step."""
+    gen = torch.Generator().manual_seed(70)
+    x = torch.randn(B, D, generator=gen, requires_grad=True)
+    W = torch.randn(F, D, generator=gen, requires_grad=True)
+    b = torch.zeros(F, requires_grad=True)
+    Wd = torch.randn(F, D, generator=gen, requires_grad=True)
+    main, aux = encode(x, W.t(), b, [TopK(3), sel])
+    assert aux.nnz == 0 and aux.batch_size == B and aux.l0().sum() == 0
+    out = sparse_decode(aux, Wd)
+    assert out.shape == (B, D) and not out.any()
+    loss = sparse_decode(main, Wd).pow(2).sum() + out.pow(2).sum() + aux.vals.sum()
+    loss.backward()
+    assert torch.isfinite(W.grad).all() and W.grad.any()

@@ -174,3 +174,18 @@ def test_training_steps_agree_with_torch_path(det, monkeypatch):
     for step, (a, r) in enumerate(zip(traces["triton"], traces["torch"])):
         for name, ta, tr in zip(["loss", "W_enc", "b_enc", "W_dec", "b_dec"], a, r):
             assert rel(ta, tr) < 1e-4, f"step {step} {name}"
+
+
+def test_empty_aux_selection_on_triton(monkeypatch):
+    monkeypatch.setenv("SAE_KERNELS", "triton")
+    b, d, f, _ = SHAPES[0]
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(b, d, generator=gen).to(DEVICE)
+    W = torch.randn(f, d, generator=gen).to(DEVICE).requires_grad_(True)
+    be = torch.zeros(f, device=DEVICE, requires_grad=True)
+    Wd = torch.randn(f, d, generator=gen).to(DEVICE).requires_grad_(True)
+    main, aux = encode(x, W.t(), be, [TopK(3), TopK(4, features=torch.tensor([], dtype=torch.long, device=DEVICE))])
+    out = sparse_decode(aux, Wd, None)
+    assert aux.nnz == 0 and out.shape == (b, d) and not out.any()
+    (sparse_decode(main, Wd).pow(2).sum() + out.sum()).backward()
+    assert torch.isfinite(W.grad).all() and W.grad.any() and torch.isfinite(Wd.grad).all()
