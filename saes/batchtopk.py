@@ -1,0 +1,87 @@
+"""BatchTopK SAE (Bussmann et al. 2024) and the threshold inference shared with Feature/Mutual Choice.
+
+Training keeps the k*B largest pre-activations of the whole batch of B tokens, so some tokens get
+more than k features and others fewer, at the same average. That rule needs a batch; a single
+token at inference is encoded with a learned threshold instead: a running average of the smallest
+value the batch rule kept. Saved with a `threshold [F]` tensor (every entry equal for BatchTopK),
+so the saved SAE runs as a JumpReLU anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from saes.base import SparseAutoencoder, StepContext, StepOutput, selector_training_step
+from saes.config import SAEConfig
+from saes.kernels import BatchTopK, SparseCodes, Threshold
+from saes.registry import register
+
+
+class ThresholdInferenceSAE(SparseAutoencoder):
+    """An SAE trained with a batch-level rule and run, one token at a time, with a threshold."""
+
+    extra_tensors = ("threshold",)
+
+    def __init__(self, cfg: SAEConfig, **kw) -> None:
+        super().__init__(cfg, **kw)
+        dev = self.W_dec.device
+        # inf = not yet estimated: the feature never fires under the threshold rule.
+        self.register_buffer("threshold", torch.full((cfg.num_features,), float("inf"), device=dev))
+        self.register_buffer("threshold_updates", torch.zeros(cfg.num_features, dtype=torch.long, device=dev))
+
+    def batch_selector(self, batch_size: int, ctx: StepContext | None) -> object:
+        raise NotImplementedError
+
+    def encode(self, x: Tensor, *, matmul_dtype: torch.dtype | None = None) -> SparseCodes:
+        """Threshold rule by default (cfg.inference); "batch" applies the training rule to `x`."""
+        if self.cfg.inference == "batch":
+            return self._encode_with(x, self.batch_selector(x.shape[0], None), matmul_dtype)
+        return self._encode_with(x, Threshold(self.threshold), matmul_dtype)
+
+    def encode_batch(self, x: Tensor, *, matmul_dtype: torch.dtype | None = None) -> SparseCodes:
+        """The training rule over the batch `x`, whatever cfg.inference says."""
+        return self._encode_with(x, self.batch_selector(x.shape[0], None), matmul_dtype)
+
+    @torch.no_grad()
+    def update_threshold(self, per_feature_min: Tensor, ema: float, reduce) -> None:
+        """Fold this step's smallest kept value per feature (inf = none kept) into the running threshold."""
+        m = reduce(per_feature_min.to(self.threshold.dtype).clone(), "min")
+        seen = torch.isfinite(m)
+        first = seen & (self.threshold_updates == 0)
+        avg = ema * self.threshold + (1 - ema) * m
+        self.threshold.copy_(torch.where(first, m, torch.where(seen, avg, self.threshold)))
+        self.threshold_updates += seen.long()
+
+    def _fold_thresholds(self, scale: float) -> None:
+        self.threshold.div_(scale)
+
+
+@register
+class BatchTopKSAE(ThresholdInferenceSAE):
+    architecture = "batchtopk"
+    default_aux = "auxk"
+
+    def batch_selector(self, batch_size: int, ctx: StepContext | None) -> object:
+        return BatchTopK(self.cfg.k)
+
+    def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
+        multi = BatchTopK(min(4 * self.cfg.k, self.num_features)) if ctx.multi_topk else None
+        out, codes = selector_training_step(self, x, ctx, BatchTopK(self.cfg.k), multi, self.aux_selector(ctx))
+        self.update_threshold(global_min_kept(codes), ctx.threshold_ema, ctx.reduce)
+        return out
+
+
+def global_min_kept(codes: SparseCodes) -> Tensor:
+    """The smallest positive kept value of the batch, for every feature (inf when nothing fired)."""
+    v = codes.vals.detach()
+    pos = v[v > 0]
+    m = pos.min() if pos.numel() else v.new_tensor(float("inf"))
+    return m.expand(codes.num_features)
+
+
+def per_feature_min_kept(codes: SparseCodes) -> Tensor:
+    """Per feature, the smallest value among the places kept for it (inf when it kept none)."""
+    v = codes.vals.detach()
+    out = v.new_full((codes.num_features,), float("inf"))
+    return out.scatter_reduce(0, codes.cols, v, reduce="amin", include_self=True)

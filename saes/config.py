@@ -1,0 +1,224 @@
+"""Configs: what one SAE is (`SAEConfig`, saved in its cfg.json) and how a run trains them (`TrainConfig`).
+
+Both are dataclasses so that `sae train` flags are generated from the same fields the Python API
+takes (workbench.config.add_config_args), and the resolved values are written next to the
+outputs. `TrainConfig` describes a *sweep*: every combination of hook point, architecture, k and
+expansion becomes one SAE, and all of them are fed by one read of the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from workbench.errors import WorkbenchError, choices_error
+
+ARCHITECTURES = ("topk", "batchtopk", "feature_choice", "mutual_choice", "relu", "jumprelu", "matching_pursuit")
+AUX_LOSSES = ("auto", "auxk", "zipf", "none")
+SAE_FORMAT_VERSION = 1
+
+
+@dataclass
+class SAEConfig:
+    """Everything needed to rebuild one SAE's forward pass (plus provenance), stored as cfg.json.
+
+    Architecture-specific fields are ignored by architectures that do not use them, but are kept
+    so that a cfg.json always reads the same way.
+    """
+
+    architecture: str
+    d_in: int
+    num_features: int
+    k: int = 32
+    hook: str = ""
+    model_id: str = ""
+    # BatchTopK / Feature Choice / Mutual Choice: which rule `encode` applies outside training.
+    # "threshold" (the saved per-feature threshold; one token at a time, like a JumpReLU) or
+    # "batch" (the training rule over the whole batch given to `encode`).
+    inference: Literal["threshold", "batch"] = "threshold"
+    # Feature Choice: per-feature capacities within a batch.
+    capacity: Literal["uniform", "zipf"] = "uniform"
+    zipf_exponent: float = 1.0
+    # JumpReLU: width of the rectangle kernel of the threshold's straight-through estimator, and
+    # the threshold every feature starts from (in units of the normalised input).
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 0.5
+    # Normalisation folded into the weights at save time: the SAE was trained on
+    # `input_scale * x`; the saved weights take raw x (DESIGN.md). Kept for the record.
+    input_scale: float = 1.0
+    dtype: str = "float32"
+    format_version: int = SAE_FORMAT_VERSION
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise choices_error("architecture", self.architecture, ARCHITECTURES)
+        if self.d_in < 1 or self.num_features < 1:
+            raise WorkbenchError(f"d_in ({self.d_in}) and num_features ({self.num_features}) must be >= 1")
+        uses_k = self.architecture not in ("relu", "jumprelu")
+        if uses_k and not 1 <= self.k < self.num_features:
+            raise WorkbenchError(
+                f"k={self.k} must be at least 1 and below the number of features ({self.num_features}) "
+                f"for architecture {self.architecture!r}"
+            )
+        if self.inference not in ("threshold", "batch"):
+            raise choices_error("inference rule", self.inference, ("threshold", "batch"))
+        if self.capacity not in ("uniform", "zipf"):
+            raise choices_error("capacity", self.capacity, ("uniform", "zipf"))
+        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
+            raise WorkbenchError(
+                f"jumprelu_bandwidth ({self.jumprelu_bandwidth}) and jumprelu_init_threshold "
+                f"({self.jumprelu_init_threshold}) must be > 0"
+            )
+        if self.format_version > SAE_FORMAT_VERSION:
+            raise WorkbenchError(
+                f"this SAE was saved in format version {self.format_version}; this workbench reads up to "
+                f"{SAE_FORMAT_VERSION}: upgrade sae-workbench"
+            )
+
+
+def _h(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    """One training run: data, the SAEs to train on it, optimisation, health, checkpoints.
+
+    Zero (or empty) in a field marked "auto" means: derive it from the data and the SAE (the
+    resolved value is what gets saved).
+    """
+
+    # ---- data
+    cache: str = field(default="", metadata=_h("activation cache directory (from `sae harvest`)"))
+    hook: tuple[str, ...] = field(default=(), metadata=_h("hook point(s) to train on; empty = the cache's only hook"))
+    out: str = field(default="", metadata=_h("run directory (default: <cache parent>/saes/<cache name>)"))
+    batch_size: int = field(default=4096, metadata=_h("tokens per optimiser step (global, over all ranks)"))
+    epochs: int = field(default=1, metadata=_h("passes over the training split"))
+    max_tokens: int = field(default=0, metadata=_h("stop after this many training tokens (0 = all epochs)"))
+    heldout_fraction: float = field(default=0.01, metadata=_h("fraction of the cache kept out of training for evaluation"))
+    normalize: bool = field(default=True, metadata=_h("scale inputs to mean norm sqrt(d_in) (folded into the saved weights)"))
+    seed: int = field(default=0, metadata=_h("seed for initialisation and data order"))
+    # ---- SAEs (every combination of hook x arch x k x expansion is one SAE)
+    arch: tuple[str, ...] = field(default=("topk",), metadata=_h(f"architecture(s): {', '.join(ARCHITECTURES)}"))
+    k: tuple[int, ...] = field(default=(32,), metadata=_h("active features per token (TopK, MP) or on average (BatchTopK, FC, MC)"))
+    expansion: tuple[int, ...] = field(default=(8,), metadata=_h("number of features = expansion x d_in"))
+    inference: Literal["threshold", "batch"] = field(
+        default="threshold", metadata=_h("BatchTopK/FC/MC rule outside training: a learned threshold, or the batch rule")
+    )
+    capacity: Literal["uniform", "zipf"] = field(
+        default="uniform", metadata=_h("Feature Choice capacities: k*B/F tokens per feature, or Zipf by usage rank")
+    )
+    zipf_exponent: float = field(default=1.0, metadata=_h("exponent of the Zipf law (capacities and aux_zipf targets)"))
+    init_b_dec: Literal["geometric_median", "mean", "zeros"] = field(
+        default="geometric_median", metadata=_h("initial decoder bias, from a sample of the training data")
+    )
+    init_sample_tokens: int = field(default=16384, metadata=_h("tokens read to estimate b_dec and the input scale"))
+    # ---- optimisation
+    lr: float = field(default=0.0, metadata=_h("Adam learning rate (0 = auto: 2e-4 / sqrt(F / 2^14))"))
+    adam_betas: tuple[float, ...] = field(default=(0.9, 0.999), metadata=_h("Adam beta1 beta2"))
+    adam_eps: float = field(default=6.25e-10, metadata=_h("Adam epsilon"))
+    warmup_fraction: float = field(default=0.01, metadata=_h("fraction of steps with a linear learning-rate warm-up"))
+    decay: Literal["linear", "cosine", "none"] = field(default="linear", metadata=_h("learning-rate decay to 0 at the end"))
+    decay_fraction: float = field(default=0.2, metadata=_h("fraction of steps (at the end) over which the rate decays"))
+    grad_clip: float = field(default=1.0, metadata=_h("clip each SAE's gradient norm to this (0 = off)"))
+    precision: Literal["auto", "float32", "bfloat16"] = field(
+        default="auto",
+        metadata=_h("encoder matmul dtype for choosing active features (values stay fp32); auto = bf16 on CUDA "
+                    "and on CPUs with bf16 units"),
+    )
+    compile: bool = field(default=False, metadata=_h("torch.compile the dense parts of the step"))
+    device: str = field(default="auto", metadata=_h("cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)"))
+    # ---- losses and health
+    aux_loss: str = field(default="auto", metadata=_h("auto (auxk for TopK/BatchTopK, zipf for FC/MC), auxk, zipf, none"))
+    aux_coef: float = field(default=1 / 32, metadata=_h("coefficient of the AuxK / aux_zipf loss"))
+    k_aux: int = field(default=0, metadata=_h("features the aux loss may use per token (0 = auto: d_in / 2)"))
+    dead_tokens: int = field(default=0, metadata=_h("a feature not fired in this many tokens is dead (0 = auto: min(10M, run/10))"))
+    multi_topk: bool = field(default=False, metadata=_h("add the Multi-TopK term L(4k)/8 (TopK, BatchTopK)"))
+    l1_coef: float = field(default=5.0, metadata=_h("ReLU SAE: decoder-norm-weighted L1 coefficient (per-token sse units)"))
+    l0_coef: float = field(default=1.0, metadata=_h("JumpReLU: L0 penalty coefficient (per-token sse units)"))
+    sparsity_warmup_fraction: float = field(default=0.05, metadata=_h("linear warm-up of the L1/L0 coefficient"))
+    jumprelu_bandwidth: float = field(default=0.05, metadata=_h("JumpReLU straight-through kernel width"))
+    jumprelu_init_threshold: float = field(default=0.5, metadata=_h("JumpReLU initial threshold"))
+    threshold_ema: float = field(default=0.99, metadata=_h("decay of the running inference threshold (BatchTopK/FC/MC)"))
+    # ---- bookkeeping
+    log_every: int = field(default=10, metadata=_h("steps between metric lines in metrics.jsonl"))
+    checkpoint_every: int = field(default=100, metadata=_h("steps between checkpoints (0 = only at the end)"))
+    resume: bool = field(default=True, metadata=_h("continue from the last checkpoint in --out when there is one"))
+    eval_tokens: int = field(default=0, metadata=_h("held-out tokens evaluated at the end (0 = the whole held-out split)"))
+    progress: bool = field(default=True, metadata=_h("show a progress bar"))
+
+    def __post_init__(self) -> None:
+        self.hook = tuple(self.hook)
+        self.arch = tuple(self.arch)
+        self.k = tuple(int(v) for v in self.k)
+        self.expansion = tuple(int(v) for v in self.expansion)
+        self.adam_betas = tuple(float(v) for v in self.adam_betas)
+        for a in self.arch:
+            if a not in ARCHITECTURES:
+                raise choices_error("architecture", a, ARCHITECTURES)
+        if self.aux_loss not in AUX_LOSSES:
+            raise choices_error("aux loss", self.aux_loss, AUX_LOSSES)
+        for name in ("arch", "k", "expansion"):
+            if not getattr(self, name):
+                raise WorkbenchError(f"--{name} needs at least one value")
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs >= 1,
+            "max_tokens": self.max_tokens >= 0,
+            "log_every": self.log_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 0,
+            "k_aux": self.k_aux >= 0,
+            "dead_tokens": self.dead_tokens >= 0,
+            "lr": self.lr >= 0,
+            "grad_clip": self.grad_clip >= 0,
+            "aux_coef": self.aux_coef >= 0,
+            "init_sample_tokens": self.init_sample_tokens >= 1,
+            "eval_tokens": self.eval_tokens >= 0,
+            "heldout_fraction": 0 <= self.heldout_fraction < 1,
+            "warmup_fraction": 0 <= self.warmup_fraction <= 1,
+            "decay_fraction": 0 <= self.decay_fraction <= 1,
+            "sparsity_warmup_fraction": 0 <= self.sparsity_warmup_fraction <= 1,
+            "threshold_ema": 0 <= self.threshold_ema < 1,
+            "l1_coef": self.l1_coef >= 0,
+            "l0_coef": self.l0_coef >= 0,
+            "zipf_exponent": self.zipf_exponent > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise WorkbenchError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is out of range")
+        for name in ("k", "expansion"):
+            bad = [v for v in getattr(self, name) if v < 1]
+            if bad:
+                raise WorkbenchError(f"--{name} values must be >= 1; got {bad}")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise WorkbenchError(f"--adam-betas needs two values in [0, 1); got {list(self.adam_betas)}")
+
+    def sae_grid(self, hooks: list[str]) -> list[tuple[str, str, int, int]]:
+        """(hook, arch, k, expansion) of every SAE this run trains, in a fixed order.
+
+        ReLU and JumpReLU have no k, so they appear once per (hook, expansion) whatever --k says.
+        """
+        out: list[tuple[str, str, int, int]] = []
+        for hook, arch, k, exp in itertools.product(hooks, self.arch, self.k, self.expansion):
+            if arch in ("relu", "jumprelu"):
+                k = 0
+            if (hook, arch, k, exp) not in out:
+                out.append((hook, arch, k, exp))
+        return out
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def sae_name(hook: str, arch: str, k: int, expansion: int) -> str:
+    """Directory name of one SAE inside a run: readable and unique within the grid."""
+    ks = f"-k{k}" if k else ""
+    return f"{hook}/{arch}{ks}-x{expansion}"
+
+
+# Fields of TrainConfig that may differ between the run that wrote a checkpoint and the one
+# resuming it (they do not change what is computed).
+RESUMABLE_FIELDS = ("resume", "progress", "log_every", "checkpoint_every", "device", "eval_tokens", "out", "cache")

@@ -1,0 +1,139 @@
+"""Where training batches come from: the activation cache, or tensors already in memory.
+
+The trainer reads through one interface, the cache reader's (`harvesting.CacheReader`):
+`hooks`, `d_model(hook)`, `model_id`, `norm_scale(hook)`, `num_batches(...)` and
+`batches(hooks, batch_size, *, seed, epoch, start_batch, split, rank, world_size, ...)`, which
+yields `dict[hook, Tensor]` in an order fixed by (seed, epoch), so a resumed run reads exactly
+the batches it would have read. `TensorSource` implements the same interface over in-memory
+tensors (benchmarks, tests, notebooks).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from workbench.errors import WorkbenchError, choices_error
+
+SPLITS = ("train", "heldout", "all")
+
+
+class ActivationSource(Protocol):
+    hooks: list[str]
+    model_id: str
+
+    def d_model(self, hook: str) -> int: ...
+
+    def norm_scale(self, hook: str) -> float: ...
+
+    def num_batches(self, batch_size: int, split: str = "train", heldout_fraction: float = 0.01,
+                    drop_last: bool = True) -> int: ...
+
+    def batches(self, hooks: list[str], batch_size: int, **kw: Any) -> Iterator[dict[str, Tensor]]: ...
+
+
+class TensorSource:
+    """In-memory activations `{hook: [N, d]}` behind the cache reader's interface.
+
+    The held-out split is either given (`heldout=`) or the last `heldout_fraction` of the rows.
+    Batches are drawn from a permutation seeded by (seed, epoch); `rank`/`world_size` give each
+    data-parallel rank its contiguous slice of the same global batch.
+    """
+
+    def __init__(self, data: Mapping[str, Tensor] | Tensor, *, heldout: Mapping[str, Tensor] | Tensor | None = None,
+                 model_id: str = "", hook: str = "x") -> None:
+        self.data = {hook: data} if isinstance(data, Tensor) else dict(data)
+        self.heldout = None if heldout is None else ({hook: heldout} if isinstance(heldout, Tensor) else dict(heldout))
+        if not self.data:
+            raise WorkbenchError("TensorSource needs at least one hook's activations")
+        n = {t.shape[0] for t in self.data.values()}
+        if len(n) != 1 or any(t.dim() != 2 for t in self.data.values()):
+            raise WorkbenchError("TensorSource tensors must all be [N, d] with the same N")
+        self.hooks = list(self.data)
+        self.model_id = model_id
+        self.num_tokens = n.pop()
+        self._scales: dict[str, float] = {}
+
+    def d_model(self, hook: str) -> int:
+        self._check_hook(hook)
+        return int(self.data[hook].shape[1])
+
+    def _check_hook(self, hook: str) -> None:
+        if hook not in self.data:
+            raise choices_error("hook point", hook, self.hooks)
+
+    def _rows(self, split: str, heldout_fraction: float) -> tuple[dict[str, Tensor], int, int]:
+        if split not in SPLITS:
+            raise choices_error("split", split, SPLITS)
+        if self.heldout is not None:
+            if split == "heldout":
+                return self.heldout, 0, next(iter(self.heldout.values())).shape[0]
+            return self.data, 0, self.num_tokens
+        n_held = int(math.ceil(self.num_tokens * heldout_fraction)) if heldout_fraction > 0 else 0
+        if split == "train":
+            return self.data, 0, self.num_tokens - n_held
+        if split == "heldout":
+            return self.data, self.num_tokens - n_held, self.num_tokens
+        return self.data, 0, self.num_tokens
+
+    def norm_scale(self, hook: str) -> float:
+        """Factor making the mean activation norm sqrt(d) (estimated on up to 64k training rows)."""
+        self._check_hook(hook)
+        if hook not in self._scales:
+            data, lo, hi = self._rows("train", 0.0 if self.heldout is not None else 0.01)
+            x = data[hook][lo:min(hi, lo + 65536)].float()
+            mean_norm = float(x.norm(dim=1).mean())
+            self._scales[hook] = math.sqrt(x.shape[1]) / mean_norm if mean_norm > 0 else 1.0
+        return self._scales[hook]
+
+    def num_batches(self, batch_size: int, split: str = "train", heldout_fraction: float = 0.01,
+                    drop_last: bool = True) -> int:
+        _, lo, hi = self._rows(split, heldout_fraction)
+        n = hi - lo
+        return n // batch_size if drop_last else -(-n // batch_size)
+
+    def batches(self, hooks: list[str], batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                normalize: bool = False, split: str = "train", heldout_fraction: float = 0.01, start_batch: int = 0,
+                drop_last: bool = True, rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32,
+                prefetch: int = 2) -> Iterator[dict[str, Tensor]]:
+        if batch_size % world_size:
+            raise WorkbenchError(f"batch size {batch_size} is not divisible by the world size {world_size}")
+        data, lo, hi = self._rows(split, heldout_fraction)
+        for h in hooks:
+            if h not in data:
+                raise choices_error("hook point", h, list(data))
+        n = hi - lo
+        if shuffle:
+            g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+            order = torch.randperm(n, generator=g) + lo
+        else:
+            order = torch.arange(lo, hi)
+        nb = self.num_batches(batch_size, split, heldout_fraction, drop_last)
+        for b in range(start_batch, nb):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            per = -(-idx.numel() // world_size)
+            idx = idx[rank * per:(rank + 1) * per]
+            out = {}
+            for h in hooks:
+                x = data[h].index_select(0, idx).to(dtype)
+                out[h] = x * self.norm_scale(h) if normalize else x
+            yield out
+
+
+def open_cache(path: str | Path) -> ActivationSource:
+    """The cache reader for `path`, with a clear error when there is no cache there."""
+    p = Path(path)
+    if not str(path):
+        raise WorkbenchError("no cache given: pass --cache DIR (a directory written by `sae harvest`)")
+    if not p.is_dir():
+        raise WorkbenchError(f"cache directory {str(p)!r} does not exist")
+    try:
+        from harvesting import CacheReader  # the one thing saes imports from harvesting
+    except ImportError as e:
+        raise WorkbenchError(f"the activation cache reader is unavailable ({e})") from None
+    return CacheReader(p)

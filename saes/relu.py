@@ -1,0 +1,73 @@
+"""The standard SAE: z = ReLU(W_enc (x - b_dec) + b_enc) with a decoder-norm-weighted L1 penalty.
+
+Loss = FVU + l1_coef * sum_f z_f ||W_dec[f]|| / (mean per-token variance), i.e. the
+Anthropic "April 2024 update" objective ||x - x_hat||^2 + lambda * sum_f z_f ||W_dec[f]||
+expressed in FVU units, with lambda warmed up linearly from 0 (sparsity_warmup_fraction).
+The decoder is not constrained to unit norm: the penalty weights each code by its row norm, so
+shrinking codes by growing rows gains nothing.
+
+Which kernels: a ReLU SAE's code is not sparse at the start of training (about half the
+features are positive on a random encoder), and a sparse decode of a half-dense code is slower
+than a dense matmul. So each step picks: while the previous step's density is above 1/16, the
+plain dense path (dense codes, dense matmul, autograd); below it, the shared sparse kernels
+(`encode` with a zero threshold, `sparse_decode`). Both compute the same function (tests check
+the loss and gradients agree); inference always returns sparse codes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saes.base import SparseAutoencoder, StepContext, StepOutput, fired_counts
+from saes.config import SAEConfig
+from saes.kernels import SparseCodes, Threshold, encode, sparse_decode
+from saes.registry import register
+
+DENSE_ABOVE = 1 / 16
+
+
+@register
+class ReLUSAE(SparseAutoencoder):
+    architecture = "relu"
+    unit_norm_decoder = False
+    default_aux = "none"
+
+    def __init__(self, cfg: SAEConfig, **kw) -> None:
+        super().__init__(cfg, **kw)
+        # Density of the previous training step's code; decides dense vs sparse path.
+        self.register_buffer("last_density", torch.ones((), device=self.W_dec.device))
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Decoder rows in random directions with norm 0.1, encoder its transpose (Anthropic 2024)."""
+        super().reset_parameters(generator)
+        self.W_dec.mul_(0.1)
+        self.enc_weight.mul_(0.1)
+
+    def encode(self, x: Tensor, *, matmul_dtype: torch.dtype | None = None) -> SparseCodes:
+        return self._encode_with(x, Threshold(torch.zeros_like(self.b_enc.detach())), matmul_dtype)
+
+    def training_step(self, x: Tensor, ctx: StepContext, path: str = "auto") -> StepOutput:
+        self.check_input(x)
+        if path == "auto":
+            path = "dense" if float(self.last_density) > DENSE_ABOVE else "sparse"
+        norms = self.W_dec.norm(dim=1)
+        if path == "dense":
+            z = F.linear(x - self.b_dec, self.enc_weight, self.b_enc).relu()
+            x_hat = z @ self.W_dec + self.b_dec
+            l1 = (z @ norms).sum()
+            fired = (z.detach() > 0).sum(0)
+        else:
+            (codes,) = encode(x - self.b_dec, self.W_enc, self.b_enc,
+                              [Threshold(torch.zeros_like(self.b_enc.detach()))], matmul_dtype=ctx.matmul_dtype)
+            x_hat = sparse_decode(codes, self.W_dec, self.b_dec)
+            l1 = (codes.vals * norms[codes.cols]).sum()
+            fired = fired_counts(codes)
+        sse = (x_hat - x).pow(2).sum()
+        l1_term = l1 / ctx.denom
+        loss = sse / ctx.denom + ctx.sparsity_coef * l1_term
+        with torch.no_grad():
+            self.last_density.fill_(float(fired.sum()) / (x.shape[0] * self.num_features))
+        return StepOutput(loss, sse.detach(), fired, {"l1": l1_term.detach()})
