@@ -1,1 +1,34 @@
-"""Harvesting: model + corpus sources, the harvest loop, and the activation cache format."""
+"""Harvesting: model + corpus sources, the harvest loop, and the activation cache format.
+
+    from harvesting import HarvestConfig, harvest, CacheReader
+    harvest(HarvestConfig(model="smollm2-135m", hooks=("blocks.8.hook_resid_post",), tokens=100_000, out="cache/acts"))
+    for batch in CacheReader("cache/acts").batches("blocks.8.hook_resid_post", 4096, normalize=True):
+        ...
+"""
+
+from harvesting.cache import FORMAT_VERSION, CacheWriter, read_manifest
+from harvesting.corpus import Document, open_documents, pack_contexts, wiki_vital_records
+from harvesting.harvest import HarvestConfig, harvest
+from harvesting.inspect_cache import VerifyReport, cache_summary, format_summary, verify_cache
+from harvesting.models import LoadedModel, from_hf_model, load_model
+from harvesting.reader import CacheReader
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CacheReader",
+    "CacheWriter",
+    "Document",
+    "HarvestConfig",
+    "LoadedModel",
+    "VerifyReport",
+    "cache_summary",
+    "format_summary",
+    "from_hf_model",
+    "harvest",
+    "load_model",
+    "open_documents",
+    "pack_contexts",
+    "read_manifest",
+    "verify_cache",
+    "wiki_vital_records",
+]

