@@ -1,0 +1,118 @@
+"""The training reader: exact permutations, seeded order, skip-ahead, rank slices, splits, normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harvesting import CacheReader, CacheWriter
+from workbench.errors import WorkbenchError
+
+D = 8
+T = 10  # rows per context
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A cache written by the real writer: row value = its global row number, so order is visible."""
+    path = tmp_path_factory.mktemp("r") / "acts"
+    w = CacheWriter(path, {"a": D, "b": D}, "float32", shard_tokens=97, header={"model": {"id": "synthetic"}, "context_length": T})
+    g = torch.Generator().manual_seed(0)
+    row = 0
+    for batch in range(40):  # 40 forward passes of 3 contexts, shards of ~100 rows
+        n = 3 * T
+        ids = torch.arange(row, row + n)
+        acts = torch.randn(n, D, generator=g) * 3.0
+        acts[:, 0] = ids.float()  # column 0 names the row
+        w.add({"a": acts, "b": acts * 2}, {
+            "token_ids": ids.to(torch.int32), "doc_ids": ids.to(torch.int32) // 25,
+            "context_ids": ids // T, "positions": (ids % T).to(torch.int32),
+        }, contexts=3)
+        row += n
+    w.finish()
+    return path
+
+
+def _ids(batches) -> torch.Tensor:
+    return torch.cat([b["a"][:, 0] for b in batches]).long()
+
+
+def test_an_epoch_is_a_permutation_of_the_train_rows(cache: Path) -> None:
+    r = CacheReader(cache)
+    train = r.num_rows("train", 0.1)
+    got = _ids(r.batches("a", 64, seed=1, heldout_fraction=0.1, drop_last=False))
+    assert got.numel() == train
+    assert torch.equal(got.sort().values, torch.arange(train))  # none lost, none repeated
+    assert not torch.equal(got, torch.arange(train))  # and actually shuffled
+    # shuffling spans shards: early batches mix rows from several shards
+    assert len(set((got[:64] // 100).tolist())) > 2
+
+
+def test_order_is_a_function_of_seed_and_epoch(cache: Path) -> None:
+    r = CacheReader(cache)
+    a = _ids(r.batches("a", 50, seed=3, epoch=0))
+    assert torch.equal(a, _ids(r.batches("a", 50, seed=3, epoch=0, prefetch=0)))
+    assert not torch.equal(a, _ids(r.batches("a", 50, seed=3, epoch=1)))
+    assert not torch.equal(a, _ids(r.batches("a", 50, seed=4, epoch=0)))
+
+
+def test_start_batch_resumes_the_same_order(cache: Path) -> None:
+    r = CacheReader(cache)
+    full = list(r.batches("a", 48, seed=2, window_shards=2))
+    for start in (1, 5, len(full) - 1):
+        tail = list(r.batches("a", 48, seed=2, window_shards=2, start_batch=start))
+        assert len(tail) == len(full) - start
+        assert all(torch.equal(x["a"], y["a"]) for x, y in zip(tail, full[start:]))
+
+
+def test_hooks_stay_row_aligned_and_ids_come_along(cache: Path) -> None:
+    r = CacheReader(cache)
+    for b in r.batches(["a", "b"], 40, seed=0, with_ids=True):
+        torch.testing.assert_close(b["b"], 2 * b["a"])
+        assert torch.equal(b["a"][:, 0].long(), b["token_ids"].long())
+        assert torch.equal(b["context_ids"], b["token_ids"].long() // T)
+
+
+def test_ranks_take_disjoint_slices_of_the_same_global_batch(cache: Path) -> None:
+    r = CacheReader(cache)
+    glob = list(r.batches("a", 64, seed=7))
+    ranks = [list(r.batches("a", 64, seed=7, rank=k, world_size=2)) for k in range(2)]
+    for i, g in enumerate(glob):
+        assert torch.equal(torch.cat([ranks[0][i]["a"], ranks[1][i]["a"]]), g["a"])
+    with pytest.raises(WorkbenchError, match="not divisible by world_size 3"):
+        next(r.batches("a", 64, world_size=3))
+
+
+def test_heldout_is_whole_contexts_disjoint_from_train(cache: Path) -> None:
+    r = CacheReader(cache)
+    train = set(_ids(r.batches("a", 7, split="train", heldout_fraction=0.2, drop_last=False)).tolist())
+    held = _ids(r.batches("a", 7, split="heldout", heldout_fraction=0.2, shuffle=False, drop_last=False))
+    assert not train & set(held.tolist())
+    assert len(train) + held.numel() == r.num_tokens
+    assert held.numel() == 24 * T  # the last ceil(0.2 * 120) contexts
+    assert torch.equal(held, torch.arange(r.num_tokens - held.numel(), r.num_tokens))
+
+
+def test_normalize_gives_mean_norm_sqrt_d(cache: Path) -> None:
+    r = CacheReader(cache)
+    x = torch.cat([b["b"] for b in r.batches("b", 100, normalize=True, split="all")])
+    assert abs(float(x.norm(dim=1).mean()) - D**0.5) < 1e-3 * D**0.5
+
+
+def test_bad_requests_name_the_value(cache: Path) -> None:
+    r = CacheReader(cache)
+    with pytest.raises(WorkbenchError, match=r"unknown hook point .*'c'.*valid choices: a, b"):
+        next(r.batches("c", 10))
+    with pytest.raises(WorkbenchError, match=r"unknown split 'test'"):
+        next(r.batches("a", 10, split="test"))  # type: ignore[arg-type]
+
+
+def test_an_unfinished_cache_is_refused_unless_asked(tmp_path: Path) -> None:
+    w = CacheWriter(tmp_path / "u", {"a": 4}, header={"model": {"id": "x"}})
+    w.add({"a": torch.ones(5, 4)}, {k: torch.zeros(5, dtype=torch.int64) for k in w.row_fields}, contexts=1)
+    w.flush()
+    with pytest.raises(WorkbenchError, match="unfinished .* run the same `sae harvest` command again"):
+        CacheReader(tmp_path / "u")
+    assert CacheReader(tmp_path / "u", allow_incomplete=True).num_tokens == 5
