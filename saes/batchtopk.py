@@ -27,7 +27,7 @@ class ThresholdInferenceSAE(SparseAutoencoder):
         super().__init__(cfg, **kw)
         dev = self.W_dec.device
         # inf = not yet estimated: the feature never fires under the threshold rule.
-        self.register_buffer("threshold", torch.full((cfg.num_features,), float("inf"), device=dev))
+        self.register_buffer("threshold", torch.full((cfg.num_features,), float("inf"), device=dev, dtype=self.W_dec.dtype))
         self.register_buffer("threshold_updates", torch.zeros(cfg.num_features, dtype=torch.long, device=dev))
 
     def batch_selector(self, batch_size: int, ctx: StepContext | None) -> object:

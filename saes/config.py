@@ -44,7 +44,7 @@ class SAEConfig:
     # JumpReLU: width of the rectangle kernel of the threshold's straight-through estimator, and
     # the threshold every feature starts from (in units of the normalised input).
     jumprelu_bandwidth: float = 0.05
-    jumprelu_init_threshold: float = 0.5
+    jumprelu_init_threshold: float = 0.1
     # Normalisation folded into the weights at save time: the SAE was trained on
     # `input_scale * x`; the saved weights take raw x (DESIGN.md). Kept for the record.
     input_scale: float = 1.0
@@ -141,7 +141,7 @@ class TrainConfig:
     l0_coef: float = field(default=1.0, metadata=_h("JumpReLU: L0 penalty coefficient (per-token sse units)"))
     sparsity_warmup_fraction: float = field(default=0.05, metadata=_h("linear warm-up of the L1/L0 coefficient"))
     jumprelu_bandwidth: float = field(default=0.05, metadata=_h("JumpReLU straight-through kernel width"))
-    jumprelu_init_threshold: float = field(default=0.5, metadata=_h("JumpReLU initial threshold"))
+    jumprelu_init_threshold: float = field(default=0.1, metadata=_h("JumpReLU initial threshold"))
     threshold_ema: float = field(default=0.99, metadata=_h("decay of the running inference threshold (BatchTopK/FC/MC)"))
     # ---- bookkeeping
     log_every: int = field(default=10, metadata=_h("steps between metric lines in metrics.jsonl"))

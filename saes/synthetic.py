@@ -32,9 +32,13 @@ def sparse_activations(dictionary: Tensor, n: int, *, active: float = 4.0, seed:
         p = (active * r / r.sum()).clamp(max=0.9).float()
     else:
         p = torch.full((f,), active / f)
-    present = torch.rand(n, f, generator=g) < p
-    coef = (torch.rand(n, f, generator=g) + 0.5) * present
-    x = coef @ dictionary
+    parts = []
+    for start in range(0, n, 4096):  # in chunks: a [n, F] presence matrix would not fit for large F
+        m = min(4096, n - start)
+        present = torch.rand(m, f, generator=g) < p
+        coef = (torch.rand(m, f, generator=g) + 0.5) * present
+        parts.append(coef @ dictionary)
+    x = torch.cat(parts)
     if bias is not None:
         x = x + bias
     if noise > 0:
