@@ -31,6 +31,8 @@ def geometric_median(points: Tensor, *, max_iter: int = 200, tol: float = 1e-6, 
         at_point = dist < eps
         w = 1.0 / dist.clamp_min(eps)
         w = torch.where(at_point, torch.zeros_like(w), w)
+        if float(w.sum()) == 0.0:  # every point sits at y: it is the median
+            break
         t = (w[:, None] * p).sum(0) / w.sum()
         n_at = int(at_point.sum())
         if n_at:
