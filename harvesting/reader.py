@@ -235,57 +235,67 @@ class _Plan:
         self.num_batches = total // batch_size if drop_last else math.ceil(total / batch_size)
         self.total = min(total, self.num_batches * batch_size)
 
-    def _window(self, reader: CacheReader, w: int, hooks: list[str], id_fields: list[str]) -> dict[str, torch.Tensor]:
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in [*hooks, *id_fields]}
+    def _window(self, reader: CacheReader, w: int, hooks: list[str],
+                id_fields: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The rows of window `w` in file order, and the order to serve them in."""
+        n = self.window_rows[w]
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
+
+        def place(key: str, piece: torch.Tensor) -> None:
+            if key not in out:
+                out[key] = torch.empty((n, *piece.shape[1:]), dtype=piece.dtype)
+            out[key][offset:offset + piece.shape[0]] = piece
+
         for p in self.windows[w]:
             files = reader.shards[p.shard]["files"]
             for h in hooks:
-                parts[h].append(reader._load(files[h]["file"], p.start, p.stop))
+                place(h, reader._load(files[h]["file"], p.start, p.stop))
             if id_fields:
                 with safe_open(reader.path / files["rows"]["file"], framework="pt") as f:
                     for k in id_fields:
-                        parts[k].append(f.get_slice(k)[p.start:p.stop])
-        data = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in parts.items()}
+                        place(k, f.get_slice(k)[p.start:p.stop])
+            offset += p.rows
         if self.shuffle:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, w))
-            perm = torch.randperm(self.window_rows[w], generator=g)
-            data = {k: v.index_select(0, perm) for k, v in data.items()}
-        return data
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, w)))
+        else:
+            order = torch.arange(n)
+        return out, order
 
     def iterate(self, reader: CacheReader, hooks: list[str], id_fields: list[str],
                 start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches as fresh tensors gathered from the window (never views of it), so a window is
+        freed as soon as its last batch is served: memory stays at about one window."""
         pos = start_batch * self.batch_size  # position in the epoch's virtual row order
-        w, w0 = 0, 0  # next window to load and the virtual position where it starts
+        w, w0 = 0, 0
         while w < len(self.windows) and w0 + self.window_rows[w] <= pos:
             w0 += self.window_rows[w]
             w += 1
-        skip = pos - w0  # rows of window w before `pos`
-        chunks: list[dict[str, torch.Tensor]] = []  # unconsumed rows, in order
-        have = 0
-        while pos < self.total:
-            need = min(self.batch_size, self.total - pos)
-            while have < need:
-                data = self._window(reader, w, hooks, id_fields)
-                if skip:
-                    data = {k: v[skip:] for k, v in data.items()}
-                    skip = 0
-                chunks.append(data)
-                have += next(iter(data.values())).shape[0]
-                w += 1
-            parts, got = [], 0
-            while got < need:
-                c = chunks[0]
-                n = next(iter(c.values())).shape[0]
-                take = min(n, need - got)
-                parts.append({k: v[:take] for k, v in c.items()})
-                if take == n:
-                    chunks.pop(0)
-                else:
-                    chunks[0] = {k: v[take:] for k, v in c.items()}
-                got += take
-            yield parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            have -= need
-            pos += need
+        skip = pos - w0
+        carry: dict[str, torch.Tensor] | None = None  # fewer than batch_size rows from the previous window
+        while pos < self.total and w < len(self.windows):
+            data, order = self._window(reader, w, hooks, id_fields)
+            order = order[skip:]
+            skip = 0
+            w += 1
+            i = 0
+            while pos < self.total and i < order.numel():
+                need = min(self.batch_size, self.total - pos)
+                have = 0 if carry is None else next(iter(carry.values())).shape[0]
+                take = min(need - have, order.numel() - i)
+                rows = {k: v.index_select(0, order[i:i + take]) for k, v in data.items()}
+                i += take
+                if carry is not None:
+                    rows = {k: torch.cat([carry[k], rows[k]]) for k in rows}
+                    carry = None
+                if have + take < need:  # window exhausted mid-batch: carry into the next one
+                    carry = rows
+                    break
+                yield rows
+                pos += need
+            del data, order
+        if carry is not None and pos < self.total:  # only reachable with drop_last=False
+            yield carry
 
 
 def _mix(seed: int, epoch: int, index: int) -> int:

@@ -1,0 +1,197 @@
+"""Harvest and reader throughput, each against its baseline in the same run.
+
+    python benchmarks/bench_harvest.py              # all three tables
+    python benchmarks/bench_harvest.py --skip-model # reader tables only (no model load)
+
+1. `harvest()` (tokenize, pack, bridge forward with hooks and stop_at_layer, write checksummed
+   shards) vs the same model's plain Hugging Face forward truncated after the deepest hooked
+   layer, no hooks, no writing, over the same batches. Runs alternate so drift hits both.
+2. The reader's shuffled batches/s vs a plain sequential read of the same shard files.
+3. The reader's peak memory (RSS, measured in a fresh process) as the cache grows 10x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from harvesting import CacheReader, CacheWriter, HarvestConfig, harvest, load_model  # noqa: E402
+from harvesting.corpus import open_documents, pack_contexts  # noqa: E402
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def bench_harvest(tokens: int, reps: int) -> None:
+    hooks = ("blocks.4.hook_resid_post", "blocks.8.hook_resid_post")
+    lm = load_model("smollm2-135m")
+    stop = lm.stop_layer(list(hooks))
+    hf = lm.bridge.original_model
+    ctx_len, bs = 128, 16
+    docs = open_documents("wiki-vital", seed=0)
+    contexts = pack_contexts(docs, lm.tokenizer, ctx_len, lm.prefix_ids, lm.suffix_ids, lm.separator_id, lm.pad_id)
+    n_batches = -(-tokens // (bs * (ctx_len - 1)))
+    batches = []
+    for _ in range(n_batches):
+        batches.append(torch.stack([next(contexts).input_ids for _ in range(bs)]))
+
+    def plain() -> float:
+        layers = hf.model.layers
+        hf.model.layers = torch.nn.ModuleList(list(layers)[:stop])
+        try:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for ids in batches:
+                    hf.model(input_ids=ids, use_cache=False)
+            dt = time.perf_counter() - t0
+        finally:
+            hf.model.layers = layers
+        return sum(int(b.numel() - b.shape[0]) for b in batches) / dt  # kept (non-BOS) tokens per second
+
+    def ours(i: int) -> float:
+        with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "cache") as d:
+            cfg = HarvestConfig(hooks=hooks, tokens=tokens, out=str(Path(d) / "acts"), batch_size=bs,
+                                context_length=ctx_len, progress=False)
+            t0 = time.perf_counter()
+            harvest(cfg, model=lm)
+            dt = time.perf_counter() - t0
+            return CacheReader(Path(d) / "acts").num_tokens / dt
+
+    plain()  # warm-up
+    p, h = [], []
+    for i in range(reps):
+        p.append(plain())
+        h.append(ours(i))
+    pm, hm = sorted(p)[len(p) // 2], sorted(h)[len(h) // 2]
+    table(
+        f"1. harvest vs plain HF forward truncated after layer {stop - 1}: SmolLM2-135M, {bs}x{ctx_len} contexts, "
+        f"{tokens:,} tokens per run, hooks {', '.join(hooks)}, median of {reps} alternating runs",
+        ["path", "tokens/s", "runs (tokens/s)", "ratio"],
+        [["plain HF forward (no hooks, no writes)", f"{pm:,.0f}", " ".join(f"{x:,.0f}" for x in p), "1.00"],
+         ["sae harvest (bridge, 2 hooks, float32 shards)", f"{hm:,.0f}", " ".join(f"{x:,.0f}" for x in h), f"{hm / pm:.2f}"]],
+    )
+
+
+def make_cache(path: Path, rows: int, d: int, shard_tokens: int) -> None:
+    w = CacheWriter(path, {"h": d}, "float32", shard_tokens=shard_tokens, header={"model": {"id": "synthetic"}})
+    g = torch.Generator().manual_seed(0)
+    step = 4096
+    for start in range(0, rows, step):
+        n = min(step, rows - start)
+        ids = torch.arange(start, start + n)
+        w.add({"h": torch.randn(n, d, generator=g)}, {"token_ids": ids.int(), "doc_ids": ids.int(),
+                                                      "context_ids": ids // 128, "positions": (ids % 128).int()},
+              contexts=-(-n // 128))
+    w.finish()
+
+
+def bench_reader(root: Path, rows: int, d: int, batch: int) -> None:
+    path = root / f"r{rows}"
+    make_cache(path, rows, d, 65_536)
+    r = CacheReader(path)
+
+    def sequential() -> float:
+        from safetensors.torch import load_file
+
+        t0 = time.perf_counter()
+        n = 0
+        for s in r.shards:
+            x = load_file(path / s["files"]["h"]["file"])["acts"]
+            for i in range(0, x.shape[0] - batch + 1, batch):
+                x[i:i + batch].clone()  # touch every row once, as a trainer's copy would
+                n += 1
+        return n / (time.perf_counter() - t0)
+
+    def shuffled() -> float:
+        t0 = time.perf_counter()
+        n = 0
+        for b in r.batches("h", batch, seed=0, split="all"):
+            n += 1
+        return n / (time.perf_counter() - t0)
+
+    sequential(), shuffled()  # page cache warm for both
+    s = [sequential() for _ in range(3)]
+    h = [shuffled() for _ in range(3)]
+    sm, hm = sorted(s)[1], sorted(h)[1]
+    table(f"2. reader: {rows:,} rows x d {d} float32, batches of {batch}, median of 3 (files in the page cache)",
+          ["path", "batches/s", "ratio"],
+          [["sequential read of the shard files (no shuffle)", f"{sm:,.1f}", "1.00"],
+           ["CacheReader.batches(shuffle=True, prefetch=2)", f"{hm:,.1f}", f"{hm / sm:.2f}"]])
+
+
+_PEAK = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from harvesting import CacheReader
+r = CacheReader({path!r})
+for b in r.batches("h", {batch}, seed=0, split="all"):
+    pass
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec
+print([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0])
+"""
+
+
+def bench_memory(root: Path, small: int, d: int, batch: int) -> None:
+    out = []
+    for rows in (small, 10 * small):
+        path = root / f"m{rows}"
+        make_cache(path, rows, d, 16_384)
+        code = _PEAK.format(root=str(Path(__file__).resolve().parents[1]), path=str(path), batch=batch)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out.append((rows, int(res.stdout.strip().splitlines()[-1]) / 1024))
+    table(f"3. reader peak memory (RSS of a fresh process reading one shuffled epoch; shards of 16,384 rows x d {d})",
+          ["cache rows", "cache MiB", "peak RSS MiB", "ratio"],
+          [[f"{r:,}", f"{r * d * 4 / 2**20:,.0f}", f"{m:,.0f}", f"{m / out[0][1]:.2f}"] for r, m in out])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=16_384, help="tokens per harvest run")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip-model", action="store_true")
+    args = ap.parse_args()
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {machine()}")
+    print(f"date:    {datetime.date.today()}")
+    print(f"peak RSS of this process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    if not args.skip_model:
+        bench_harvest(args.tokens, args.reps)
+    root = Path(__file__).resolve().parents[1] / "cache"
+    with tempfile.TemporaryDirectory(dir=root) as d:
+        bench_reader(Path(d), 262_144, 576, 4096)
+        bench_memory(Path(d), 163_840, 576, 4096)
+
+
+if __name__ == "__main__":
+    main()
