@@ -271,10 +271,14 @@ def selector_training_step(
         terms["multi_topk"] = term.detach()
         i += 1
     if aux is not None:
-        from saes.losses import aux_reconstruction_loss
+        from saes.losses import aux_reconstruction_loss, moment_sums, variance_from_sums
 
         residual = (x - x_hat).detach()
-        term = aux_reconstruction_loss(residual, codes[i], sae.W_dec, ctx.denom)
+        # Normalised by the residual's own variance (over the global batch), so the term keeps
+        # its weight as the main reconstruction improves (as sparsify does; Gao et al. normalise
+        # by the target's norm).
+        res_var = variance_from_sums(ctx.reduce(moment_sums(residual), "sum")).to(x.dtype)
+        term = aux_reconstruction_loss(residual, codes[i], sae.W_dec, res_var)
         loss = loss + ctx.aux_coef * term
         terms["aux"] = term.detach()
     return StepOutput(loss, sse.detach(), fired_counts(main_codes), terms), main_codes

@@ -1,7 +1,8 @@
 """Losses and the numbers they are normalised by: FVU, AuxK, aux_zipf, Multi-TopK, Zipf targets.
 
-Every reconstruction term is a sum of squared errors divided by the batch's total variance
-(sum over tokens of ||x - mean(x)||^2), i.e. a fraction of variance unexplained. Sums rather
+Every reconstruction term is a sum of squared errors divided by a total variance (sum over
+tokens of ||t - mean(t)||^2 of its target t: the input for the main and Multi-TopK terms, the
+residual error for AuxK / aux_zipf), i.e. a fraction of variance unexplained. Sums rather
 than means, so that in data-parallel training each rank's term over its own tokens, divided by
 the global variance, adds up to the full-batch value.
 """
@@ -35,6 +36,9 @@ def variance_from_sums(sums: Tensor) -> Tensor:
 
 def aux_reconstruction_loss(residual: Tensor, aux_codes: SparseCodes, W_dec: Tensor, denom: Tensor) -> Tensor:
     """AuxK-style term: features outside the main code reconstruct what the main code missed.
+
+    sum ||residual - aux decode||^2 / denom, where the caller passes the residual's variance
+    (so the term is the fraction of the residual's variance the aux features leave unexplained).
 
     `residual` is x - x_hat (detached). The aux reconstruction is decoded *without* b_dec: the
     residual already has the decoder bias removed once (x_hat contains it), so adding it again

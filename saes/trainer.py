@@ -287,7 +287,9 @@ class Trainer:
                           "health.usage": s.usage, "health.usage_steps": s.usage_steps})
                 tensors.append(t)
             state = {"format": STATE_FORMAT, "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
-                     "config": config_to_dict(self.cfg), "saes": [s.name for s in self.slots]}
+                     "config": config_to_dict(self.cfg), "saes": [s.name for s in self.slots],
+                     # Metric sums of the current logging window, so a resumed run logs the same lines.
+                     "windows": [s.window for s in self.slots]}
             path = save_checkpoint(self.out, self.step, state, tensors)
         self.dist.barrier()
         return path
@@ -324,6 +326,8 @@ class Trainer:
             s.fired_total.copy_(t["health.fired_total"])
             s.usage.copy_(t["health.usage"])
             s.usage_steps.copy_(t["health.usage_steps"])
+        for s, w in zip(self.slots, state.get("windows", [{}] * len(self.slots))):
+            s.window = dict(w)
         self.step, self.tokens, self.elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed"])
         if self.dist.is_main:
             truncate_metrics(self.out / METRICS_FILE, self.step)

@@ -192,7 +192,8 @@ def test_topk_training_loss_and_grads_match_dense_reference_with_auxk_and_multit
     sub = pre[:, dead]
     zaux = torch.zeros_like(pre)
     zaux[:, dead] = sub.relu() * mask_topk(sub.detach(), 4)
-    aux = fvu_loss((x - x_hat).detach(), dense_decode(sae, zaux, bias=False), ctx.denom)
+    e = (x - x_hat).detach()
+    aux = fvu_loss(e, dense_decode(sae, zaux, bias=False), ((e - e.mean(0)) ** 2).sum())
     ref = fvu_loss(x, x_hat, ctx.denom) + fvu_loss(x, dense_decode(sae, z4), ctx.denom) / 8 + 0.25 * aux
     torch.testing.assert_close(out.loss, ref)
     torch.testing.assert_close(out.terms["aux"], aux.detach())
@@ -239,7 +240,8 @@ def test_batch_level_training_matches_dense_reference(arch):
     zaux = torch.zeros_like(pre)
     kk = min(5, under.numel())
     zaux[:, under] = pre[:, under].relu() * mask_topk(pre[:, under].detach(), kk)
-    ref = fvu_loss(x, x_hat, ctx.denom) + 0.5 * fvu_loss((x - x_hat).detach(), dense_decode(sae, zaux, False), ctx.denom)
+    e = (x - x_hat).detach()
+    ref = fvu_loss(x, x_hat, ctx.denom) + 0.5 * fvu_loss(e, dense_decode(sae, zaux, False), ((e - e.mean(0)) ** 2).sum())
     torch.testing.assert_close(out.loss, ref)
     assert_same_grads(grads(sae, out.loss), grads(sae, ref))
     # The running threshold is the smallest kept value (first update takes it as is).
