@@ -29,3 +29,14 @@ def test_smollm2_harvest_matches_the_hugging_face_forward(tmp_path) -> None:
     # the text is real English: decoding the stored ids gives words from the articles
     text = lm.tokenizer.decode(rows["token_ids"][sel].tolist())
     assert len(text.split()) > 20
+
+
+def test_minilm_masked_encoder_harvest(tmp_path) -> None:
+    lm = load_model("minilm-l6")
+    assert (lm.n_layers, lm.d_model) == (6, 384) and lm.modality == "text"
+    assert lm.prefix_ids == (lm.tokenizer.cls_token_id,) and lm.suffix_ids == (lm.tokenizer.sep_token_id,)
+    out = harvest(HarvestConfig(model="minilm-l6", hooks=("blocks.5.hook_resid_post",), tokens=300, context_length=64,
+                                batch_size=4, out=str(tmp_path / "m"), progress=False), model=lm)
+    rows = CacheReader(out).load_shard(0)
+    assert int(rows["positions"].min()) == 1 and int(rows["positions"].max()) == 62  # CLS and SEP dropped
+    assert rows["blocks.5.hook_resid_post"].shape[1] == 384
