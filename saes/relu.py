@@ -68,6 +68,7 @@ class ReLUSAE(SparseAutoencoder):
         sse = (x_hat - x).pow(2).sum()
         l1_term = l1 / ctx.denom
         loss = sse / ctx.denom + ctx.sparsity_coef * l1_term
-        with torch.no_grad():
-            self.last_density.fill_(float(fired.sum()) / (x.shape[0] * self.num_features))
+        with torch.no_grad():  # over the global batch, so every rank takes the same path next step
+            active = ctx.reduce(fired.sum().to(torch.float64).view(1), "sum")
+            self.last_density.fill_(float(active) / (ctx.n_tokens * self.num_features))
         return StepOutput(loss, sse.detach(), fired, {"l1": l1_term.detach()})
