@@ -1,0 +1,66 @@
+"""A training run on the Triton kernels and one on the torch path, from the same seed, agree step by step.
+
+Each run is a fresh process (Triton fixes interpret-vs-compile when the kernels are defined):
+on the CPU the Triton kernels run under TRITON_INTERPRET=1; on a GPU they are compiled. The
+weights after every step must match within float tolerance (the kernels may sum in another
+order, so bit-equality is not expected; a wrong kernel is off by far more).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+CASE = Path(__file__).with_name("kernel_training_case.py")
+ROOT = CASE.parents[2]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+STEPS = 6
+
+
+def trace(tmp: Path, name: str, device: str, env_extra: dict[str, str], drop: tuple[str, ...] = ()) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
+    for k in drop:
+        env.pop(k, None)
+    out = tmp / f"{name}.safetensors"
+    proc = subprocess.run([sys.executable, str(CASE), str(out), device, str(STEPS)], env=env, capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"backend": proc.stdout.split("backend", 1)[1].split()[0], "weights": load_file(str(out))}
+
+
+def compare(a: dict, b: dict) -> None:
+    wa, wb = a["weights"], b["weights"]
+    assert wa.keys() == wb.keys()
+    steps = sorted({int(k.split("/")[0]) for k in wa})
+    assert steps == list(range(1, STEPS + 1))
+    moved = 0.0
+    for k in sorted(wa, key=lambda s: int(s.split("/")[0])):
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"step/tensor {k}: {m}")
+        first = f"1/{k.split('/', 1)[1]}"
+        if wa[k].dtype.is_floating_point:
+            moved = max(moved, float((wa[k] - wa[first]).abs().max()))
+    assert moved > 1e-3, "the weights hardly changed: the comparison would prove nothing"
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_triton_interpreter_and_torch_path_train_alike_on_cpu(tmp_path):
+    tri = trace(tmp_path, "triton", "cpu", {"SAE_KERNELS": "triton", "TRITON_INTERPRET": "1"})
+    ref = trace(tmp_path, "torch", "cpu", {"SAE_KERNELS": "torch"}, drop=("TRITON_INTERPRET",))
+    assert tri["backend"] == "triton" and ref["backend"] == "torch"
+    compare(tri, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and triton")
+def test_compiled_triton_and_torch_path_train_alike_on_gpu(tmp_path):
+    tri = trace(tmp_path, "triton", "cuda", {}, drop=("SAE_KERNELS", "TRITON_INTERPRET"))
+    ref = trace(tmp_path, "torch", "cuda", {"SAE_KERNELS": "torch"}, drop=("TRITON_INTERPRET",))
+    assert tri["backend"] == "triton" and ref["backend"] == "torch"
+    compare(tri, ref)
