@@ -152,6 +152,13 @@ class SparseAutoencoder(nn.Module):
         """Loss and statistics of one batch under the training rule (see each architecture)."""
         raise NotImplementedError
 
+    def compile_dense_parts(self) -> None:
+        """torch.compile this architecture's dense tensor code, if it has any (`--compile`).
+
+        The sparse kernels are custom autograd Functions that compilation would only break up,
+        so only dense paths (the ReLU SAE's early, dense-code phase) are compiled.
+        """
+
     def aux_selector(self, ctx: StepContext) -> Any | None:
         """The selector of the aux loss for this step (AuxK among dead features), or None."""
         if ctx.aux_loss == "auxk" and ctx.dead is not None and ctx.dead.numel() > 0 and ctx.aux_coef > 0:

@@ -129,7 +129,7 @@ class TrainConfig:
         metadata=_h("encoder matmul dtype for choosing active features (values stay fp32); auto = bf16 on CUDA "
                     "and on CPUs with bf16 units"),
     )
-    compile: bool = field(default=False, metadata=_h("torch.compile the dense parts of the step"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the dense tensor code of a step (ReLU's dense phase)"))
     device: str = field(default="auto", metadata=_h("cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)"))
     # ---- losses and health
     aux_loss: str = field(default="auto", metadata=_h("auto (auxk for TopK/BatchTopK, zipf for FC/MC), auxk, zipf, none"))

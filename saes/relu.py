@@ -28,6 +28,14 @@ from saes.registry import register
 DENSE_ABOVE = 1 / 16
 
 
+def dense_relu_forward(x: Tensor, enc_weight: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor,
+                       norms: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x_hat, the weighted L1 sum and per-feature firing counts on the dense path (compilable)."""
+    z = F.linear(x - b_dec, enc_weight, b_enc).relu()
+    x_hat = z @ W_dec + b_dec
+    return x_hat, (z @ norms).sum(), (z.detach() > 0).sum(0)
+
+
 @register
 class ReLUSAE(SparseAutoencoder):
     architecture = "relu"
@@ -38,6 +46,10 @@ class ReLUSAE(SparseAutoencoder):
         super().__init__(cfg, **kw)
         # Density of the previous training step's code; decides dense vs sparse path.
         self.register_buffer("last_density", torch.ones((), device=self.W_dec.device))
+        self._dense = dense_relu_forward
+
+    def compile_dense_parts(self) -> None:
+        self._dense = torch.compile(dense_relu_forward, fullgraph=True)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -55,10 +67,7 @@ class ReLUSAE(SparseAutoencoder):
             path = "dense" if float(self.last_density) > DENSE_ABOVE else "sparse"
         norms = self.W_dec.norm(dim=1)
         if path == "dense":
-            z = F.linear(x - self.b_dec, self.enc_weight, self.b_enc).relu()
-            x_hat = z @ self.W_dec + self.b_dec
-            l1 = (z @ norms).sum()
-            fired = (z.detach() > 0).sum(0)
+            x_hat, l1, fired = self._dense(x, self.enc_weight, self.b_enc, self.W_dec, self.b_dec, norms)
         else:
             (codes,) = encode(x - self.b_dec, self.W_enc, self.b_enc,
                               [Threshold(torch.zeros_like(self.b_enc.detach()))], matmul_dtype=ctx.matmul_dtype)

@@ -218,7 +218,9 @@ class Trainer:
                 usage=torch.zeros(f, dtype=torch.float32, device=self.device),
                 usage_steps=torch.zeros((), dtype=torch.long, device=self.device),
             ))
-            slots[-1].step_fn = torch.compile(sae.training_step) if cfg.compile else sae.training_step
+            if cfg.compile:
+                sae.compile_dense_parts()
+            slots[-1].step_fn = sae.training_step
         return slots
 
     def k_aux_for(self, slot: Slot) -> int:

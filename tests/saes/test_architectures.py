@@ -389,3 +389,16 @@ def test_config_errors_name_the_values():
     sae = make("topk")
     with pytest.raises(WorkbenchError, match=r"takes inputs \[tokens, 10\].*got \(3, 7\)"):
         sae.encode(torch.randn(3, 7, dtype=DT))
+
+
+def test_compiled_dense_path_matches_eager():
+    """--compile compiles the ReLU SAE's dense phase; it must compute the same loss and gradients."""
+    eager, compiled = make("relu"), make("relu")
+    compiled.compile_dense_parts()
+    x = data()
+    ctx = ctx_for(x, sparsity_coef=2.0)
+    a = eager.training_step(x, ctx, path="dense")
+    b = compiled.training_step(x, ctx, path="dense")
+    torch.testing.assert_close(a.loss, b.loss)
+    assert torch.equal(a.fired, b.fired)
+    assert_same_grads(grads(compiled, b.loss), grads(eager, a.loss))

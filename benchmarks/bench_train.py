@@ -1,0 +1,267 @@
+"""Training throughput and held-out FVU: the workbench trainer against a plain dense TopK loop.
+
+    python benchmarks/bench_train.py                                   # the anchor: 368,640 tokens, TopK
+    python benchmarks/bench_train.py --tokens 0 --archs topk batchtopk feature_choice mutual_choice
+                                                                       # acceptance: every training token
+    python benchmarks/bench_train.py --synthetic                       # no cache needed
+
+Both sides train on the same in-memory batches in the same order from the same initial weights
+(W_dec random unit rows, W_enc = W_dec^T, b_dec = geometric median), with the same Adam, rate
+schedule, clipping, decoder-norm constraint and AuxK. The reference is written here in plain
+torch: dense codes, a dense decoder matmul, autograd's dense gradients. The workbench trainer
+uses the sparse kernels (and, with --precision auto on a CPU with bf16 units, chooses features
+on a bf16 encoder matmul while computing their values in fp32). Throughput is the training
+loop only (tokens / wall seconds), FVU is measured on held-out tokens of the cache.
+Anchor (benchmarks/RESULTS.md): d_model 576, 4608 features, k 32, batch 4096, one pass over
+368,640 tokens of SmolLM2 blocks.8.hook_resid_post.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from saes import TensorSource, TrainConfig, Trainer
+from saes.losses import lr_multiplier, moment_sums, variance_from_sums
+
+# ------------------------------------------------------------------------------------------------ machine
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = "avx512_bf16" if "avx512_bf16" in text else "no avx512_bf16"
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores ({flags}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+            f"{gpu}, Python {platform.python_version()}")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def load_cache(path: str, hook: str, tokens: int, heldout_tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    from harvesting import CacheReader
+
+    r = CacheReader(path)
+    if hook not in r.hooks:
+        raise SystemExit(f"hook {hook!r} not in {path}; it has {r.hooks}")
+    train_rows = r.num_rows("train", 0.01)
+    want = train_rows if tokens <= 0 else min(tokens, train_rows)
+    parts, got = [], 0
+    for b in r.batches(hook, 4096, seed=seed, split="train", heldout_fraction=0.01, drop_last=False):
+        parts.append(b[hook])
+        got += b[hook].shape[0]
+        if got >= want:
+            break
+    train = torch.cat(parts)[:want].float()
+    held = torch.cat([b[hook] for b in r.batches(hook, 4096, shuffle=False, split="heldout", heldout_fraction=0.01,
+                                                 drop_last=False)]).float()[:heldout_tokens]
+    return train, held, f"cache {path} ({r.model_id}, {hook}): {train.shape[0]:,} training + {held.shape[0]:,} held-out tokens"
+
+
+def synthetic(tokens: int, heldout_tokens: int, d: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    from saes.synthetic import random_dictionary, sparse_activations
+
+    n = tokens if tokens > 0 else 368_640
+    dic = random_dictionary(8 * d, d, seed=1)
+    bias = torch.randn(d, generator=torch.Generator().manual_seed(3)) * 4
+    x = sparse_activations(dic, n + heldout_tokens, active=40, seed=2, zipf_exponent=0.7, bias=bias, noise=0.05)
+    return x[:n], x[n:], f"synthetic sparse activations, d {d}: {n:,} training + {heldout_tokens:,} held-out tokens"
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+class DenseTopK:
+    """The plain dense reference: dense codes, dense decoder, autograd, the same recipe as the trainer."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        slot = trainer.slots[0]
+        sae = slot.sae
+        self.k = sae.cfg.k
+        self.k_aux = trainer.k_aux_for(slot)
+        self.aux_coef = trainer.cfg.aux_coef if slot.aux == "auxk" else 0.0
+        self.dead_tokens = trainer.dead_tokens
+        self.W_enc = torch.nn.Parameter(sae.enc_weight.detach().clone())
+        self.b_enc = torch.nn.Parameter(sae.b_enc.detach().clone())
+        self.W_dec = torch.nn.Parameter(sae.W_dec.detach().clone())
+        self.b_dec = torch.nn.Parameter(sae.b_dec.detach().clone())
+        self.params = [self.W_enc, self.b_enc, self.W_dec, self.b_dec]
+        cfg = trainer.cfg
+        self.lr = slot.lr
+        self.opt = torch.optim.Adam(self.params, lr=self.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
+        self.clip = cfg.grad_clip
+        self.since_fired = torch.zeros(sae.num_features, dtype=torch.long)
+        self.total, self.warm = trainer.total_steps, int(round(cfg.warmup_fraction * trainer.total_steps))
+        self.decay_steps, self.decay = int(round(cfg.decay_fraction * trainer.total_steps)), cfg.decay
+
+    def step(self, x: torch.Tensor, step: int) -> None:
+        denom = variance_from_sums(moment_sums(x)).float()
+        pre = F.linear(x - self.b_dec, self.W_enc, self.b_enc)
+        v, i = pre.topk(self.k, dim=1, sorted=False)
+        z = torch.zeros_like(pre).scatter(1, i, v.relu())
+        x_hat = z @ self.W_dec + self.b_dec
+        loss = (x_hat - x).pow(2).sum() / denom
+        dead = self.since_fired >= self.dead_tokens
+        if self.aux_coef > 0 and bool(dead.any()):
+            ka = min(self.k_aux, int(dead.sum()))
+            va, ia = pre.masked_fill(~dead, float("-inf")).topk(ka, dim=1, sorted=False)
+            za = torch.zeros_like(pre).scatter(1, ia, va.relu())
+            e = (x - x_hat).detach()
+            loss = loss + self.aux_coef * ((za @ self.W_dec) - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            g, w = self.W_dec.grad, self.W_dec
+            g.sub_((g * w).sum(1, keepdim=True) * w)
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        for grp in self.opt.param_groups:
+            grp["lr"] = self.lr * lr_multiplier(step, self.total, self.warm, self.decay_steps, self.decay)
+        self.opt.step()
+        with torch.no_grad():
+            self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True))
+            fired = (z > 0).sum(0)
+            self.since_fired = torch.where(fired > 0, torch.zeros_like(self.since_fired), self.since_fired + x.shape[0])
+
+    @torch.no_grad()
+    def heldout(self, held: torch.Tensor, scale: float) -> tuple[float, float]:
+        x = held * scale
+        pre = F.linear(x - self.b_dec, self.W_enc, self.b_enc)
+        v, i = pre.topk(self.k, dim=1)
+        z = torch.zeros_like(pre).scatter(1, i, v.relu())
+        err = (z @ self.W_dec + self.b_dec - x).pow(2).sum()
+        return float(err / (x - x.mean(0)).pow(2).sum()), float((z > 0).sum(1).float().mean())
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+def config(args: argparse.Namespace, arch: str, out: str, precision: str) -> TrainConfig:
+    return TrainConfig(arch=(arch,), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch_size,
+                       epochs=args.epochs, out=out, progress=False, checkpoint_every=0, log_every=10,
+                       precision=precision, seed=args.seed, heldout_fraction=0.0, resume=False, device=args.device)
+
+
+def run_ours(args, src: TensorSource, arch: str, precision: str) -> dict:
+    out = tempfile.mkdtemp(prefix="bench_train_")
+    try:
+        t = Trainer(config(args, arch, out, precision), src)
+        summary = t.train()
+        row = summary["saes"][0]
+        return {"tok_s": summary["session_tokens_per_s"], "fvu": row["heldout_fvu"], "l0": row["heldout_l0"],
+                "dead": row["dead_pct"], "fvu_batch": row.get("heldout_fvu_batch_rule"),
+                "l0_batch": row.get("heldout_l0_batch_rule"), "steps": summary["steps"],
+                "dtype": summary["matmul_dtype"], "unfired": row.get("heldout_unfired_pct")}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run_dense(args, src: TensorSource, held: torch.Tensor) -> dict:
+    out = tempfile.mkdtemp(prefix="bench_train_dense_")
+    try:
+        t = Trainer(config(args, "topk", out, "float32"), src)  # same init, same resolved recipe
+        ref = DenseTopK(t)
+        scale = t.scales["x"]
+        batches = []
+        for e in range(args.epochs):
+            it = src.batches(["x"], args.batch_size, seed=args.seed, epoch=e, split="train", heldout_fraction=0.0)
+            batches.extend(b["x"] for b in it)
+        t0 = time.perf_counter()
+        for step, xb in enumerate(batches[: t.total_steps]):
+            ref.step(xb * scale, step)
+        dt = time.perf_counter() - t0
+        fvu, l0 = ref.heldout(held, scale)
+        dead = float((ref.since_fired >= ref.dead_tokens).float().mean()) * 100
+        return {"tok_s": t.total_steps * args.batch_size / dt, "fvu": fvu, "l0": l0, "dead": dead,
+                "steps": t.total_steps, "dtype": "float32"}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def encoder_matmul_bound(args, d: int) -> float:
+    """Tokens/s if a step cost only the fp32 encoder matmul (forward): the ceiling the anchor quotes."""
+    f = args.expansion * d
+    x, w, b = torch.randn(args.batch_size, d), torch.randn(f, d), torch.zeros(f)
+    for _ in range(2):
+        torch.addmm(b, x, w.t())
+    t0 = time.perf_counter()
+    for _ in range(5):
+        torch.addmm(b, x, w.t())
+    return args.batch_size / ((time.perf_counter() - t0) / 5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default="cache/smollm2-wiki-1m")
+    ap.add_argument("--hook", default="blocks.8.hook_resid_post")
+    ap.add_argument("--synthetic", action="store_true", help="synthetic activations instead of the cache")
+    ap.add_argument("--tokens", type=int, default=368_640, help="training tokens (0 = every training token)")
+    ap.add_argument("--heldout-tokens", type=int, default=16_384)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--expansion", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--archs", nargs="+", default=["topk"], help="workbench architectures to train")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense reference")
+    ap.add_argument("--no-fp32", action="store_true", help="skip the workbench fp32-selection run")
+    args = ap.parse_args()
+    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    print(f"date: {datetime.date.today()}  machine: {machine()}")
+    if args.synthetic or not (Path(args.cache) / "manifest.json").is_file():
+        if not args.synthetic:
+            print(f"(no cache at {args.cache}: using synthetic data)")
+        train_x, held, what = synthetic(args.tokens, args.heldout_tokens, 576)
+    else:
+        train_x, held, what = load_cache(args.cache, args.hook, args.tokens, args.heldout_tokens, args.seed)
+    print(f"data: {what}")
+    d = train_x.shape[1]
+    print(f"SAE: d {d}, {args.expansion * d} features, k {args.k}, batch {args.batch_size}, Adam, "
+          f"{args.epochs} epoch(s); held-out FVU against the held-out set's own mean")
+    src = TensorSource(train_x, heldout=held)
+    rows = []
+    dense = None if args.no_dense else run_dense(args, src, held)
+    for arch in args.archs:
+        rows.append((f"workbench {arch}, precision auto", run_ours(args, src, arch, "auto")))
+        if arch == "topk" and not args.no_fp32:
+            rows.append(("workbench topk, precision float32", run_ours(args, src, arch, "float32")))
+    if dense is not None:
+        rows.append(("plain dense TopK reference (fp32)", dense))
+    bound = encoder_matmul_bound(args, d)
+    print()
+    print("| run | selection matmul | tokens/s | vs dense ref | held-out FVU | L0 | dead % (train window) "
+          "| batch-rule FVU / L0 |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for name, r in rows:
+        ratio = f"{r['tok_s'] / dense['tok_s']:.2f}x" if dense else "-"
+        batch = "-" if r.get("fvu_batch") is None else f"{r['fvu_batch']:.4f} / {r['l0_batch']:.1f}"
+        print(f"| {name} | {r['dtype']} | {r['tok_s']:,.0f} | {ratio} | {r['fvu']:.4f} | {r['l0']:.1f} | "
+              f"{r['dead']:.2f} | {batch} |")
+    print(f"\nfp32 encoder matmul alone (forward, B {args.batch_size} x d {d} x F {args.expansion * d}): "
+          f"{bound:,.0f} tokens/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
