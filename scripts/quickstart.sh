@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv, then run the workbench end to end on the offline default model and corpus:
-# harvest -> (train -> eval -> steer as those capabilities land). Safe to run again: a finished
+# harvest -> train (eval and steer join as those capabilities land). Safe to run again: a finished
 # harvest is reused, an interrupted one resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +15,7 @@ sae harvest --model smollm2-135m --corpus wiki-vital \
   --tokens 100000 --out "$OUT/acts"
 sae cache info "$OUT/acts"
 sae cache verify "$OUT/acts"
+
+echo "== 2. train: a TopK SAE (8x width, k 32) on blocks.8 of that cache; prints held-out FVU, L0 and dead %"
+sae train --cache "$OUT/acts" --hook blocks.8.hook_resid_post --arch topk --k 32 --expansion 8 \
+  --batch-size 2048 --epochs 3 --out "$OUT/saes"
