@@ -11,7 +11,8 @@ features are positive on a random encoder), and a sparse decode of a half-dense 
 than a dense matmul. So each step picks: while the previous step's density is above 1/16, the
 plain dense path (dense codes, dense matmul, autograd); below it, the shared sparse kernels
 (`encode` with a zero threshold, `sparse_decode`). Both compute the same function (tests check
-the loss and gradients agree); inference always returns sparse codes.
+the loss and gradients agree); inference always returns sparse codes. Where the run chooses
+features on a bf16 matmul (--precision), the dense phase runs under bf16 autocast instead.
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ class ReLUSAE(SparseAutoencoder):
             path = "dense" if float(self.last_density) > DENSE_ABOVE else "sparse"
         norms = self.W_dec.norm(dim=1)
         if path == "dense":
-            x_hat, l1, fired = self._dense(x, self.enc_weight, self.b_enc, self.W_dec, self.b_dec, norms)
+            # With bf16 selection asked for (CUDA, or a CPU with bf16 units), the dense phase runs
+            # its matmuls under bf16 autocast; the loss is summed in fp32.
+            low = ctx.matmul_dtype == torch.bfloat16
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+                x_hat, l1, fired = self._dense(x, self.enc_weight, self.b_enc, self.W_dec, self.b_dec, norms)
+            x_hat, l1 = x_hat.to(x.dtype), l1.to(x.dtype)
         else:
             (codes,) = encode(x - self.b_dec, self.W_enc, self.b_enc,
                               [Threshold(torch.zeros_like(self.b_enc.detach()))], matmul_dtype=ctx.matmul_dtype)
