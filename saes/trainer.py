@@ -91,7 +91,7 @@ class Slot:
     since_fired: Tensor  # tokens since each feature last fired
     fired_total: Tensor  # firing counts over training
     usage: Tensor  # running firing rate per token
-    usage_steps: Tensor  # how many steps the running rate has seen (0 = not started)
+    usage_seen: int = 0  # how many steps the running rate has seen (0 = not started)
     step_fn: Callable[..., Any] | None = None
     window: dict[str, float] = field(default_factory=dict)
     last_metrics: dict[str, Any] = field(default_factory=dict)
@@ -216,7 +216,6 @@ class Trainer:
                 since_fired=torch.zeros(f, dtype=torch.long, device=self.device),
                 fired_total=torch.zeros(f, dtype=torch.long, device=self.device),
                 usage=torch.zeros(f, dtype=torch.float32, device=self.device),
-                usage_steps=torch.zeros((), dtype=torch.long, device=self.device),
             ))
             if cfg.compile:
                 sae.compile_dense_parts()
@@ -286,12 +285,12 @@ class Trainer:
                 t = {f"sae.{k}": v for k, v in s.sae.state_dict().items()}
                 t.update(flatten_optimizer(s.opt, s.param_names))
                 t.update({"health.since_fired": s.since_fired, "health.fired_total": s.fired_total,
-                          "health.usage": s.usage, "health.usage_steps": s.usage_steps})
+                          "health.usage": s.usage, "health.usage_steps": torch.tensor(s.usage_seen)})
                 tensors.append(t)
             state = {"format": STATE_FORMAT, "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                      "config": config_to_dict(self.cfg), "saes": [s.name for s in self.slots],
                      # Metric sums of the current logging window, so a resumed run logs the same lines.
-                     "windows": [s.window for s in self.slots]}
+                     "windows": [window_to_floats(s.window) for s in self.slots]}
             path = save_checkpoint(self.out, self.step, state, tensors)
         self.dist.barrier()
         return path
@@ -327,7 +326,7 @@ class Trainer:
             s.since_fired.copy_(t["health.since_fired"])
             s.fired_total.copy_(t["health.fired_total"])
             s.usage.copy_(t["health.usage"])
-            s.usage_steps.copy_(t["health.usage_steps"])
+            s.usage_seen = int(t["health.usage_steps"])
         for s, w in zip(self.slots, state.get("windows", [{}] * len(self.slots))):
             s.window = dict(w)
         self.step, self.tokens, self.elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed"])
@@ -422,18 +421,18 @@ class Trainer:
         s.since_fired = torch.where(fired > 0, torch.zeros_like(s.since_fired), s.since_fired + n)
         s.fired_total += fired.long()
         rate = (fired / n).to(torch.float32)
-        if int(s.usage_steps) == 0:
+        if s.usage_seen == 0:
             s.usage.copy_(rate)
         else:
             s.usage.mul_(self.usage_decay).add_(rate, alpha=1 - self.usage_decay)
-        s.usage_steps += 1
+        s.usage_seen += 1
+        # Window sums stay on the device until a log line needs them (no host sync per step on GPUs).
         w = s.window
         w["steps"] = w.get("steps", 0) + 1
-        w["sse"] = w.get("sse", 0.0) + float(packed[f])
-        w["denom"] = w.get("denom", 0.0) + float(denom)
-        w["l0"] = w.get("l0", 0.0) + float(fired.sum()) / n
-        for i, k in enumerate(names):
-            w[k] = w.get(k, 0.0) + float(packed[f + 1 + i])
+        add = {"sse": packed[f], "denom": denom.double(), "l0": fired.sum() / n,
+               **{k: packed[f + 1 + i] for i, k in enumerate(names)}}
+        for k, v in add.items():
+            w[k] = w[k] + v if k in w else v.clone()
         w["lr"] = lr
 
     def dead_fraction(self, s: Slot) -> float:
@@ -442,7 +441,7 @@ class Trainer:
     def _log(self, tok_per_s: float, bar: tqdm | None) -> None:
         lines = []
         for s in self.slots:
-            w = s.window
+            w = window_to_floats(s.window)
             if not w.get("steps"):
                 continue
             m = {"step": self.step, "tokens": self.tokens, "sae": s.name,
@@ -603,6 +602,10 @@ def make_adam(params: list[Tensor], lr: float, betas: tuple[float, ...], eps: fl
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, **kw)
+
+
+def window_to_floats(w: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in w.items()}
 
 
 def truncate_metrics(path: Path, step: int) -> None:
