@@ -18,8 +18,11 @@ aux_zipf (our reading of the paper's description; it published no code): AuxK re
 that never fire; aux_zipf extends it to features that fire well below their entitlement: the
 Zipf-law share of their usage rank (Mutual Choice), or their capacity (Feature Choice). A
 feature is under-used when its running firing rate is below half its entitlement (dead features
-always are); per token, the k_aux largest pre-activations among under-used features reconstruct
-the residual error, exactly as AuxK does among dead ones.
+always are). The under-used features then reconstruct the residual error, as AuxK's dead
+features do, chosen by the architecture's own rule: for Mutual Choice, each token's k_aux largest
+pre-activations among them (exactly AuxK's rule); for Feature Choice, each under-used feature
+takes its own capacity's worth of tokens (its best ones), which keeps Feature Choice's whole
+selection in the fast features-major layout.
 """
 
 from __future__ import annotations
@@ -71,8 +74,14 @@ class FeatureChoiceSAE(ThresholdInferenceSAE):
 
     def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
         main = self.batch_selector(x.shape[0], ctx)
-        entitlement = main.capacity.to(torch.float32) / x.shape[0]
-        aux = self.aux_selector(ctx) if ctx.aux_loss == "auxk" else zipf_aux_selector(ctx.usage, entitlement, ctx)
+        aux = None
+        if ctx.aux_loss == "auxk":
+            aux = self.aux_selector(ctx)
+        elif ctx.aux_loss == "zipf" and ctx.usage is not None and ctx.aux_coef > 0:
+            entitlement = main.capacity.to(torch.float32) / x.shape[0]
+            under = ctx.usage < UNDERUSED * entitlement
+            if bool(under.any()):
+                aux = FeatureChoice(torch.where(under, main.capacity, torch.zeros_like(main.capacity)))
         out, codes = selector_training_step(self, x, ctx, main, None, aux)
         self.update_threshold(per_feature_min_kept(codes), ctx.threshold_ema, ctx.reduce)
         return out

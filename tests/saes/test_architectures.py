@@ -238,8 +238,13 @@ def test_batch_level_training_matches_dense_reference(arch):
     assert under.numel() > 0
     x_hat = dense_decode(sae, z)
     zaux = torch.zeros_like(pre)
-    kk = min(5, under.numel())
-    zaux[:, under] = pre[:, under].relu() * mask_topk(pre[:, under].detach(), kk)
+    if arch == "feature_choice":  # each under-used feature takes its capacity's worth of tokens
+        aux_cap = torch.zeros_like(cap)
+        aux_cap[under] = cap[under]
+        zaux = pre.relu() * mask_feature_choice(pre.detach(), aux_cap)
+    else:  # per token, the k_aux best under-used features
+        kk = min(5, under.numel())
+        zaux[:, under] = pre[:, under].relu() * mask_topk(pre[:, under].detach(), kk)
     e = (x - x_hat).detach()
     ref = fvu_loss(x, x_hat, ctx.denom) + 0.5 * fvu_loss(e, dense_decode(sae, zaux, False), ((e - e.mean(0)) ** 2).sum())
     torch.testing.assert_close(out.loss, ref)
