@@ -235,37 +235,28 @@ class _Plan:
         self.num_batches = total // batch_size if drop_last else math.ceil(total / batch_size)
         self.total = min(total, self.num_batches * batch_size)
 
-    def _window(self, reader: CacheReader, w: int, hooks: list[str],
-                id_fields: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The rows of window `w` in file order, and the order to serve them in."""
-        n = self.window_rows[w]
-        out: dict[str, torch.Tensor] = {}
-        offset = 0
-
-        def place(key: str, piece: torch.Tensor) -> None:
-            if key not in out:
-                out[key] = torch.empty((n, *piece.shape[1:]), dtype=piece.dtype)
-            out[key][offset:offset + piece.shape[0]] = piece
-
+    def _window(self, reader: CacheReader, w: int, hooks: list[str], id_fields: list[str]) -> "_Window":
+        """Window `w` as memory-mapped shard tensors (nothing copied yet) and its serving order."""
+        pieces: dict[str, list[torch.Tensor]] = {k: [] for k in [*hooks, *id_fields]}
         for p in self.windows[w]:
             files = reader.shards[p.shard]["files"]
             for h in hooks:
-                place(h, reader._load(files[h]["file"], p.start, p.stop))
+                pieces[h].append(reader._load(files[h]["file"])[p.start:p.stop])
             if id_fields:
                 with safe_open(reader.path / files["rows"]["file"], framework="pt") as f:
                     for k in id_fields:
-                        place(k, f.get_slice(k)[p.start:p.stop])
-            offset += p.rows
+                        pieces[k].append(f.get_tensor(k)[p.start:p.stop])
+        n = self.window_rows[w]
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, w)))
         else:
             order = torch.arange(n)
-        return out, order
+        return _Window(pieces, [p.rows for p in self.windows[w]], order)
 
     def iterate(self, reader: CacheReader, hooks: list[str], id_fields: list[str],
                 start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches as fresh tensors gathered from the window (never views of it), so a window is
-        freed as soon as its last batch is served: memory stays at about one window."""
+        """Batches gathered straight from the memory-mapped shards into fresh tensors: no copy
+        of the window is ever made, and nothing keeps a window alive after its last batch."""
         pos = start_batch * self.batch_size  # position in the epoch's virtual row order
         w, w0 = 0, 0
         while w < len(self.windows) and w0 + self.window_rows[w] <= pos:
@@ -274,8 +265,8 @@ class _Plan:
         skip = pos - w0
         carry: dict[str, torch.Tensor] | None = None  # fewer than batch_size rows from the previous window
         while pos < self.total and w < len(self.windows):
-            data, order = self._window(reader, w, hooks, id_fields)
-            order = order[skip:]
+            win = self._window(reader, w, hooks, id_fields)
+            order = win.order[skip:]
             skip = 0
             w += 1
             i = 0
@@ -283,7 +274,7 @@ class _Plan:
                 need = min(self.batch_size, self.total - pos)
                 have = 0 if carry is None else next(iter(carry.values())).shape[0]
                 take = min(need - have, order.numel() - i)
-                rows = {k: v.index_select(0, order[i:i + take]) for k, v in data.items()}
+                rows = win.gather(order[i:i + take])
                 i += take
                 if carry is not None:
                     rows = {k: torch.cat([carry[k], rows[k]]) for k in rows}
@@ -293,9 +284,42 @@ class _Plan:
                     break
                 yield rows
                 pos += need
-            del data, order
+            del win, order
         if carry is not None and pos < self.total:  # only reachable with drop_last=False
             yield carry
+
+
+class _Window:
+    """Consecutive shard pieces seen as one row space, gathered from without concatenating."""
+
+    def __init__(self, pieces: dict[str, list[torch.Tensor]], sizes: list[int], order: torch.Tensor) -> None:
+        self.pieces = pieces
+        self.bounds = torch.tensor(sizes).cumsum(0)
+        self.starts = [0, *self.bounds[:-1].tolist()]
+        self.order = order
+
+    def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows `idx` of the window, grouped by shard piece (one sequential gather per piece).
+
+        Within a batch, rows come piece by piece, each piece's rows in `idx` order: the batch
+        is the same set of rows, and the order stays a pure function of (seed, epoch, batch).
+        """
+        if len(self.starts) == 1:
+            return {k: v[0].index_select(0, idx) for k, v in self.pieces.items()}
+        piece = torch.bucketize(idx, self.bounds, right=True)
+        piece, perm = torch.sort(piece, stable=True)
+        idx = idx[perm]
+        counts = torch.bincount(piece, minlength=len(self.starts)).tolist()
+        out = {}
+        for k, parts in self.pieces.items():
+            o = torch.empty((idx.numel(), *parts[0].shape[1:]), dtype=parts[0].dtype)
+            a = 0
+            for p, c in enumerate(counts):
+                if c:
+                    torch.index_select(parts[p], 0, idx[a:a + c] - self.starts[p], out=o[a:a + c])
+                    a += c
+            out[k] = o
+        return out
 
 
 def _mix(seed: int, epoch: int, index: int) -> int:
