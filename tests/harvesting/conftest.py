@@ -61,17 +61,31 @@ def tiny_masked_dir(tmp_path_factory) -> Path:
     return d
 
 
+def _tiny_vision_dir(tmp_path_factory, name: str, seed: int, model_cls, cfg_cls, processor) -> Path:
+    """A 3-layer, 32-wide vision tower on 32x32 images in 8x8 patches (CLS + 16 patches)."""
+    torch.manual_seed(seed)
+    cfg = cfg_cls(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                  image_size=32, patch_size=8)
+    d = tmp_path_factory.mktemp(name)
+    model_cls(cfg).save_pretrained(d)
+    processor.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_dir(tmp_path_factory) -> Path:
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
-    torch.manual_seed(2)
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                    image_size=32, patch_size=8)
-    d = tmp_path_factory.mktemp("tiny_vit")
-    ViTModel(cfg).save_pretrained(d)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
+    return _tiny_vision_dir(tmp_path_factory, "tiny_vit", 2, ViTModel, ViTConfig,
+                            ViTImageProcessor(size={"height": 32, "width": 32}))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    return _tiny_vision_dir(tmp_path_factory, "tiny_clip", 3, CLIPVisionModel, CLIPVisionConfig,
+                            CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}))
 
 
 @pytest.fixture(scope="session")
@@ -98,15 +112,3 @@ def text_corpus(tmp_path_factory) -> Path:
     p.write_text("".join(json.dumps({"text": r["text"], "topic": r["topic"]}) + "\n" for r in recs))
     return p
 
-
-@pytest.fixture(scope="session")
-def tiny_clip_dir(tmp_path_factory) -> Path:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
-    torch.manual_seed(3)
-    cfg = CLIPVisionConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                           image_size=32, patch_size=8)
-    d = tmp_path_factory.mktemp("tiny_clip")
-    CLIPVisionModel(cfg).save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(d)
-    return d
