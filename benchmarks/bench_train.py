@@ -5,13 +5,14 @@
                                                                        # acceptance: every training token
     python benchmarks/bench_train.py --synthetic                       # no cache needed
 
-Both sides train on the same in-memory batches in the same order from the same initial weights
+Every run trains on the same in-memory batches in the same order from the same initial weights
 (W_dec random unit rows, W_enc = W_dec^T, b_dec = geometric median), with the same Adam, rate
 schedule, clipping, decoder-norm constraint and AuxK. The reference is written here in plain
 torch: dense codes, a dense decoder matmul, autograd's dense gradients. The workbench trainer
 uses the sparse kernels (and, with --precision auto on a CPU with bf16 units, chooses features
 on a bf16 encoder matmul while computing their values in fp32). Throughput is the training
-loop only (tokens / wall seconds), FVU is measured on held-out tokens of the cache.
+steps only (tokens / seconds spent in each run's steps; the runs are interleaved step by step so
+load from other jobs hits all of them alike), FVU is measured on held-out tokens of the cache.
 Anchor (benchmarks/RESULTS.md): d_model 576, 4608 features, k 32, batch 4096, one pass over
 368,640 tokens of SmolLM2 blocks.8.hook_resid_post.
 """
@@ -159,43 +160,72 @@ class DenseTopK:
 def config(args: argparse.Namespace, arch: str, out: str, precision: str) -> TrainConfig:
     return TrainConfig(arch=(arch,), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch_size,
                        epochs=args.epochs, out=out, progress=False, checkpoint_every=0, log_every=10,
-                       precision=precision, seed=args.seed, heldout_fraction=0.0, resume=False, device=args.device)
+                       precision=precision, seed=args.seed, heldout_fraction=0.0, resume=False, device=args.device,
+                       capacity=args.capacity)
 
 
-def run_ours(args, src: TensorSource, arch: str, precision: str) -> dict:
-    out = tempfile.mkdtemp(prefix="bench_train_")
-    try:
-        t = Trainer(config(args, arch, out, precision), src)
-        summary = t.train()
+class TrainerRun:
+    """The workbench trainer, stepped by the benchmark so every run sees the same batch in turn."""
+
+    def __init__(self, args, src: TensorSource, arch: str, precision: str) -> None:
+        self.out = tempfile.mkdtemp(prefix="bench_train_")
+        self.trainer = Trainer(config(args, arch, self.out, precision), src)
+        self.name = f"workbench {arch}" + (f" ({args.capacity} capacity)" if arch == "feature_choice" else "") + \
+            f", precision {precision}"
+        self.seconds = 0.0
+
+    def step(self, x: torch.Tensor, step: int) -> None:
+        t = self.trainer
+        t.train_step({"x": x})
+        t.step += 1
+        t.tokens += x.shape[0]
+
+    def result(self) -> dict:
+        t = self.trainer
+        try:
+            summary = t.finish()
+        finally:
+            shutil.rmtree(self.out, ignore_errors=True)
         row = summary["saes"][0]
-        return {"tok_s": summary["session_tokens_per_s"], "fvu": row["heldout_fvu"], "l0": row["heldout_l0"],
-                "dead": row["dead_pct"], "fvu_batch": row.get("heldout_fvu_batch_rule"),
-                "l0_batch": row.get("heldout_l0_batch_rule"), "steps": summary["steps"],
-                "dtype": summary["matmul_dtype"], "unfired": row.get("heldout_unfired_pct")}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+        return {"fvu": row["heldout_fvu"], "l0": row["heldout_l0"], "dead": row["dead_pct"],
+                "fvu_batch": row.get("heldout_fvu_batch_rule"), "l0_batch": row.get("heldout_l0_batch_rule"),
+                "dtype": summary["matmul_dtype"]}
 
 
-def run_dense(args, src: TensorSource, held: torch.Tensor) -> dict:
-    out = tempfile.mkdtemp(prefix="bench_train_dense_")
-    try:
-        t = Trainer(config(args, "topk", out, "float32"), src)  # same init, same resolved recipe
-        ref = DenseTopK(t)
-        scale = t.scales["x"]
-        batches = []
-        for e in range(args.epochs):
-            it = src.batches(["x"], args.batch_size, seed=args.seed, epoch=e, split="train", heldout_fraction=0.0)
-            batches.extend(b["x"] for b in it)
-        t0 = time.perf_counter()
-        for step, xb in enumerate(batches[: t.total_steps]):
-            ref.step(xb * scale, step)
-        dt = time.perf_counter() - t0
-        fvu, l0 = ref.heldout(held, scale)
-        dead = float((ref.since_fired >= ref.dead_tokens).float().mean()) * 100
-        return {"tok_s": t.total_steps * args.batch_size / dt, "fvu": fvu, "l0": l0, "dead": dead,
-                "steps": t.total_steps, "dtype": "float32"}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+class DenseRun:
+    def __init__(self, args, src: TensorSource, held: torch.Tensor) -> None:
+        out = tempfile.mkdtemp(prefix="bench_train_dense_")
+        try:  # same init and resolved recipe as the workbench TopK run
+            t = Trainer(config(args, "topk", out, "float32"), src)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        self.ref = DenseTopK(t)
+        self.scale = t.scales["x"]
+        self.held = held
+        self.name = "plain dense TopK reference (fp32)"
+        self.seconds = 0.0
+
+    def step(self, x: torch.Tensor, step: int) -> None:
+        self.ref.step(x * self.scale, step)
+
+    def result(self) -> dict:
+        fvu, l0 = self.ref.heldout(self.held, self.scale)
+        dead = float((self.ref.since_fired >= self.ref.dead_tokens).float().mean()) * 100
+        return {"fvu": fvu, "l0": l0, "dead": dead, "dtype": "float32"}
+
+
+def run_interleaved(runs: list, batches: list[torch.Tensor]) -> None:
+    """Each batch goes through every run in turn (rotating who goes first), each step timed on its own.
+
+    On a shared machine load comes and goes; interleaving at step granularity exposes every run
+    to the same conditions, so the ratios hold even when the absolute figures wobble.
+    """
+    for step, xb in enumerate(batches):
+        for j in range(len(runs)):
+            r = runs[(step + j) % len(runs)]
+            t0 = time.perf_counter()
+            r.step(xb, step)
+            r.seconds += time.perf_counter() - t0
 
 
 def encoder_matmul_bound(args, d: int) -> float:
@@ -226,6 +256,7 @@ def main() -> int:
     ap.add_argument("--archs", nargs="+", default=["topk"], help="workbench architectures to train")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     ap.add_argument("--no-fp32", action="store_true", help="skip the workbench fp32-selection run")
+    ap.add_argument("--capacity", choices=["uniform", "zipf"], default="uniform", help="Feature Choice capacities")
     args = ap.parse_args()
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"date: {datetime.date.today()}  machine: {machine()}")
@@ -240,21 +271,36 @@ def main() -> int:
     print(f"SAE: d {d}, {args.expansion * d} features, k {args.k}, batch {args.batch_size}, Adam, "
           f"{args.epochs} epoch(s); held-out FVU against the held-out set's own mean")
     src = TensorSource(train_x, heldout=held)
-    rows = []
-    dense = None if args.no_dense else run_dense(args, src, held)
+    runs: list = []
     for arch in args.archs:
-        rows.append((f"workbench {arch}, precision auto", run_ours(args, src, arch, "auto")))
+        runs.append(TrainerRun(args, src, arch, "auto"))
         if arch == "topk" and not args.no_fp32:
-            rows.append(("workbench topk, precision float32", run_ours(args, src, arch, "float32")))
+            runs.append(TrainerRun(args, src, arch, "float32"))
+    dense = None if args.no_dense else DenseRun(args, src, held)
     if dense is not None:
-        rows.append(("plain dense TopK reference (fp32)", dense))
+        runs.append(dense)
+    total = runs[0].trainer.total_steps
+    batches = []
+    for e in range(args.epochs):
+        batches.extend(b["x"] for b in src.batches(["x"], args.batch_size, seed=args.seed, epoch=e,
+                                                   split="train", heldout_fraction=0.0))
+    batches = batches[:total]
+    print(f"{len(runs)} runs interleaved step by step over the same {total} batches of {args.batch_size} tokens")
+    run_interleaved(runs, batches)
+    tokens = total * args.batch_size
+    rows = []
+    for r in runs:
+        res = r.result()
+        res["tok_s"] = tokens / r.seconds
+        rows.append((r.name, res))
+    dense_res = rows[-1][1] if dense is not None else None
     bound = encoder_matmul_bound(args, d)
     print()
     print("| run | selection matmul | tokens/s | vs dense ref | held-out FVU | L0 | dead % (train window) "
           "| batch-rule FVU / L0 |")
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for name, r in rows:
-        ratio = f"{r['tok_s'] / dense['tok_s']:.2f}x" if dense else "-"
+        ratio = f"{r['tok_s'] / dense_res['tok_s']:.2f}x" if dense_res else "-"
         batch = "-" if r.get("fvu_batch") is None else f"{r['fvu_batch']:.4f} / {r['l0_batch']:.1f}"
         print(f"| {name} | {r['dtype']} | {r['tok_s']:,.0f} | {ratio} | {r['fvu']:.4f} | {r['l0']:.1f} | "
               f"{r['dead']:.2f} | {batch} |")
