@@ -167,11 +167,28 @@ def select_feature_choice(pre: Tensor, capacity: Tensor, features_major: bool = 
     if m == 0:
         e = torch.zeros(0, dtype=torch.long, device=pre.device)
         return Selection(pre.new_zeros(0), e, e, None, None)
-    v, t = pf.topk(m, dim=1, sorted=True)  # [F, m]: feature f's rank-r token
-    keep = torch.arange(m, device=pre.device)[None, :] < capacity[:, None]
-    rows = t[keep]
-    cols = torch.arange(f, device=pre.device)[:, None].expand(f, m)[keep]
-    v = v[keep]
+    # Features are ranked in groups of similar capacity (powers of two), each group with a top-k
+    # as wide as its own largest capacity: with widely spread capacities (Zipf) one top-m over
+    # all features would cost F x max(capacity) instead of about 2 x sum(capacity).
+    level = torch.floor(torch.log2(capacity.clamp(min=1).double())).long()
+    level = torch.where(capacity == 0, torch.full_like(level, -1), level)
+    levels = [int(v) for v in torch.unique(level) if int(v) >= 0]
+    parts_v, parts_rows, parts_cols = [], [], []
+    for lv in levels:
+        if len(levels) == 1:
+            feats = torch.nonzero(level >= 0).flatten() if bool((level < 0).any()) else None
+        else:
+            feats = torch.nonzero(level == lv).flatten()
+        sub = pf if feats is None else pf.index_select(0, feats)
+        cap = capacity if feats is None else capacity[feats]
+        mg = int(cap.max())
+        v, t = sub.topk(mg, dim=1, sorted=True)  # [n, mg]: the group's rank-r token per feature
+        keep = torch.arange(mg, device=pre.device)[None, :] < cap[:, None]
+        ids = torch.arange(f, device=pre.device) if feats is None else feats
+        parts_v.append(v[keep])
+        parts_rows.append(t[keep])
+        parts_cols.append(ids[:, None].expand(-1, mg)[keep])
+    v, rows, cols = (torch.cat(p) if len(p) > 1 else p[0] for p in (parts_v, parts_rows, parts_cols))
     order = torch.argsort(rows * f + cols)
     return Selection(v[order], rows[order], cols[order], None, None)
 

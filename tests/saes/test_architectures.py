@@ -132,6 +132,22 @@ def test_batch_rules_match_dense_references():
         torch.testing.assert_close(fc.encode_batch(x).to_dense(), pre.relu() * mask_feature_choice(pre, cap))
 
 
+@pytest.mark.parametrize("exponent", [0.6, 1.0])
+def test_feature_choice_zipf_capacities_match_dense_reference(exponent):
+    """Zipf capacities spread widely (grouped top-k in the selector): still each feature's best tokens."""
+    x = data(n=64)
+    fc = make("feature_choice", capacity="zipf", zipf_exponent=exponent)
+    usage = torch.rand(F, generator=torch.Generator().manual_seed(8))
+    cap = fc.capacities(64, usage)
+    assert int(cap.sum()) == K * 64 and int(cap.max()) > 4 * int(cap.min()) + 4
+    assert int(cap[usage.argmax()]) == int(cap.max())  # the most used feature gets the most tokens
+    pre = dense_pre(fc, x).detach()
+    from saes.kernels import FeatureChoice, encode
+
+    (codes,) = encode(x - fc.b_dec, fc.W_enc, fc.b_enc, [FeatureChoice(cap)])
+    torch.testing.assert_close(codes.to_dense().detach(), pre.relu() * mask_feature_choice(pre, cap))
+
+
 def dense_matching_pursuit(x, W_dec, b_dec, k):
     """The textbook pursuit: recompute every correlation from the residual at every step."""
     atoms = W_dec / W_dec.norm(dim=1, keepdim=True)
