@@ -1,8 +1,8 @@
 """Training throughput and held-out FVU: the workbench trainer against a plain dense TopK loop.
 
     python benchmarks/bench_train.py                                   # the anchor: 368,640 tokens, TopK
-    python benchmarks/bench_train.py --tokens 0 --archs topk batchtopk feature_choice mutual_choice
-                                                                       # acceptance: every training token
+    python benchmarks/bench_train.py --tokens 0 --archs topk batchtopk feature_choice feature_choice/zipf \
+        mutual_choice                                                  # acceptance: every training token
     python benchmarks/bench_train.py --synthetic                       # no cache needed
 
 Every run trains on the same in-memory batches in the same order from the same initial weights
@@ -158,10 +158,12 @@ class DenseTopK:
 
 
 def config(args: argparse.Namespace, arch: str, out: str, precision: str) -> TrainConfig:
+    """`arch` may carry a Feature Choice capacity rule: "feature_choice/zipf"."""
+    arch, _, capacity = arch.partition("/")
     return TrainConfig(arch=(arch,), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch_size,
                        epochs=args.epochs, out=out, progress=False, checkpoint_every=0, log_every=10,
                        precision=precision, seed=args.seed, heldout_fraction=0.0, resume=False, device=args.device,
-                       capacity=args.capacity)
+                       capacity=capacity or "uniform", lr=args.lr)
 
 
 class TrainerRun:
@@ -170,7 +172,8 @@ class TrainerRun:
     def __init__(self, args, src: TensorSource, arch: str, precision: str) -> None:
         self.out = tempfile.mkdtemp(prefix="bench_train_")
         self.trainer = Trainer(config(args, arch, self.out, precision), src)
-        self.name = f"workbench {arch}" + (f" ({args.capacity} capacity)" if arch == "feature_choice" else "") + \
+        base, _, cap = arch.partition("/")
+        self.name = f"workbench {base}" + (f" ({cap or 'uniform'} capacity)" if base == "feature_choice" else "") + \
             f", precision {precision}"
         self.seconds = 0.0
 
@@ -253,10 +256,11 @@ def main() -> int:
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--archs", nargs="+", default=["topk"], help="workbench architectures to train")
+    ap.add_argument("--archs", nargs="+", default=["topk"],
+                    help="workbench architectures to train (feature_choice/zipf: Zipf capacities)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     ap.add_argument("--no-fp32", action="store_true", help="skip the workbench fp32-selection run")
-    ap.add_argument("--capacity", choices=["uniform", "zipf"], default="uniform", help="Feature Choice capacities")
+    ap.add_argument("--lr", type=float, default=0.0, help="Adam rate (0 = the trainer's width-scaled default)")
     args = ap.parse_args()
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"date: {datetime.date.today()}  machine: {machine()}")
