@@ -20,9 +20,11 @@ def main() -> None:
     torch.set_num_threads(1)
     out, archs = sys.argv[1], tuple(sys.argv[2:])
     x = sparse_activations(random_dictionary(48, 16, seed=1), 2_600, active=3, seed=2, bias=torch.full((16,), 2.0))
+    # fp32 selection: with bf16 (the default on CPUs with bf16 units) a near-tie at the selection
+    # boundary could flip between the two summation orders, and the runs would fork for that reason.
     cfg = TrainConfig(arch=archs, k=(3,), expansion=(2,), batch_size=256, out=out, progress=False,
                       checkpoint_every=0, heldout_fraction=0.02, init_sample_tokens=512, dead_tokens=512,
-                      l0_coef=0.1, l1_coef=0.3, multi_topk=True)
+                      l0_coef=0.1, l1_coef=0.3, multi_topk=True, precision="float32")
     trainer = Trainer(cfg, TensorSource(x))
     try:
         trainer.train()
