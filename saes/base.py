@@ -152,6 +152,9 @@ class SparseAutoencoder(nn.Module):
         """Loss and statistics of one batch under the training rule (see each architecture)."""
         raise NotImplementedError
 
+    def init_from_sample(self, x: Tensor) -> None:
+        """Data-dependent initialisation after b_dec is set (`x`: scaled training sample); default none."""
+
     def compile_dense_parts(self) -> None:
         """torch.compile this architecture's dense tensor code, if it has any (`--compile`).
 

@@ -57,7 +57,7 @@ class SAEConfig:
             raise choices_error("architecture", self.architecture, ARCHITECTURES)
         if self.d_in < 1 or self.num_features < 1:
             raise WorkbenchError(f"d_in ({self.d_in}) and num_features ({self.num_features}) must be >= 1")
-        uses_k = self.architecture not in ("relu", "jumprelu")
+        uses_k = self.architecture != "relu"  # JumpReLU: k sets the initial thresholds (L0 about k)
         if uses_k and not 1 <= self.k < self.num_features:
             raise WorkbenchError(
                 f"k={self.k} must be at least 1 and below the number of features ({self.num_features}) "
@@ -141,7 +141,8 @@ class TrainConfig:
     l0_coef: float = field(default=1.0, metadata=_h("JumpReLU: L0 penalty coefficient (per-token sse units)"))
     sparsity_warmup_fraction: float = field(default=0.05, metadata=_h("linear warm-up of the L1/L0 coefficient"))
     jumprelu_bandwidth: float = field(default=0.05, metadata=_h("JumpReLU straight-through kernel width"))
-    jumprelu_init_threshold: float = field(default=0.1, metadata=_h("JumpReLU initial threshold"))
+    jumprelu_init_threshold: float = field(
+        default=0.1, metadata=_h("JumpReLU initial threshold without a data sample (the trainer starts at L0 ~ k)"))
     threshold_ema: float = field(default=0.99, metadata=_h("decay of the running inference threshold (BatchTopK/FC/MC)"))
     # ---- bookkeeping
     log_every: int = field(default=10, metadata=_h("steps between metric lines in metrics.jsonl"))
@@ -199,11 +200,12 @@ class TrainConfig:
     def sae_grid(self, hooks: list[str]) -> list[tuple[str, str, int, int]]:
         """(hook, arch, k, expansion) of every SAE this run trains, in a fixed order.
 
-        ReLU and JumpReLU have no k, so they appear once per (hook, expansion) whatever --k says.
+        ReLU has no k, so it appears once per (hook, expansion) whatever --k says. (JumpReLU uses
+        k only to place its initial thresholds at L0 about k.)
         """
         out: list[tuple[str, str, int, int]] = []
         for hook, arch, k, exp in itertools.product(hooks, self.arch, self.k, self.expansion):
-            if arch in ("relu", "jumprelu"):
+            if arch == "relu":
                 k = 0
             if (hook, arch, k, exp) not in out:
                 out.append((hook, arch, k, exp))

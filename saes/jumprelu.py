@@ -12,6 +12,12 @@ max(theta - eps/2, 0)), the values below theta are zeroed by the JumpReLU, and d
 sparse. Exact as long as theta > eps/2 (then every place with a non-zero kernel is selected);
 below that, places with negative pre-activation inside the kernel are not, which only drops the
 threshold gradient's contribution from negative pre-activations.
+
+Initial thresholds: when the trainer has a data sample, each feature's threshold starts at the
+(1 - k/F) quantile of its pre-activations there, so training starts at L0 about k and the L0
+penalty tunes it from there. (Adam moves log(theta) by about the learning rate per step: from a
+fixed small start, a run of a few hundred steps never reaches useful thresholds and stays dense.)
+Without a sample, thresholds start at `jumprelu_init_threshold`.
 """
 
 from __future__ import annotations
@@ -95,6 +101,19 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def encode(self, x: Tensor, *, matmul_dtype: torch.dtype | None = None) -> SparseCodes:
         return self._encode_with(x, Threshold(self.threshold.detach()), matmul_dtype)
+
+    @torch.no_grad()
+    def init_from_sample(self, x: Tensor) -> None:
+        """Thresholds at each feature's (1 - k/F) pre-activation quantile over the sample (L0 about k)."""
+        n = x.shape[0]
+        rank = max(1, min(n, round(n * (1 - self.cfg.k / self.num_features))))
+        theta = x.new_empty(self.num_features)
+        for lo in range(0, self.num_features, 1024):  # in feature blocks: [n, F] at once can be large
+            w = self.enc_weight[lo:lo + 1024]
+            pre = (x - self.b_dec) @ w.t() + self.b_enc[lo:lo + 1024]
+            theta[lo:lo + 1024] = pre.kthvalue(rank, dim=0).values
+        floor = self.cfg.jumprelu_bandwidth / 2  # keep the kernel band above zero (exact sparse gradients)
+        self.log_threshold.copy_(theta.clamp_min(floor).log())
 
     def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
         self.check_input(x)

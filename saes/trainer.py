@@ -183,12 +183,12 @@ class Trainer:
         d = int(self.source.d_model(hook))
         f = exp * d
         cfg = self.cfg
-        if arch not in ("relu", "jumprelu") and k >= f:
+        if arch != "relu" and k >= f:
             raise WorkbenchError(
                 f"k={k} must be below the number of features ({f} = expansion {exp} x d_model {d} of {hook})"
             )
         return SAEConfig(
-            architecture=arch, d_in=d, num_features=f, k=k or 32, hook=hook,
+            architecture=arch, d_in=d, num_features=f, k=k or min(32, f - 1), hook=hook,
             model_id=str(getattr(self.source, "model_id", "") or ""), inference=cfg.inference,
             capacity=cfg.capacity, zipf_exponent=cfg.zipf_exponent, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
             jumprelu_init_threshold=cfg.jumprelu_init_threshold,
@@ -245,13 +245,15 @@ class Trainer:
     @torch.no_grad()
     def _initialise(self) -> None:
         how = self.cfg.init_b_dec
+        sample = self._init_sample()
         if how != "zeros":
-            sample = self._init_sample()
             centres: dict[str, Tensor] = {}
             for h, x in sample.items():
                 centres[h] = geometric_median(x) if how == "geometric_median" else x.mean(0)
             for s in self.slots:
                 s.sae.b_dec.copy_(centres[s.hook].to(self.device))
+        for s in self.slots:
+            s.sae.init_from_sample(sample[s.hook].to(self.device))
         for s in self.slots:  # identical start on every rank, whatever each computed
             for t in list(s.sae.parameters()) + list(s.sae.buffers()):
                 self.dist.broadcast_(t.data)

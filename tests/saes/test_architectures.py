@@ -423,3 +423,13 @@ def test_compiled_dense_path_matches_eager():
     torch.testing.assert_close(a.loss, b.loss)
     assert torch.equal(a.fired, b.fired)
     assert_same_grads(grads(compiled, b.loss), grads(eager, a.loss))
+
+
+def test_jumprelu_thresholds_start_at_l0_about_k():
+    sae = make("jumprelu")
+    x = torch.randn(2000, D, generator=torch.Generator().manual_seed(4), dtype=DT) * 3
+    sae.init_from_sample(x)
+    with torch.no_grad():
+        l0 = sae.encode(x).nnz / x.shape[0]
+    assert abs(l0 - K) < 0.2, l0
+    assert float(sae.threshold.min()) >= sae.cfg.jumprelu_bandwidth / 2
