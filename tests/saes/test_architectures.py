@@ -433,3 +433,25 @@ def test_jumprelu_thresholds_start_at_l0_about_k():
         l0 = sae.encode(x).nnz / x.shape[0]
     assert abs(l0 - K) < 0.2, l0
     assert float(sae.threshold.min()) >= sae.cfg.jumprelu_bandwidth / 2
+
+
+def test_batch_topk_selection_with_saturated_tokens_matches_flat_topk():
+    """Real activations have a few tokens that want far more than 4k features ("saturated"); the
+    selector's candidate union must still return exactly the k*B largest entries of the batch."""
+    from saes.kernels import BatchTopK as BT
+    from saes.kernels import select
+
+    g = torch.Generator().manual_seed(11)
+    for n_big in (0, 3, 40):  # none, a few, most of the batch saturated (falls back to the flat top-k)
+        pre = torch.randn(64, 200, generator=g, dtype=DT)
+        pre[:n_big] += 6.0  # these tokens win many more than 4k entries
+        s = select(pre, BT(4))
+        got = torch.zeros(pre.numel(), dtype=torch.bool)
+        got[s.rows * 200 + s.cols] = True
+        ref = torch.zeros(pre.numel(), dtype=torch.bool)
+        ref[pre.reshape(-1).topk(4 * 64).indices] = True
+        assert torch.equal(got, ref), n_big
+        assert torch.equal(s.pre, pre[s.rows, s.cols]) and bool((s.rows[1:] >= s.rows[:-1]).all())
+        if n_big:
+            # more than 4k = 16 entries each (up to the whole budget): the path under test was taken
+            assert int((s.rows < n_big).sum()) >= min(4 * 64, 17 * n_big), "saturated tokens should win many entries"
