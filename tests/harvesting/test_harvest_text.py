@@ -161,3 +161,10 @@ def test_text_and_jsonl_files_and_the_offline_corpus(tiny_causal_dir, text_corpu
     for corpus in (txt, "wiki-vital"):
         out = harvest(_cfg(tiny_causal_dir, corpus, tmp_path / f"o{len(str(corpus))}", tokens=300))
         assert CacheReader(out).num_tokens >= 300
+
+
+def test_sae_hooks_lists_the_models_hook_points(tiny_causal_dir, capsys) -> None:
+    from workbench.cli import main
+
+    assert main(["hooks", str(tiny_causal_dir), "--filter", "resid_post"]) == 0
+    assert capsys.readouterr().out.split() == [f"blocks.{i}.hook_resid_post" for i in range(3)]
