@@ -460,8 +460,7 @@ class Trainer:
                 fh.write("\n".join(lines) + "\n")
         if bar is not None and self.slots[0].last_metrics:
             m = self.slots[0].last_metrics
-            post = {"fvu": f"{m['fvu']:.4f}", "L0": f"{m['l0']:.1f}", "dead": f"{m['dead_pct']:.1f}%",
-                    "tok/s": f"{tok_per_s:,.0f}"}
+            post = {"fvu": f"{m['fvu']:.4f}", "L0": f"{m['l0']:.1f}", "dead": f"{m['dead_pct']:.1f}%"}
             if len(self.slots) > 1:
                 post["saes"] = len(self.slots)
             bar.set_postfix(post, refresh=False)
