@@ -13,13 +13,7 @@ import torch
 from saes import TensorSource, TrainConfig, load_sae, train
 from saes.synthetic import mean_max_cosine, random_dictionary, sparse_activations
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes: one thread is faster, and far faster when other jobs share the cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRUE = random_dictionary(64, 32, seed=1)

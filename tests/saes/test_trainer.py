@@ -15,12 +15,7 @@ from saes.synthetic import random_dictionary, sparse_activations
 from workbench.errors import WorkbenchError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRUE = random_dictionary(48, 16, seed=1)
