@@ -18,7 +18,7 @@ from harvesting import verify_cache
 
 def _cmd(model: Path, corpus: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "workbench.cli", "harvest", "--model", str(model), "--corpus", str(corpus),
-            "--hooks", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post", "--tokens", "6000",
+            "--hooks", "blocks.0.hook_resid_post", "blocks.2.hook_resid_post", "--tokens", "24000",
             "--context-length", "32", "--batch-size", "4", "--shard-tokens", "600", "--out", str(out), "--no-progress"]
 
 
@@ -83,4 +83,4 @@ def test_verify_passes_a_good_cache_and_names_a_flipped_byte_and_a_truncated_sha
     assert res.returncode == 1 and "checksum mismatch" in res.stdout and "2 problem(s)" in res.stdout
     ok = subprocess.run([sys.executable, "-m", "workbench.cli", "cache", "info", str(reference)], env=_env(),
                         capture_output=True, text=True, check=True)
-    assert "blocks.2.hook_resid_post" in ok.stdout and "6,0" in ok.stdout
+    assert "blocks.2.hook_resid_post" in ok.stdout and "24,0" in ok.stdout
