@@ -100,6 +100,13 @@ def test_masked_lm_drops_cls_and_sep(tiny_masked_dir, text_corpus, tmp_path) -> 
         _, cache = lm.bridge.run_with_cache(ids[None], names_filter=["blocks.1.hook_resid_post"])
     torch.testing.assert_close(rows["blocks.1.hook_resid_post"][sel], cache["blocks.1.hook_resid_post"][0, 1:31],
                                rtol=1e-5, atol=1e-5)
+    # and a separately loaded HF model (the bridged one's own hidden_states are not reliable after boot)
+    from transformers import BertForMaskedLM
+
+    hf = BertForMaskedLM.from_pretrained(tiny_masked_dir, attn_implementation="eager").eval()
+    with torch.no_grad():
+        hs = hf(ids[None], output_hidden_states=True).hidden_states
+    torch.testing.assert_close(rows["blocks.1.hook_resid_post"][sel], hs[2][0, 1:31], rtol=1e-4, atol=1e-4)
 
 
 def test_multi_hook_pass_equals_single_hook_passes(causal_cache, tiny_causal_dir, text_corpus, tmp_path) -> None:
