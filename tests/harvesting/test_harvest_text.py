@@ -175,3 +175,27 @@ def test_sae_hooks_lists_the_models_hook_points(tiny_causal_dir, capsys) -> None
 
     assert main(["hooks", str(tiny_causal_dir), "--filter", "resid_post"]) == 0
     assert capsys.readouterr().out.split() == [f"blocks.{i}.hook_resid_post" for i in range(3)]
+
+
+def test_streamed_corpus_is_seeded_and_keeps_document_indices(tiny_causal_dir, text_corpus, tmp_path) -> None:
+    """The streaming path hub datasets take, run on a local file: same order for the same seed."""
+    from harvesting.corpus import open_documents
+
+    a = [d.index for d in open_documents(str(text_corpus), seed=3, streaming=True)]
+    assert a == [d.index for d in open_documents(str(text_corpus), seed=3, streaming=True)]
+    assert a != [d.index for d in open_documents(str(text_corpus), seed=4, streaming=True)]
+    assert sorted(a) == list(range(300))  # every document once, with its index in the file
+    texts = [json.loads(line)["text"] for line in text_corpus.read_text().splitlines()]
+    first = next(open_documents(str(text_corpus), seed=3, streaming=True))
+    assert first.text == texts[first.index]
+    out = [harvest(_cfg(tiny_causal_dir, text_corpus, tmp_path / f"s{i}", streaming=True, tokens=400)) for i in range(2)]
+    assert [p.read_bytes() for p in sorted(out[0].iterdir())] == [p.read_bytes() for p in sorted(out[1].iterdir())]
+
+
+def test_a_cache_from_before_a_new_config_field_is_still_recognised(causal_cache, tiny_causal_dir, text_corpus) -> None:
+    m = json.loads((causal_cache / "manifest.json").read_text())
+    del m["config"]["streaming"]  # as written before the field existed
+    (causal_cache / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    before = {p.name: p.read_bytes() for p in causal_cache.iterdir()}
+    harvest(_cfg(tiny_causal_dir, text_corpus, causal_cache))  # recognised as finished: nothing rewritten
+    assert {p.name: p.read_bytes() for p in causal_cache.iterdir()} == before
