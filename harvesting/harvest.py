@@ -145,12 +145,18 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
         for inputs, keep, ids in batches:
             if done >= cfg.tokens:
                 break
-            # Trim the last batch so the cache holds the budget and not a batch more.
-            per_ctx = keep.sum(1).cumsum(0)
-            n_ctx = int(torch.searchsorted(per_ctx, torch.tensor(cfg.tokens - done), right=False)) + 1
-            n_ctx = min(n_ctx, keep.shape[0])
-            inputs, keep, ids = inputs[:n_ctx], keep[:n_ctx], {k: v[:n_ctx] for k, v in ids.items()}
+            if keep is not None:  # text: trim the last batch before running it
+                n_ctx = _contexts_needed(keep, cfg.tokens - done)
+                inputs, keep, ids = inputs[:n_ctx], keep[:n_ctx], {k: v[:n_ctx] for k, v in ids.items()}
             acts = _forward(lm, inputs.to(device), list(cfg.hooks), stop)
+            if keep is None:  # vision: every CLS/patch row is kept; the model says how many per image
+                b, t = next(iter(acts.values())).shape[:2]
+                keep = torch.ones(b, t, dtype=torch.bool)
+                ids = {"image_ids": ids["image_ids"].unsqueeze(1).expand(b, t),
+                       "patch_ids": torch.arange(t).unsqueeze(0).expand(b, t)}
+                n_ctx = _contexts_needed(keep, cfg.tokens - done)
+                acts = {h: a[:n_ctx] for h, a in acts.items()}
+                keep, ids = keep[:n_ctx], {k: v[:n_ctx] for k, v in ids.items()}
             mask = keep.to(device)
             b, t = keep.shape
             ids["context_ids"] = (torch.arange(ctx_index, ctx_index + b).unsqueeze(1).expand(b, t))
@@ -169,6 +175,12 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
     if done < cfg.tokens:
         log.warning("the corpus ran out after %s tokens (budget %s)", f"{done:,}", f"{cfg.tokens:,}")
     return out
+
+
+def _contexts_needed(keep: torch.Tensor, remaining: int) -> int:
+    """How many leading contexts of a batch fill the rest of the budget (the cache never holds a batch more)."""
+    per_ctx = keep.sum(1).cumsum(0)
+    return min(int(torch.searchsorted(per_ctx, torch.tensor(remaining), right=False)) + 1, keep.shape[0])
 
 
 def _tokenizer_info(lm: LoadedModel) -> dict[str, Any] | None:
@@ -199,7 +211,8 @@ def _text_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tu
         yield ids, torch.stack([c.keep for c in chunk]), {"token_ids": ids, "doc_ids": torch.stack([c.doc_ids for c in chunk])}
 
 
-def _image_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+def _image_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tuple[torch.Tensor, None, dict]]:
+    """Preprocessed images; the rows per image (CLS [+ distillation] + patches) come from the forward."""
     if lm.image_processor is None:
         raise WorkbenchError(f"{lm.model_id} has no image processor; cannot preprocess images for it")
     docs = open_documents(cfg.corpus, split=cfg.split, field=cfg.text_field, seed=cfg.seed, subset=cfg.subset,
@@ -211,23 +224,4 @@ def _image_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[t
             return
         images = [d.image.convert("RGB") if hasattr(d.image, "convert") else d.image for d in chunk]
         px = lm.image_processor(images=images, return_tensors="pt")["pixel_values"].to(DTYPES[cfg.model_dtype])
-        t = _vision_seq_len(lm, px)
-        b = len(chunk)
-        keep = torch.ones(b, t, dtype=torch.bool)
-        image_ids = torch.tensor([d.index for d in chunk]).unsqueeze(1).expand(b, t)
-        patch_ids = torch.arange(t).unsqueeze(0).expand(b, t)
-        yield px, keep, {"image_ids": image_ids, "patch_ids": patch_ids}
-
-
-_SEQ_LEN: dict[int, int] = {}
-
-
-def _vision_seq_len(lm: LoadedModel, px: torch.Tensor) -> int:
-    """Rows per image (CLS [+ distillation] + patches), read off the embedding output once."""
-    key = id(lm)
-    if key not in _SEQ_LEN:
-        with torch.inference_mode():
-            _, cache = lm.bridge.run_with_cache(px[:1].to(next(lm.bridge.parameters()).device),
-                                                names_filter=["blocks.0.hook_resid_pre"], stop_at_layer=1)
-        _SEQ_LEN[key] = cache["blocks.0.hook_resid_pre"].shape[1]
-    return _SEQ_LEN[key]
+        yield px, None, {"image_ids": torch.tensor([d.index for d in chunk])}

@@ -108,11 +108,10 @@ class CacheReader:
             out[h] = self._load(shard["files"][h]["file"])
         return out
 
-    def _load(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    def _load(self, name: str) -> torch.Tensor:
+        """A shard's activations, memory-mapped (pages are read when rows are gathered)."""
         with safe_open(self.path / name, framework="pt") as f:
-            if start == 0 and stop is None:
-                return f.get_tensor("acts")
-            return f.get_slice("acts")[start:stop]
+            return f.get_tensor("acts")
 
     # -- splits ----------------------------------------------------------------------------
     def _pieces(self, split: Split, heldout_fraction: float) -> list[_Piece]:
@@ -210,7 +209,7 @@ class CacheReader:
                     if k in scales:
                         v = v.to(dtype)
                         if scales[k] != 1.0:
-                            v = v * scales[k]
+                            v.mul_(scales[k])  # batches are fresh gathers, never views of the cache
                     out[k] = v
                 yield out
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from saes.base import StepContext, StepOutput, selector_training_step
-from saes.batchtopk import ThresholdInferenceSAE, global_min_kept, per_feature_min_kept
+from saes.batchtopk import BatchTopKSAE, ThresholdInferenceSAE, per_feature_min_kept
 from saes.kernels import BatchTopK, FeatureChoice, TopK
 from saes.losses import uniform_capacities, zipf_capacities, zipf_target_rates
 from saes.registry import register
@@ -88,21 +88,16 @@ class FeatureChoiceSAE(ThresholdInferenceSAE):
 
 
 @register
-class MutualChoiceSAE(ThresholdInferenceSAE):
+class MutualChoiceSAE(BatchTopKSAE):
+    """Mutual Choice: BatchTopK's rule (the k*B budget spread freely over the B x F matrix), with
+    the paper's aux_zipf loss on under-used features as its default auxiliary loss."""
+
     architecture = "mutual_choice"
     default_aux = "zipf"
 
-    def batch_selector(self, batch_size: int, ctx: StepContext | None) -> object:
-        return BatchTopK(self.cfg.k)
-
-    def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
+    def aux_selector(self, ctx: StepContext) -> object | None:
         if ctx.aux_loss == "auxk":
-            aux = self.aux_selector(ctx)
-        elif ctx.usage is not None:
-            aux = zipf_aux_selector(ctx.usage, zipf_target_rates(ctx.usage, self.cfg.k, self.cfg.zipf_exponent), ctx)
-        else:
-            aux = None
-        multi = BatchTopK(min(4 * self.cfg.k, self.num_features)) if ctx.multi_topk else None
-        out, codes = selector_training_step(self, x, ctx, BatchTopK(self.cfg.k), multi, aux)
-        self.update_threshold(global_min_kept(codes), ctx.threshold_ema, ctx.reduce)
-        return out
+            return super().aux_selector(ctx)
+        if ctx.usage is None:
+            return None
+        return zipf_aux_selector(ctx.usage, zipf_target_rates(ctx.usage, self.cfg.k, self.cfg.zipf_exponent), ctx)
