@@ -386,7 +386,8 @@ class Trainer:
             if self.scales[h] != 1.0:
                 x = x * self.scales[h]
             sums = self.dist.reduce(moment_sums(x), "sum")
-            xs[h], denoms[h], counts[h] = x, variance_from_sums(sums).to(torch.float32), int(sums[-1])
+            # every rank holds batch_size / world_size rows (the reader drops partial batches): no host sync
+            xs[h], denoms[h], counts[h] = x, variance_from_sums(sums).to(torch.float32), x.shape[0] * self.dist.world_size
         mult = self.lr_factor()
         for s in self.slots:
             n = counts[s.hook]
