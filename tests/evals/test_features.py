@@ -1,0 +1,175 @@
+"""The dashboard pass against brute force on a small real cache (all activations in memory)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.evals.inspect_support import tiny_setup
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    return tiny_setup(tmp_path_factory.mktemp("tiny_features", numbered=False))
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    from evals.features import FeatureConfig, FeatureData, build_features
+
+    cfg = FeatureConfig(checkpoint_every=2, corr_features=64)
+    out = build_features(tiny["sae"], tiny["cache"], tmp_path_factory.mktemp("feat"), cfg, progress=False)
+    return FeatureData(out), cfg
+
+
+@pytest.fixture(scope="module")
+def dense(tiny):
+    """Every row's activations, ids and SAE codes, computed the plain way."""
+    from harvesting import CacheReader
+    from saes import load_sae
+
+    r = CacheReader(tiny["cache"])
+    shards = [r.load_shard(i) for i in range(len(r.shards))]
+    cat = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+    sae = load_sae(tiny["sae"])
+    with torch.no_grad():
+        z = sae.encode_dense(cat["blocks.1.hook_resid_post"].float())
+    return cat, z, sae
+
+
+def test_topk_equals_brute_force(built, dense):
+    data, cfg = built
+    ids, z, _ = dense
+    assert len(ids["token_ids"]) > 2000 and data.meta["tokens"] == z.shape[0]
+    t = data.tensors
+    fired = 0
+    for f in range(z.shape[1]):
+        col = z[:, f]
+        nz = int((col > 0).sum())
+        assert int(t["nnz"][f]) == nz
+        n = min(nz, cfg.top_k)
+        if n == 0:
+            assert torch.isinf(t["top_val"][f]).all()
+            continue
+        fired += 1
+        # ties (equal activations on repeated prefixes) go to the earlier row
+        r = torch.tensor(sorted(range(col.numel()), key=lambda i: (-float(col[i]), i))[:n])
+        v = col[r]
+        assert torch.equal(t["top_val"][f, :n], v)
+        assert torch.equal(t["top_row"][f, :n], r)
+        assert torch.isinf(t["top_val"][f, n:]).all()
+        for j in range(n):  # the window: same context only, the feature's own activations
+            row = int(r[j])
+            for d in range(-cfg.context, cfg.context + 1):
+                q = row + d
+                ok = 0 <= q < z.shape[0] and ids["context_ids"][q] == ids["context_ids"][row]
+                assert int(t["top_tok"][f, j, d + cfg.context]) == (int(ids["token_ids"][q]) if ok else -1)
+                assert float(t["top_act"][f, j, d + cfg.context]) == (float(z[q, f]) if ok else 0.0)
+    assert fired > z.shape[1] // 2
+    assert torch.allclose(t["density"], (z > 0).double().mean(0))
+    assert torch.allclose(t["max"], z.max(0).values)
+
+
+def test_interval_samples_fall_in_their_intervals(built, dense):
+    data, cfg = built
+    _, z, _ = dense
+    t = data.tensors
+    for f in range(z.shape[1]):
+        col = z[:, f]
+        acts = col[col > 0]
+        edges = t["int_edges"][f]
+        counts = t["int_counts"][f]
+        assert int(counts.sum()) == acts.numel() == int(t["hist"][f].sum())
+        if acts.numel() == 0:
+            continue
+        top = float(acts.max())
+        assert top <= float(edges[-1]) * (1 + 1e-6)
+        assert float(edges[-1]) <= top * (1 + 2 * cfg.intervals / cfg.fine_bins) + 1e-6
+        # shares: brute-force count per interval (values within float error of an edge may go either way)
+        brute = torch.bucketize(acts, edges[1:-1], right=True)
+        near_edge = ((acts[:, None] - edges[None, 1:-1]).abs() < 1e-5 * top).any(1)
+        assert torch.equal(torch.bincount(brute[~near_edge], minlength=cfg.intervals),
+                           torch.bincount(brute[~near_edge], minlength=cfg.intervals))
+        assert (torch.bincount(brute, minlength=cfg.intervals) - counts).abs().sum() <= 2 * int(near_edge.sum())
+        for i in range(cfg.intervals):
+            rows = t["int_rows"][f, i]
+            have = rows[rows >= 0]
+            assert have.numel() == min(int(counts[i]), cfg.samples)
+            assert have.unique().numel() == have.numel()
+            vals = t["int_vals"][f, i][rows >= 0]
+            assert torch.equal(vals, col[have])
+            lo, hi = float(edges[i]), float(edges[i + 1])
+            assert ((vals >= lo - 1e-6 * top) & (vals <= hi + 1e-6 * top)).all(), (f, i, vals, lo, hi)
+
+
+def test_logit_lens_equals_hand_written_product(built, tiny):
+    from transformers import AutoModelForCausalLM
+
+    from saes import load_sae
+
+    data, cfg = built
+    hf = AutoModelForCausalLM.from_pretrained(tiny["model"])
+    w_u = hf.lm_head.weight.detach().t()  # [d_model, vocab]
+    w_dec = load_sae(tiny["sae"]).W_dec.detach()
+    for f in (0, 7, 50):
+        logits = (w_dec[f][:, None] * w_u).sum(0)  # the product written out: sum_i W_dec[f, i] W_U[i, v]
+        v, i = torch.topk(logits, cfg.logit_tokens)
+        assert torch.equal(data.tensors["logit_top_ids"][f], i)
+        assert torch.allclose(data.tensors["logit_top_vals"][f], v, atol=1e-5)
+        v, i = torch.topk(-logits, cfg.logit_tokens)
+        assert torch.equal(data.tensors["logit_bot_ids"][f], i)
+        assert int(data.tensors["logit_hist"][f].sum()) == w_u.shape[1]
+    tok = hf.config.vocab_size
+    assert tok == w_u.shape[1]
+
+
+def test_correlations_and_neighbours_equal_brute_force(built, dense):
+    data, cfg = built
+    _, z, sae = dense
+    tracked = data.cooccurrence()["tracked"]
+    assert tracked.numel() == 64
+    zt = z[:, tracked].double()
+    corr = torch.corrcoef(zt.t())
+    corr.fill_diagonal_(-math.inf)
+    corr[torch.isnan(corr)] = -math.inf
+    for j, f in enumerate(tracked.tolist()):
+        if torch.isinf(corr[j]).all():
+            continue
+        v, i = torch.topk(corr[j], 3)
+        assert data.tensors["corr_ids"][f, 0] == tracked[i[0]]
+        assert torch.allclose(data.tensors["corr_vals"][f, :3].double(), v, atol=1e-4)
+    unit = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
+    cos = unit @ unit.t()
+    cos.fill_diagonal_(-2)
+    v, i = torch.topk(cos, cfg.neighbours, dim=1)
+    assert torch.equal(data.tensors["near_ids"], i)
+    # co-occurrence: chunks of chunk_tokens rows within each shard
+    co = data.cooccurrence()
+    assert int(co["cooc"].diagonal().max()) <= int(co["chunks"][0])
+
+
+def test_killed_build_resumes_to_identical_result(tiny, built, tmp_path):
+    from evals.features import FeatureConfig, FeatureData, build_features
+
+    _, cfg = built
+    seen = []
+
+    def kill(done: int) -> None:
+        seen.append(done)
+        if done == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "f"
+    with pytest.raises(KeyboardInterrupt):
+        build_features(tiny["sae"], tiny["cache"], out, cfg, progress=False, on_checkpoint=kill)
+    assert (out / "pass_checkpoint.safetensors").is_file() and not (out / "features.json").exists()
+    build_features(tiny["sae"], tiny["cache"], out, cfg, progress=False, on_checkpoint=seen.append)
+    assert seen[0] == 2 and seen[1] == 4 and 4 not in seen[2:] and seen[2] == 6  # resumed after shard 4
+    a, b = FeatureData(out).tensors, built[0].tensors
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
+    assert not (out / "pass_checkpoint.safetensors").exists()
