@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 from evals.features.collect import FeatureCollector
 from evals.features.config import FeatureConfig
 from evals.features.finalize import finalize
+from evals.features.store import DATA_FILE, META_FILE
 from harvesting.reader import CacheReader
 from saes.base import SparseAutoencoder
 from saes.storage import find_sae_dirs, load_sae, load_stats
@@ -90,7 +90,7 @@ def _tracked_features(sae_dir: Path, num_features: int, limit: int) -> torch.Ten
 
 def build_features(sae_dir: str | Path, cache: str | Path, out: str | Path | None = None,
                    cfg: FeatureConfig | None = None, *, model: Any = None, device: str = "cpu",
-                   progress: bool = True, on_checkpoint: Callable[[int], None] | None = None) -> Path:
+                   progress: bool = True, rebuild: bool = False, on_checkpoint: Callable[[int], None] | None = None) -> Path:
     """Compute every feature's dashboard data; returns the directory written (default `<sae>/features`).
 
     `model`: an already loaded `LoadedModel` for the logit lens and token strings (else loaded
@@ -109,6 +109,9 @@ def build_features(sae_dir: str | Path, cache: str | Path, out: str | Path | Non
     tracked = _tracked_features(sae_dir, sae.num_features, cfg.corr_features)
     col = FeatureCollector(sae.num_features, cfg, vision, patches, tracked)
     identity = _identity(sae_dir, reader, hook, cfg)
+    if not rebuild and is_current(out, identity):
+        log.info("feature data in %s is up to date", out)
+        return out
     start = _resume(out / CHECKPOINT, identity, col)
     bar = tqdm(total=reader.num_tokens, initial=reader.shards[start - 1]["rows"][1] if start else 0, unit="tok",
                unit_scale=True, desc="feature pass", disable=not progress)
@@ -128,7 +131,7 @@ def build_features(sae_dir: str | Path, cache: str | Path, out: str | Path | Non
             if on_checkpoint is not None:
                 on_checkpoint(done)
     bar.close()
-    finalize(col, sae, sae_dir, reader, hook, cfg, out, model=model)
+    finalize(col, sae, sae_dir, reader, hook, cfg, out, model=model, identity=identity)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
 
@@ -146,6 +149,9 @@ def _resume(path: Path, identity: str, col: FeatureCollector) -> int:
     return int(meta["shards_done"])
 
 
-def remove_features(out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
+def is_current(out: Path, identity: str) -> bool:
+    """Whether `out` already holds finished feature data of this SAE, cache and config."""
+    try:
+        return json.loads((out / META_FILE).read_text()).get("identity") == identity and (out / DATA_FILE).is_file()
+    except (OSError, json.JSONDecodeError):
+        return False

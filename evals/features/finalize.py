@@ -75,7 +75,7 @@ def sample_windows(reader: CacheReader, rows: Tensor, context: int, field: str =
 
 
 def finalize(col: FeatureCollector, sae, sae_dir: Path, reader: CacheReader, hook: str, cfg: FeatureConfig,
-             out: Path, model: Any = None) -> None:
+             out: Path, model: Any = None, identity: str = "") -> None:
     tokens = int(col.tokens)
     nnz = col.nnz
     data: dict[str, Tensor] = {
@@ -94,7 +94,7 @@ def finalize(col: FeatureCollector, sae, sae_dir: Path, reader: CacheReader, hoo
     data.update(near_ids=near_ids, near_vals=near_vals, corr_ids=corr_ids, corr_vals=corr_vals)
     vision = col.vision
     meta: dict[str, Any] = {
-        "format": "sae-workbench-features", "version": 1, "sae_dir": str(sae_dir.resolve()),
+        "format": "sae-workbench-features", "version": 1, "identity": identity, "sae_dir": str(sae_dir.resolve()),
         "cache": str(reader.path.resolve()), "hook": hook, "model_id": reader.model_id,
         "modality": "vision" if vision else "text", "tokens": tokens, "num_features": col.f,
         "architecture": sae.cfg.architecture, "config": config_to_dict(cfg), "corpus": reader.manifest.get("corpus"),
@@ -104,6 +104,9 @@ def finalize(col: FeatureCollector, sae, sae_dir: Path, reader: CacheReader, hoo
         data["int_image"] = sample_windows(reader, iv["rows"], 0, "image_ids")[..., 0]
         data["int_patch"] = sample_windows(reader, iv["rows"], 0, "patch_ids")[..., 0]
         meta["patches"] = col.patches
+        from evals.features.images import save_thumbnails
+
+        save_thumbnails(reader.manifest, sorted(set(col.img_id[col.img_id >= 0].tolist())), out / "images")
     else:
         data.update(top_val=col.top_val, top_row=col.top_row, top_tok=col.top_tok, top_act=col.top_act)
         data["int_tok"] = sample_windows(reader, iv["rows"], cfg.context)

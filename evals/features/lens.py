@@ -65,12 +65,27 @@ def nearest_decoders(w_dec: Tensor, n: int, chunk: int = 1024) -> tuple[Tensor, 
     return ids, vals
 
 
+def _word_piece(tokenizer: Any) -> bool:
+    """Whether single-token decodes lose the spaces between words (WordPiece), unlike byte BPE."""
+    try:
+        ids = tokenizer.encode("hello world", add_special_tokens=False)
+        return len(ids) > 1 and " " not in "".join(tokenizer.decode([i]) for i in ids)
+    except Exception:  # noqa: BLE001
+        return False
+
+
 def token_strings(tokenizer: Any, ids: list[int]) -> dict[str, str]:
-    """id -> the text of that one token (how it reads in context: BPE spaces kept)."""
+    """id -> the text of that one token as it reads in running text (BPE keeps its leading space;
+    WordPiece gets one unless the piece continues a word, `##ing`)."""
+    wp = _word_piece(tokenizer)
     out = {}
     for i in ids:
         try:
-            out[str(i)] = tokenizer.decode([i])
+            text = tokenizer.decode([i])
+            if wp:
+                piece = tokenizer.convert_ids_to_tokens(i)
+                text = piece[2:] if piece.startswith("##") else " " + text
+            out[str(i)] = text
         except Exception:  # noqa: BLE001 - an id outside this tokenizer shows as its number
             out[str(i)] = f"<{i}>"
     return out

@@ -32,6 +32,7 @@ class FeatureData:
         self.meta: dict[str, Any] = json.loads((self.dir / META_FILE).read_text())
         self.tensors: dict[str, Tensor] = load_file(str(self.dir / DATA_FILE))
         self.vocab: dict[str, str] = self.meta.get("vocab", {})
+        self._top: dict[tuple[int, int], list[str]] = {}
 
     @property
     def num_features(self) -> int:
@@ -55,6 +56,8 @@ class FeatureData:
         """The distinct tokens on which feature f fires hardest (its most common reading)."""
         if self.vision:
             return []
+        if (f, n) in self._top:
+            return self._top[(f, n)]
         k = self.tensors["top_tok"].shape[2] // 2
         seen: list[str] = []
         for t, v in zip(self.tensors["top_tok"][f, :, k].tolist(), self.tensors["top_val"][f].tolist()):
@@ -64,6 +67,7 @@ class FeatureData:
                     seen.append(s)
             if len(seen) >= n:
                 break
+        self._top[(f, n)] = seen
         return seen
 
     def logit_tokens(self, f: int, n: int = 5) -> list[str]:

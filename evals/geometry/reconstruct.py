@@ -1,0 +1,62 @@
+"""Multi-dimensional features after "Not All Language Model Features Are Linear" (Engels et al. 2024).
+
+A cluster of decoder directions may jointly encode one irreducible multi-dimensional feature
+(days of the week on a circle). For the tokens where any member fires, the cluster's part of
+the reconstruction, `sum_i a_i d_i` over members, is projected to its top 2 principal
+components; a circle or other low-dimensional shape there is the signature.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harvesting.reader import CacheReader
+
+
+@torch.no_grad()
+def cluster_reconstructions(sae, cache: str | Path, members: list[int] | Tensor, max_tokens: int = 50_000,
+                            batch_size: int = 4096) -> dict[str, np.ndarray]:
+    """The cluster's reconstruction on every token (up to `max_tokens` read) where a member fires.
+
+    Returns `recon [n, d]`, `token_ids [n]` (text caches) and `winner [n]` (the member with the
+    largest activation), read in cache order with bounded memory.
+    """
+    members = torch.as_tensor(members, dtype=torch.long)
+    reader = CacheReader(cache)
+    hook = sae.cfg.hook if sae.cfg.hook in reader.hooks else reader.hooks[0]
+    recon, toks, winner = [], [], []
+    seen = 0
+    for i in range(len(reader.shards)):
+        shard = reader.load_shard(i, [hook])
+        x = shard[hook]
+        for a in range(0, x.shape[0], batch_size):
+            z = sae.encode(x[a:a + batch_size].float()).to_dense()[:, members]
+            hit = (z > 0).any(1)
+            if hit.any():
+                recon.append((z[hit] @ sae.W_dec[members].float()).numpy())
+                winner.append(members[z[hit].argmax(1)].numpy())
+                if "token_ids" in shard:
+                    toks.append(shard["token_ids"][a:a + batch_size][hit].numpy())
+            seen += min(batch_size, x.shape[0] - a)
+            if seen >= max_tokens:
+                break
+        if seen >= max_tokens:
+            break
+    d = sae.d_in
+    return {"recon": np.concatenate(recon) if recon else np.zeros((0, d), np.float32),
+            "winner": np.concatenate(winner) if winner else np.zeros(0, np.int64),
+            "token_ids": np.concatenate(toks) if toks else np.zeros(0, np.int64)}
+
+
+def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project to the top 2 principal components; returns (coords [n, 2], explained variance ratios)."""
+    from sklearn.decomposition import PCA
+
+    if points.shape[0] < 3:
+        return np.zeros((points.shape[0], 2)), np.zeros(2)
+    pca = PCA(n_components=2).fit(points)
+    return pca.transform(points), pca.explained_variance_ratio_
