@@ -6,7 +6,10 @@
 """
 
 from evals.features.build import build_features, check_compatible
+from evals.features.cards import ComparisonTable, FeatureCard, FeatureSet, SAESummary, features
 from evals.features.config import FeatureConfig
 from evals.features.store import FeatureData
+from evals.features.summary import describe_sae, sae_facts, sae_repr_html
 
-__all__ = ["FeatureConfig", "FeatureData", "build_features", "check_compatible"]
+__all__ = ["ComparisonTable", "FeatureCard", "FeatureConfig", "FeatureData", "FeatureSet", "SAESummary",
+           "build_features", "check_compatible", "describe_sae", "features", "sae_facts", "sae_repr_html"]

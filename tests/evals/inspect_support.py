@@ -62,6 +62,12 @@ def tiny_setup(root: Path, num_features: int = 96, k: int = 8) -> dict[str, Path
         sae.b_dec.copy_(x.mean(0))
         sae.enc_weight.mul_(1.0 / x.std(0).mean())
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+        # feature 0 reads the `<script>` token, so the browser tests have a page and an index row showing it
+        tokens = torch.cat([r.load_shard(i, [])["token_ids"] for i in range(len(r.shards))])
+        hit = tokens == tok.convert_tokens_to_ids("<script>")
+        assert hit.sum() >= 2, "the corpus should hold the <script> payload"
+        u = x[hit].mean(0) - x.mean(0)
+        sae.enc_weight[0] = 4 * u / u.norm() / x.std(0).mean()
     sae_dir = root / "sae"
     save_sae(sae, sae_dir)
     _CACHE[key] = {"model": model_dir, "cache": cache, "sae": sae_dir, "root": root}
