@@ -5,13 +5,14 @@ clusters in PCA, the power law of the decoder covariance spectrum, and a 2-D map
 """
 
 from evals.geometry.clusters import (angular_similarity, cluster_agreement, cooccurrence_clusters, geometric_clusters,
-                                     lobes_vs_geometry, phi_coefficients, spectral_clusters)
+                                     lobes_vs_geometry, neighbour_clusters, phi_coefficients,
+                                     spectral_clusters)
 from evals.geometry.decoder import covariance_spectrum, feature_map, power_law_slope
 from evals.geometry.plots import plot_cluster_pca, plot_feature_map, plot_spectrum
 from evals.geometry.reconstruct import cluster_reconstructions, pca_2d
 
 __all__ = [
     "angular_similarity", "cluster_agreement", "cluster_reconstructions", "cooccurrence_clusters",
-    "covariance_spectrum", "feature_map", "geometric_clusters", "lobes_vs_geometry", "pca_2d", "phi_coefficients",
+    "covariance_spectrum", "feature_map", "geometric_clusters", "lobes_vs_geometry", "neighbour_clusters", "pca_2d", "phi_coefficients",
     "plot_cluster_pca", "plot_feature_map", "plot_spectrum", "power_law_slope", "spectral_clusters",
 ]

@@ -76,3 +76,20 @@ def lobes_vs_geometry(cooc: Tensor, chunks: int, w_dec: Tensor, tracked: Tensor,
     rng = np.random.default_rng(seed)
     return {"features": tracked[idx], "cooccurrence": func, "geometric": geo,
             "ami": cluster_agreement(func, geo), "ami_shuffled": cluster_agreement(rng.permutation(func), geo)}
+
+
+def neighbour_clusters(w_dec: Tensor, neighbours: int = 3, min_cos: float = 0.5) -> np.ndarray:
+    """Engels et al.'s cheap clustering: link each feature to its top `neighbours` decoder
+    neighbours with cosine above `min_cos`, then take connected components (singletons included)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from evals.features.lens import nearest_decoders
+
+    ids, vals = nearest_decoders(w_dec.float(), neighbours)
+    keep = (vals > min_cos) & (ids >= 0)
+    rows = torch.arange(w_dec.shape[0])[:, None].expand_as(ids)[keep].numpy()
+    cols = ids[keep].numpy()
+    n = w_dec.shape[0]
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
