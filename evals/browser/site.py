@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from evals.browser.assets import APP, STYLE
 from evals.features.html import CSS, esc, feature_html
 from evals.features.store import FeatureData
-from workbench.io import atomic_write_bytes
+from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ def page_name(f: int) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-    path.chmod(0o644)  # a site: readable by whoever it is shared with (temporary files start 0600)
+    """Plain writes: the whole site is built in a fresh directory that replaces the old one in
+    one rename at the end, so files need no per-file temp+fsync (thousands of pages)."""
+    path.write_text(text, encoding="utf-8")
 
 
 def _head(title: str, css: str) -> str:
@@ -49,8 +51,11 @@ def build_browser(features_dir: str | Path, out: str | Path, *, title: str = "",
                   coords: np.ndarray | None = None) -> Path:
     """Write the browser for the feature data in `features_dir` into `out`; returns index.html."""
     data = FeatureData(features_dir)
-    out = Path(out)
-    (out / "features").mkdir(parents=True, exist_ok=True)
+    final = Path(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    out.chmod(0o755)
+    (out / "features").mkdir()
     meta = data.meta
     title = title or f"Features of {Path(meta['sae_dir']).name} ({meta['hook']}, {meta['model_id']})"
     _write(out / "style.css", STYLE + CSS)
@@ -74,7 +79,24 @@ def build_browser(features_dir: str | Path, out: str | Path, *, title: str = "",
                + (f'<a href="{page_name(f + 1)}">#{f + 1} &rarr;</a>' if f + 1 < n else "") + "</nav>")
         body = feature_html(data, f, link=page_name, images=lambda i: f"../images/{i}.png")
         _write(out / "features" / page_name(f), _head(f"Feature {f} - {title}", "../style.css") + nav + body + "</body></html>\n")
-    return out / "index.html"
+    _swap(out, final)
+    return final / "index.html"
+
+
+def _swap(new: Path, final: Path) -> None:
+    """Put the finished site at `final`: a kill before this leaves the old site (or none), never half."""
+    old = None
+    if final.exists():
+        if final.is_dir() and not (final / "index.html").is_file() and any(final.iterdir()):
+            shutil.rmtree(new)
+            raise WorkbenchError(f"{str(final)!r} exists and is not a feature browser; choose another --out")
+        old = final.with_name(f".{final.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        final.rename(old)
+    new.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _index_page(title: str, meta: dict) -> str:

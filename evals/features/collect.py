@@ -68,13 +68,15 @@ class FeatureCollector:
         """Fold one shard (`acts [n, d]`, its row ids, first global row `row0`) into the state."""
         n = acts.shape[0]
         rows, cols, vals = [], [], []
+        pair_buf = torch.zeros(self.co_pair.numel(), dtype=torch.float32)
         for c in range(0, n, self.cfg.batch_size):
             x = acts[c:c + self.cfg.batch_size].to(device=device, dtype=torch.float32)
             codes = sae.encode(x)
             keep = codes.vals > 0
             r, f, v = codes.rows[keep].cpu() + c, codes.cols[keep].cpu(), codes.vals[keep].float().cpu()
-            self._pairs(r - c, f, v, x.shape[0])
+            self._pairs(r - c, f, v, x.shape[0], pair_buf)
             rows.append(r), cols.append(f), vals.append(v)
+        self.co_pair += pair_buf
         r, f, v = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         self.tokens += n
         self.nnz.index_add_(0, f, torch.ones_like(f))
@@ -147,26 +149,34 @@ class FeatureCollector:
         move_payload(self.img_id, touched, src, ids["image_ids"][start[ii]])
         move_payload(self.img_act, touched, src, heat)
 
-    def _pairs(self, r: Tensor, f: Tensor, v: Tensor, b: int) -> None:
-        """Pearson co-moments: sum z_i and sum z_i z_j over tracked features, zeros included."""
+    def _pairs(self, r: Tensor, f: Tensor, v: Tensor, b: int, buf: Tensor) -> None:
+        """Pearson co-moments: sum z_i and sum z_i z_j over tracked features, zeros included.
+
+        Each token's active pairs are scattered into a float32 buffer for this shard (int32
+        indices, float32 products: half the memory traffic), then added to the float64 totals,
+        so float32 rounding never accumulates over more than one shard.
+        """
         s = self.slot[f]
         keep = s >= 0
-        r, s, v = r[keep], s[keep], v[keep].double()
+        r, s, v = r[keep], s[keep], v[keep]
         if r.numel() == 0:
             return
-        self.co_sum.index_add_(0, s, v)
+        self.co_sum.index_add_(0, s, v.double())
         counts = torch.bincount(r, minlength=b)
-        offs = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(r.numel()) - offs[r]
-        width = int(counts.max())
         t = self.tracked.numel()
-        ps = torch.zeros(b, width, dtype=torch.long)
-        pv = torch.zeros(b, width, dtype=torch.float64)
-        ps[r, pos] = s
-        pv[r, pos] = v
+        width = int(counts.max())
+        if bool((counts == width).all()):  # every token has the same number of entries (TopK)
+            ps, pv = s.view(b, width).int(), v.view(b, width)
+        else:
+            offs = torch.cumsum(counts, 0) - counts
+            pos = torch.arange(r.numel()) - offs[r]
+            ps = torch.zeros(b, width, dtype=torch.int32)
+            pv = torch.zeros(b, width)
+            ps[r, pos] = s.int()
+            pv[r, pos] = v
         idx = (ps[:, :, None] * t + ps[:, None, :]).reshape(-1)
         val = (pv[:, :, None] * pv[:, None, :]).reshape(-1)
-        self.co_pair.index_add_(0, idx, val)
+        buf.index_add_(0, idx, val)
 
     def _cooccurrence(self, r: Tensor, f: Tensor, n: int) -> None:
         """Binary co-occurrence of tracked features within consecutive chunks of `chunk_tokens` rows."""

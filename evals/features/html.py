@@ -10,8 +10,6 @@ from __future__ import annotations
 import html
 from typing import Callable
 
-import torch
-
 from evals.features.store import FeatureData
 
 Link = Callable[[int], str | None]
@@ -40,6 +38,15 @@ def show_token(text: str) -> str:
     return esc(text.replace("\n", "\u21b5").replace("\t", "\u21e5"))
 
 
+def token_html(data: FeatureData, t: int) -> str:
+    """The escaped, whitespace-visible text of token id `t`, computed once per id."""
+    cache = data.__dict__.setdefault("_token_html", {})
+    h = cache.get(t)
+    if h is None:
+        h = cache[t] = show_token(data.token(t))
+    return h
+
+
 def _bg(a: float) -> str:
     return f"background:rgba(255,120,0,{min(max(a, 0.0), 1.0):.2f})"
 
@@ -52,7 +59,7 @@ def context_html(data: FeatureData, tokens: list[int], acts: list[float] | None,
         if t < 0:
             continue
         a = acts[j] if acts is not None else (value if j == mid else 0.0)
-        text = show_token(data.token(t))
+        text = token_html(data, t)
         if a <= 0 and j != mid:  # plain text: most of a context, and most of a page's bytes
             parts.append(text)
             continue
@@ -89,30 +96,30 @@ def _feature_list(items: list[tuple[int, float]], link: Link, data: FeatureData)
 
 def feature_html(data: FeatureData, f: int, link: Link = lambda g: None, images: Callable[[int], str | None] | None = None) -> str:
     """The whole dashboard of feature `f` as one `<div class="fc">` fragment."""
-    t = data.tensors
-    density, mx, mean = float(t["density"][f]), float(t["max"][f]), float(t["mean"][f])
+    L = data.lists
+    density, mx, mean, nnz = L("density")[f], L("max")[f], L("mean")[f], L("nnz")[f]
     out = [f'<div class="fc"><h2>Feature {f}</h2><div class="stats"><span>density {density:.3e}</span>'
-           f"<span>max {mx:.3g}</span><span>mean {mean:.3g}</span><span>fires on {int(t['nnz'][f]):,} of "
+           f"<span>max {mx:.3g}</span><span>mean {mean:.3g}</span><span>fires on {nnz:,} of "
            f"{int(data.meta['tokens']):,} tokens</span></div>"]
-    if int(t["nnz"][f]) == 0:
+    if nnz == 0:
         out.append('<p class="muted">This feature never fired on the cache (dead).</p>')
     top = data.top_tokens(f, 8)
     if top:
         out.append(f'<p>Top tokens: {", ".join(f"<b>{show_token(s)}</b>" for s in top)}</p>')
     out.append('<div class="cols">')
     if data.has("logit_top_ids"):
-        def lens(ids: torch.Tensor, vals: torch.Tensor, cls: str) -> str:
-            return "<table>" + "".join(f'<tr><td class="{cls}">{show_token(data.token(i))}</td><td>{v:+.3f}</td></tr>'
-                                       for i, v in zip(ids.tolist(), vals.tolist())) + "</table>"
-        lo, hi = float(t["logit_lo"][f]), float(t["logit_hi"][f])
-        nb = t["logit_hist"].shape[1]
-        out.append(f'<div><h3>Logit lens: promoted</h3>{lens(t["logit_top_ids"][f], t["logit_top_vals"][f], "pos")}</div>'
-                   f'<div><h3>Logit lens: suppressed</h3>{lens(t["logit_bot_ids"][f], t["logit_bot_vals"][f], "neg")}</div>'
-                   f'<div><h3>Logits of W_dec[f] @ W_U</h3>{histogram_svg(t["logit_hist"][f].tolist(), lo, (hi - lo) / nb, "logit histogram")}</div>')
+        def lens(ids: list[int], vals: list[float], cls: str) -> str:
+            return "<table>" + "".join(f'<tr><td class="{cls}">{token_html(data, i)}</td><td>{v:+.3f}</td></tr>'
+                                       for i, v in zip(ids, vals)) + "</table>"
+        lo, hi = L("logit_lo")[f], L("logit_hi")[f]
+        hist = L("logit_hist")[f]
+        out.append(f'<div><h3>Logit lens: promoted</h3>{lens(L("logit_top_ids")[f], L("logit_top_vals")[f], "pos")}</div>'
+                   f'<div><h3>Logit lens: suppressed</h3>{lens(L("logit_bot_ids")[f], L("logit_bot_vals")[f], "neg")}</div>'
+                   f'<div><h3>Logits of W_dec[f] @ W_U</h3>{histogram_svg(hist, lo, (hi - lo) / len(hist), "logit histogram")}</div>')
     out.append(f'<div><h3>Activations (non-zero)</h3>'
-               f'{histogram_svg(t["hist"][f].tolist(), 0.0, float(t["hist_width"][f]), "activation histogram")}</div>')
-    out.append(f'<div><h3>Correlated features</h3>{_feature_list(list(zip(t["corr_ids"][f].tolist(), t["corr_vals"][f].tolist())), link, data)}</div>'
-               f'<div><h3>Nearest decoder directions</h3>{_feature_list(list(zip(t["near_ids"][f].tolist(), t["near_vals"][f].tolist())), link, data)}</div>')
+               f'{histogram_svg(L("hist")[f], 0.0, L("hist_width")[f], "activation histogram")}</div>')
+    out.append(f'<div><h3>Correlated features</h3>{_feature_list(list(zip(L("corr_ids")[f], L("corr_vals")[f])), link, data)}</div>'
+               f'<div><h3>Nearest decoder directions</h3>{_feature_list(list(zip(L("near_ids")[f], L("near_vals")[f])), link, data)}</div>')
     out.append("</div>")
     if data.vision:
         out.append(_vision_html(data, f, images))
@@ -123,25 +130,27 @@ def feature_html(data: FeatureData, f: int, link: Link = lambda g: None, images:
 
 
 def _contexts_html(data: FeatureData, f: int, mx: float) -> str:
-    t = data.tensors
+    L = data.lists
     out = ["<h3>Top activations</h3>"]
-    for j, v in enumerate(t["top_val"][f].tolist()):
+    toks, acts = L("top_tok")[f], L("top_act")[f]
+    for j, v in enumerate(L("top_val")[f]):
         if v == float("-inf"):
             break
-        out.append(context_html(data, t["top_tok"][f, j].tolist(), t["top_act"][f, j].tolist(), mx, v))
-    counts = t["int_counts"][f]
-    total = max(int(counts.sum()), 1)
-    edges = t["int_edges"][f].tolist()
-    for i in range(counts.numel() - 1, -1, -1):
-        c = int(counts[i])
+        out.append(context_html(data, toks[j], acts[j], mx, v))
+    counts = L("int_counts")[f]
+    total = max(sum(counts), 1)
+    edges = L("int_edges")[f]
+    rows, itok, ivals = L("int_rows")[f], L("int_tok")[f], L("int_vals")[f]
+    for i in range(len(counts) - 1, -1, -1):
+        c = counts[i]
         if c == 0:
             continue
         out.append(f"<h3>Interval {edges[i]:.3g} to {edges[i + 1]:.3g} <span class=muted>({100 * c / total:.2f}% of "
                    f"activations, {c:,})</span></h3>")
-        for j, row in enumerate(t["int_rows"][f, i].tolist()):
+        for j, row in enumerate(rows[i]):
             if row < 0:
                 continue
-            out.append(context_html(data, t["int_tok"][f, i, j].tolist(), None, mx, float(t["int_vals"][f, i, j])))
+            out.append(context_html(data, itok[i][j], None, mx, ivals[i][j]))
     return "".join(out)
 
 

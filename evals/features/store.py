@@ -33,6 +33,7 @@ class FeatureData:
         self.tensors: dict[str, Tensor] = load_file(str(self.dir / DATA_FILE))
         self.vocab: dict[str, str] = self.meta.get("vocab", {})
         self._top: dict[tuple[int, int], list[str]] = {}
+        self._lists: dict[str, list] = {}
 
     @property
     def num_features(self) -> int:
@@ -44,6 +45,13 @@ class FeatureData:
 
     def token(self, i: int) -> str:
         return self.vocab.get(str(int(i)), f"<{int(i)}>")
+
+    def lists(self, name: str) -> list:
+        """`tensors[name]` as nested Python lists, converted once (rendering thousands of pages
+        indexes lists far faster than it slices tensors)."""
+        if name not in self._lists:
+            self._lists[name] = self.tensors[name].tolist()
+        return self._lists[name]
 
     def has(self, name: str) -> bool:
         return name in self.tensors
@@ -60,7 +68,8 @@ class FeatureData:
             return self._top[(f, n)]
         k = self.tensors["top_tok"].shape[2] // 2
         seen: list[str] = []
-        for t, v in zip(self.tensors["top_tok"][f, :, k].tolist(), self.tensors["top_val"][f].tolist()):
+        for win, v in zip(self.lists("top_tok")[f], self.lists("top_val")[f]):
+            t = win[k]
             if t >= 0 and v > float("-inf"):
                 s = self.token(t)
                 if s not in seen:
@@ -73,7 +82,7 @@ class FeatureData:
     def logit_tokens(self, f: int, n: int = 5) -> list[str]:
         if not self.has("logit_top_ids"):
             return []
-        return [self.token(i) for i in self.tensors["logit_top_ids"][f, :n].tolist()]
+        return [self.token(i) for i in self.lists("logit_top_ids")[f][:n]]
 
     def check_feature(self, f: int) -> int:
         if not isinstance(f, (int,)) and not (isinstance(f, Tensor) and f.dim() == 0):
