@@ -23,6 +23,13 @@ PAYLOAD = "<script>document.body.style.background='rgb(255,0,0)';document.title=
 _CACHE: dict[str, dict[str, Path]] = {}
 
 
+def tiny_for(tmp_path_factory) -> dict[str, Path]:
+    """The session's tiny setup, under pytest's base temp directory (shared by every module)."""
+    root = tmp_path_factory.getbasetemp() / "inspect_tiny"
+    root.mkdir(exist_ok=True)
+    return tiny_setup(root)
+
+
 def tiny_setup(root: Path, num_features: int = 96, k: int = 8) -> dict[str, Path]:
     """Build (once per session) model dir, cache and SAE under `root`; returns their paths."""
     key = f"{num_features}-{k}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.evals.inspect_support import PAYLOAD, tiny_setup
+from tests.evals.inspect_support import PAYLOAD, tiny_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (scripts/setup.sh installs it)")
@@ -24,7 +24,7 @@ def site(tmp_path_factory):
     from workbench.cli import main
 
     torch.set_num_threads(1)
-    tiny = tiny_setup(tmp_path_factory.mktemp("tiny_features", numbered=False))
+    tiny = tiny_for(tmp_path_factory)
     out = tmp_path_factory.mktemp("site")
     import contextlib
     import io

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from tests.evals.inspect_support import tiny_setup
+from tests.evals.inspect_support import tiny_for
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.set_num_threads(1)
-    return tiny_setup(tmp_path_factory.mktemp("tiny_features", numbered=False))
+    return tiny_for(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.evals.inspect_support import tiny_setup
+from tests.evals.inspect_support import tiny_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +17,7 @@ def test_inspect_features_notebook_runs(tmp_path_factory, monkeypatch):
     from nbclient import NotebookClient
 
     torch.set_num_threads(1)
-    tiny = tiny_setup(tmp_path_factory.mktemp("tiny_features", numbered=False))
+    tiny = tiny_for(tmp_path_factory)
     monkeypatch.setenv("INSPECT_SAE", str(tiny["sae"]))
     monkeypatch.setenv("INSPECT_CACHE", str(tiny["cache"]))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
