@@ -37,6 +37,8 @@ How positions are known: TransformerBridge.generate calls the bridge once with t
 then with only the last token plus `past_key_values` (an HF cache). Every path ends in the
 wrapped HF model's forward, so a forward-pre-hook on that module reads the cache length (or
 `cache_position` when given) before the step runs: that is the offset of the step's first token.
+(workbench.models makes the cache reach TransformerLens 4.3's attention under transformers 5.2x,
+which renamed the keyword; without that, cached generation silently ignored the prompt.)
 """
 
 from __future__ import annotations
@@ -143,8 +145,7 @@ def _offset(args: tuple, kwargs: dict) -> int:
 
     Read from `cache_position` when given, else the KV cache's length, else the attention mask
     (generate passes one covering every token so far, while the input holds only the new one).
-    The mask is needed: with transformers 5.2x, TransformerLens 4.3's generate hands the model a
-    cache its attention bridges never filled (get_seq_length() == 0), so that length reads 0.
+    The mask covers a cache that holds nothing (a bridge whose attention ignores the cache).
     """
     cache_position = kwargs.get("cache_position")
     if isinstance(cache_position, Tensor) and cache_position.numel():

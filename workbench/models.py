@@ -225,6 +225,28 @@ def from_hf_model(hf_model: Any, tokenizer: Any = None, image_processor: Any = N
     return _bridge(hf_model, tokenizer, image_processor, mid, None, device, dtype, modality, mid)
 
 
+def _hand_kv_cache_to_attention(bridge: Any) -> None:
+    """Make generate's KV cache reach TransformerLens' attention bridges under transformers >= 5.2x.
+
+    Newer transformers pass the cache to attention as `cache=`; TransformerLens 4.3's attention
+    bridges read `past_key_values=` only, so the cache stayed empty and every cached generation
+    step attended to its own token alone (Llama-style models; cached and uncached greedy
+    generations differed). Renaming the keyword on the way in is exactly the call older
+    transformers made; it does nothing when the keyword is already `past_key_values`.
+    """
+    from transformer_lens.model_bridge.generalized_components import AttentionBridge
+
+    def rename(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kwargs.get("cache") is not None and "past_key_values" not in kwargs:
+            kwargs["past_key_values"] = kwargs.pop("cache")
+            return args, kwargs
+        return None
+
+    for module in bridge.modules():
+        if isinstance(module, AttentionBridge):
+            module.register_forward_pre_hook(rename, with_kwargs=True)
+
+
 def _bridge(hf, tok, proc, model_id: str, revision, device, dtype, modality: Modality, source: str) -> LoadedModel:
     from transformer_lens.model_bridge.sources.transformers.source import boot
 
@@ -240,6 +262,7 @@ def _bridge(hf, tok, proc, model_id: str, revision, device, dtype, modality: Mod
     except ValueError as e:
         raise WorkbenchError(f"TransformerLens {_tl_version()} cannot bridge {model_id!r}: {str(e)[:300]}") from e
     bridge.eval()
+    _hand_kv_cache_to_attention(bridge)
     cfg = bridge.cfg
     lm = LoadedModel(bridge=bridge, model_id=model_id, revision=revision, modality=modality,
                      n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), tokenizer=tok,
