@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,12 +52,19 @@ class LoadedModel:
     separator_id: int | None = None  # between packed documents (EOS or SEP); stored
     pad_id: int = 0
     source: str = ""
+    _valid_hooks: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def hook_names(self) -> list[str]:
-        return sorted(self.bridge.hook_dict.keys(), key=_natural)
+        return sorted(self._hook_set(), key=_natural)
+
+    def _hook_set(self) -> frozenset[str]:
+        """The bridge rebuilds hook_dict on every access (ms on big models); capture checks each batch."""
+        if self._valid_hooks is None:
+            self._valid_hooks = frozenset(self.bridge.hook_dict.keys())
+        return self._valid_hooks
 
     def check_hooks(self, hooks: list[str]) -> None:
-        valid = set(self.bridge.hook_dict.keys())
+        valid = self._hook_set()
         bad = [h for h in hooks if h not in valid]
         if bad:
             raise WorkbenchError(
@@ -218,7 +225,10 @@ def _tl_version() -> str:
 
 def from_hf_model(hf_model: Any, tokenizer: Any = None, image_processor: Any = None, model_id: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Bridge an already-loaded Hugging Face model (notebooks, tests, quantised models)."""
+    """Bridge an already-loaded Hugging Face model (notebooks, tests, quantised models).
+
+    Give text models their tokenizer: without one TransformerLens fetches it from the hub by id.
+    """
     mtype = getattr(hf_model.config, "model_type", "")
     modality: Modality = "vision" if mtype in VISION_TYPES | CLIP_TYPES else "text"
     mid = model_id or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
