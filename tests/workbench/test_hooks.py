@@ -202,3 +202,24 @@ def test_a_replacement_of_the_wrong_shape_is_refused_and_leaves_no_hooks(lm, tok
         with editing(lm, HOOK, lambda a, s: a[..., :16]):
             _logits(lm, tokens)
     assert _no_hooks_left(lm)
+
+
+def test_nested_blocks_run_outer_then_inner_and_count_their_own_calls(lm, tokens) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def outer(a, s):
+        calls.append(("outer", s.call))
+        return a + 1
+
+    def inner(a, s):
+        calls.append(("inner", s.call))
+        return a * 0
+
+    with replacing(lm, HOOK, outer):
+        _logits(lm, tokens)
+        with replacing(lm, HOOK, inner), replacing(lm, "blocks.1.hook_mlp_out", lambda a, s: a):
+            with torch.no_grad():
+                _, cache = lm.bridge.run_with_cache(tokens, names_filter=[HOOK])
+    assert torch.count_nonzero(cache[HOOK]) == 0  # outer's +1, then inner's *0
+    assert calls == [("outer", 0), ("outer", 1), ("inner", 0)]
+    assert _no_hooks_left(lm)
