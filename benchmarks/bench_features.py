@@ -38,7 +38,7 @@ HOOK = "blocks.8.hook_resid_post"
 def _tokenizer():
     from transformers import AutoTokenizer
 
-    from harvesting.models import offline_path
+    from workbench.models import offline_path
 
     return AutoTokenizer.from_pretrained(str(offline_path("minilm-l6")))
 

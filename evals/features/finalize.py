@@ -130,7 +130,7 @@ def finalize(col: FeatureCollector, sae, sae_dir: Path, reader: CacheReader, hoo
 
 def _load_model(reader: CacheReader) -> Any:
     """The cache's model, for its tokenizer and unembedding; None (with a warning) if it cannot load."""
-    from harvesting.models import load_model
+    from workbench.models import load_model
 
     m = reader.manifest["model"]
     name = m.get("source") or m["id"]

@@ -9,7 +9,8 @@ from torch import Tensor
 
 
 def load_unembedding(lm: Any) -> Tensor | None:
-    """The model's unembedding `W_U [d_model, vocab]` (the floor's `unembed`, else the bridge's `W_U`)."""
+    """The model's unembedding `W_U [d_model, vocab]` (`LoadedModel.unembed`; a bare bridge's `W_U`, or
+    the Hugging Face output embedding, for objects that lack it)."""
     for get in (lambda: lm.unembed, lambda: lm.bridge.W_U,
                 lambda: lm.bridge.original_model.get_output_embeddings().weight.t()):
         try:

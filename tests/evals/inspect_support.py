@@ -39,7 +39,7 @@ def tiny_setup(root: Path, num_features: int = 96, k: int = 8) -> dict[str, Path
 
     from harvesting import HarvestConfig, harvest
     from harvesting.corpus import wiki_vital_records
-    from harvesting.models import offline_path
+    from workbench.models import offline_path
     from saes import SAEConfig, build_sae, save_sae
 
     torch.manual_seed(0)
