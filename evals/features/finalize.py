@@ -38,19 +38,21 @@ def pearson_top(col: FeatureCollector, n: int) -> tuple[Tensor, Tensor]:
     tokens = float(col.tokens)
     mean = col.co_sum / tokens
     pair = col.co_pair.view(t, t)
-    cov = pair / tokens - mean[:, None] * mean[None, :]
-    var = torch.diagonal(cov).clamp_min(0)
-    std = var.sqrt()
-    corr = cov / (std[:, None] * std[None, :])
-    corr[~torch.isfinite(corr)] = float("-inf")
-    corr.fill_diagonal_(float("-inf"))
+    std = (torch.diagonal(pair) / tokens - mean * mean).clamp_min(0).sqrt()
     m = min(n, t - 1)
-    v, j = torch.topk(corr, m, dim=1)
-    j = col.tracked[j]
-    v[torch.isinf(v)] = float("nan")
-    j[torch.isnan(v)] = -1
-    ids[col.tracked, :m] = j
-    vals[col.tracked, :m] = v.float()
+    for a in range(0, t, 512):  # row blocks: the t x t correlation matrix never exists at once
+        rows = slice(a, min(a + 512, t))
+        cov = pair[rows] / tokens - mean[rows, None] * mean[None, :]
+        corr = (cov / (std[rows, None] * std[None, :])).float()
+        corr[~torch.isfinite(corr)] = float("-inf")
+        r = torch.arange(corr.shape[0])
+        corr[r, r + a] = float("-inf")
+        v, j = torch.topk(corr, m, dim=1)
+        j = col.tracked[j]
+        v[torch.isinf(v)] = float("nan")
+        j[torch.isnan(v)] = -1
+        ids[col.tracked[rows], :m] = j
+        vals[col.tracked[rows], :m] = v
     return ids, vals
 
 

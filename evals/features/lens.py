@@ -40,8 +40,11 @@ def logit_lens(w_dec: Tensor, w_u: Tensor, n: int, bins: int = 30, chunk: int = 
         tv, ti = torch.topk(logits, n, dim=1)
         bv, bi = torch.topk(logits, n, dim=1, largest=False)
         lo, hi = logits.min(1).values, logits.max(1).values
-        b = ((logits - lo[:, None]) / (hi - lo).clamp_min(1e-12)[:, None] * bins).long().clamp_(0, bins - 1)
-        hist = torch.zeros(logits.shape[0], bins, dtype=torch.long).scatter_add_(1, b, torch.ones_like(b))
+        c = logits.shape[0]
+        # bin index in place, then one bincount over (row, bin): no [chunk, vocab] temporaries
+        logits.sub_(lo[:, None]).mul_((bins / (hi - lo).clamp_min(1e-12))[:, None]).clamp_(0, bins - 1)
+        b = logits.to(torch.int64).add_(torch.arange(c)[:, None] * bins)
+        hist = torch.bincount(b.view(-1), minlength=c * bins).view(c, bins)
         sl = slice(a, a + logits.shape[0])
         out["logit_top_ids"][sl], out["logit_top_vals"][sl] = ti, tv
         out["logit_bot_ids"][sl], out["logit_bot_vals"][sl] = bi, bv
