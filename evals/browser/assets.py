@@ -8,7 +8,7 @@ index data is shown, not parsed. It reads its state from the URL hash
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:18px;color:#222}
 a{color:#06a;text-decoration:none}a:hover{text-decoration:underline}
-nav.top{margin-bottom:10px}nav.top a{margin-right:14px}
+nav.top{margin-bottom:10px}nav.top a{margin-right:14px}nav.top b{margin-right:18px}
 form.search{display:flex;flex-wrap:wrap;gap:10px;align-items:center;margin:8px 0}
 form.search input[type=text]{width:220px;padding:3px 6px}
 form.search input[type=number]{width:70px}

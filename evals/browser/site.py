@@ -101,7 +101,7 @@ def _swap(new: Path, final: Path) -> None:
 
 def _index_page(title: str, meta: dict) -> str:
     return (_head(title, "style.css")
-            + f'<nav class="top"><b>{esc(title)}</b><a href="map.html">feature map</a></nav>'
+            + f'<nav class="top"><b>{esc(title)}</b> <a href="map.html">feature map</a></nav>'
             f'<p class="muted">{int(meta["num_features"]):,} features, dashboards over {int(meta["tokens"]):,} tokens of '
             f'{esc(Path(meta["cache"]).name)}.</p>'
             '<form id="search" class="search"><input id="q" type="text" placeholder="token, or #feature id" '

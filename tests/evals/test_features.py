@@ -173,3 +173,29 @@ def test_killed_build_resumes_to_identical_result(tiny, built, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, equal_nan=True, msg=k)
     assert not (out / "pass_checkpoint.safetensors").exists()
+
+
+def test_notebook_objects_render_themselves(tiny, built):
+    import html as html_lib
+
+    from evals.features import ComparisonTable, FeatureCard, SAESummary, describe_sae, features
+    from saes import load_sae
+
+    fs = features(tiny["sae"], cache=tiny["cache"], progress=False)
+    card = fs[0]
+    assert isinstance(card, FeatureCard) and card.feature == 0
+    page = card._repr_html_()
+    assert "Top activations" in page and "&lt;script&gt;" in page and "<script>document" not in page
+    assert "[[" in card.contexts(1)[0] and "FeatureCard(feature=0" in repr(card)
+    assert 0 in fs.search("<script>", by="act")
+    summary = fs.summary()
+    assert isinstance(summary, SAESummary)
+    facts = summary.facts()
+    assert facts["features"] == 96 and facts["mean L0"] == pytest.approx(8.0, abs=1e-6)  # TopK k=8
+    assert "log10 feature density" in summary._repr_html_()
+    table = ComparisonTable([fs, fs], names=["a", "b<i>"])._repr_html_()
+    assert table.count("<tr>") == 3 and html_lib.escape("b<i>") in table
+    assert describe_sae(load_sae(tiny["sae"])) == (
+        f"TopKSAE(topk, blocks.1.hook_resid_post, d_in=32, width=96, k=8, model={tiny['model']})")
+    with pytest.raises(Exception, match="feature 96 does not exist"):
+        fs[96]
