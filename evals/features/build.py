@@ -103,6 +103,8 @@ def build_features(sae_dir: str | Path, cache: str | Path, out: str | Path | Non
     hook = check_compatible(sae, reader)
     out = Path(out) if out is not None else sae_dir / "features"
     out.mkdir(parents=True, exist_ok=True)
+    if not reader.shards:
+        raise WorkbenchError(f"the cache at {str(reader.path)!r} holds no rows")
     vision = reader.manifest["model"].get("modality") == "vision"
     first = reader.shards[0]
     patches = (first["rows"][1] - first["rows"][0]) // max(first["contexts"][1] - first["contexts"][0], 1) if vision else 0
