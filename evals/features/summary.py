@@ -1,8 +1,8 @@
 """What an SAE is, in one line (for its repr) and as a table (for notebooks).
 
 `describe_sae` asks the SAE's class for its policy (whether k sets its sparsity, its own
-hyper-parameters, whether it has a threshold rule) instead of testing architecture names, and
-falls back to what every SAE has where a class predates those attributes.
+hyper-parameters such as a threshold `inference` rule) instead of testing architecture names.
+`SparseAutoencoder.extra_repr` is meant to print the same line (saes cannot import evals).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ def _rule(sae: Any) -> list[str]:
     parts = []
     if getattr(cls, "uses_k", True):
         parts.append(f"k={cfg.k}")
-    if getattr(cls, "threshold_inference", False) or "threshold" in getattr(cls, "extra_tensors", ()):
-        parts.append(f"inference={getattr(cfg, 'inference', 'threshold')}")
     for name in getattr(cls, "hyperparameters", ()):
         if hasattr(cfg, name):
             parts.append(f"{name}={getattr(cfg, name)}")
