@@ -86,4 +86,6 @@ def resolve_device(spec: str) -> torch.device:
         from workbench.errors import WorkbenchError
 
         raise WorkbenchError(f"device {spec!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:  # plain "cuda": this rank's GPU (set_device needs an index)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return dev
