@@ -93,7 +93,7 @@ class TrainConfig:
 
     # ---- data
     cache: str = field(default="", metadata=_h("activation cache directory (from `sae harvest`)"))
-    hook: tuple[str, ...] = field(default=(), metadata=_h("hook point(s) to train on; empty = the cache's only hook"))
+    hook: tuple[str, ...] = field(default=(), metadata={**_h("hook point(s) to train on; empty = the cache's only hook"), "flag": "--hooks", "aliases": ("--hook",)})
     out: str = field(default="", metadata=_h("run directory (default: <cache parent>/saes/<cache name>)"))
     batch_size: int = field(default=4096, metadata=_h("tokens per optimiser step (global, over all ranks)"))
     epochs: int = field(default=1, metadata=_h("passes over the training split"))
@@ -102,7 +102,7 @@ class TrainConfig:
     normalize: bool = field(default=True, metadata=_h("scale inputs to mean norm sqrt(d_in) (folded into the saved weights)"))
     seed: int = field(default=0, metadata=_h("seed for initialisation and data order"))
     # ---- SAEs (every combination of hook x arch x k x expansion is one SAE)
-    arch: tuple[str, ...] = field(default=("topk",), metadata=_h(f"architecture(s): {', '.join(ARCHITECTURES)}"))
+    arch: tuple[str, ...] = field(default=("topk",), metadata={**_h("architecture(s)"), "choices": ARCHITECTURES, "what": "architecture"})
     k: tuple[int, ...] = field(default=(32,), metadata=_h("active features per token (TopK, MP) or on average (BatchTopK, FC, MC)"))
     expansion: tuple[int, ...] = field(default=(8,), metadata=_h("number of features = expansion x d_in"))
     inference: Literal["threshold", "batch"] = field(
@@ -132,7 +132,7 @@ class TrainConfig:
     compile: bool = field(default=False, metadata=_h("torch.compile the dense tensor code of a step (ReLU's dense phase)"))
     device: str = field(default="auto", metadata=_h("cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)"))
     # ---- losses and health
-    aux_loss: str = field(default="auto", metadata=_h("auto (auxk for TopK/BatchTopK, zipf for FC/MC), auxk, zipf, none"))
+    aux_loss: str = field(default="auto", metadata={**_h("auxiliary loss reviving dead features; auto = auxk for TopK/BatchTopK, zipf for FC/MC"), "choices": AUX_LOSSES, "what": "aux loss"})
     aux_coef: float = field(default=1 / 32, metadata=_h("coefficient of the AuxK / aux_zipf loss"))
     k_aux: int = field(default=0, metadata=_h("features the aux loss may use per token (0 = auto: d_in / 2)"))
     dead_tokens: int = field(default=0, metadata=_h("a feature not fired in this many tokens is dead (0 = auto: min(10M, run/10))"))
