@@ -8,7 +8,9 @@
 
 Architectures live in saes/architectures/ (one module each), listed by `saes.registry`; all
 share `SparseAutoencoder`'s interface and saved format, and each declares its own training
-policy (k or penalty, aux losses, inference rules). `register(cls)` adds one at run time.
+policy (k or penalty, aux losses, inference rules). `register(cls)` adds one at run time;
+`saes.registry.architectures()` lists the names. `evaluate_heldout` (saes.heldout) is the
+held-out evaluation the trainer reports, for evaluation code to reuse.
 """
 
 from saes.architectures import (
@@ -25,6 +27,7 @@ from saes.base import Penalty, SparseAutoencoder, StepContext, StepOutput
 from saes.config import ARCHITECTURES, SAEConfig, TrainConfig, sae_name
 from saes.data import ActivationSource, TensorSource, open_cache
 from saes.geometric_median import geometric_median
+from saes.heldout import evaluate_heldout
 from saes.kernels import SparseCodes
 from saes.losses import fvu
 from saes.registry import build_sae, register, sae_class
@@ -52,6 +55,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "build_sae",
+    "evaluate_heldout",
     "find_sae_dirs",
     "fvu",
     "geometric_median",

@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 STATE_FORMAT = 1
+
+
 class Trainer:
     """Train every SAE a `TrainConfig` describes on one activation source.
 
