@@ -108,7 +108,7 @@ def resolve_hooks(cfg: TrainConfig, source: ActivationSource) -> list[str]:
     if not hooks:
         if len(available) != 1:
             raise WorkbenchError(
-                f"the cache holds {len(available)} hook points; pass --hook with one or more of: "
+                f"the cache holds {len(available)} hook points; pass --hooks with one or more of: "
                 f"{', '.join(available)}"
             )
         hooks = available
@@ -116,7 +116,7 @@ def resolve_hooks(cfg: TrainConfig, source: ActivationSource) -> list[str]:
         if h not in available:
             raise choices_error("hook point", h, available)
     if len(set(hooks)) != len(hooks):
-        raise WorkbenchError(f"--hook lists a hook point twice: {hooks}")
+        raise WorkbenchError(f"--hooks lists a hook point twice: {hooks}")
     return hooks
 
 

@@ -88,7 +88,7 @@ def test_sae_train_names_bad_values(cache, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "blocks.9.hook_resid_post" in err and "blocks.0.hook_resid_post, blocks.1.hook_resid_post" in err
     assert main(args(cache, tmp_path / "b")) == 2
-    assert "holds 2 hook points; pass --hook" in capsys.readouterr().err
+    assert "holds 2 hook points; pass --hooks" in capsys.readouterr().err
     assert main(args(cache, tmp_path / "c", "--hooks", "blocks.0.hook_resid_post", "--arch", "nope")) == 2
     assert "unknown architecture 'nope'; valid choices: topk" in capsys.readouterr().err
     assert main(args(cache, tmp_path / "d", "--hooks", "blocks.0.hook_resid_post", "--k", "32")) == 2
