@@ -89,7 +89,8 @@ def _settings(raw: dict[str, Any], where: Path) -> dict[str, Any]:
     if act == "topk" and isinstance(kwargs, dict) and "k" in kwargs and flat.get("architecture", "standard") == "standard":
         flat["architecture"], flat["k"] = "topk", kwargs["k"]
     elif act not in (None, "relu") and flat.get("architecture", "standard") == "standard":
-        raise WorkbenchError(f"{where}: SAELens activation function {act!r} is not supported; supported: relu, topk")
+        raise WorkbenchError(f"{where}: SAELens activation function {act!r} is not supported; supported: relu, "
+                             f"topk (with activation_fn_kwargs.k)")
     return flat
 
 

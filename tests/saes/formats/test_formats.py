@@ -138,3 +138,39 @@ def test_real_snapshot_download_reads_the_hugging_face_cache(tmp_path, one_threa
     assert sae.cfg.hook == "blocks.0.hook_resid_post" and sae.num_features == F
     with pytest.raises(WorkbenchError, match="could not fetch hf://org/other/layers.0 from the Hugging Face Hub"):
         load_any("hf://org/other/layers.0", download=download)
+
+
+def export_cli(argv):
+    import argparse
+
+    from saes.formats.cli import add_export_verb
+
+    parser = argparse.ArgumentParser()
+    add_export_verb(parser.add_subparsers())
+    args = parser.parse_args(["export", *argv])
+    return args.func(args)
+
+
+def test_export_verb_converts_a_mixed_run(tmp_path, one_thread, capsys):
+    root = mixed_run(tmp_path / "run")
+    assert export_cli([str(root), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
+    back = find_any(tmp_path / "sl")
+    assert list(back) == list(find_any(root))  # same names, now all SAELens
+    assert {detect_format(tmp_path / "sl" / n) for n in back} == {"saelens"}
+    assert "sparsify/layers.0: topk 8x24 at blocks.0.hook_resid_post" in capsys.readouterr().out
+    # Back to ours: same weights as the original SAE of our format.
+    export_cli([str(tmp_path / "sl" / "ours" / "topk-k3-x3"), "--to", "workbench", "--out", str(tmp_path / "wb")])
+    assert detect_format(tmp_path / "wb") == "workbench"
+    for name, t in our_sae().weight_tensors().items():
+        assert torch.equal(load_any(tmp_path / "wb").weight_tensors()[name], t)
+    # Three SAEs at one hook cannot share a sparsify run; the relu one cannot be sparsify at all.
+    with pytest.raises(WorkbenchError, match="cannot be written as sparsify"):
+        export_cli([str(root), "--to", "sparsify", "--out", str(tmp_path / "sp")])
+    two = tmp_path / "two"
+    save_sae(our_sae(), two / "a")
+    sparsify_dir(two / "layers.0")
+    with pytest.raises(WorkbenchError, match=r"several SAEs at hookpoint\(s\) \['layers.0'\]"):
+        export_cli([str(two), "--to", "sparsify", "--out", str(tmp_path / "sp")])
+    assert not (tmp_path / "sp").exists()
+    with pytest.raises(WorkbenchError, match="unknown export format 'onnx'; valid choices: saelens, sparsify"):
+        export_cli([str(root), "--to", "onnx", "--out", str(tmp_path / "x")])
