@@ -32,14 +32,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saes.base import SparseAutoencoder, StepContext
-from saes.batchtopk import ThresholdInferenceSAE
 from saes.checkpoint import flatten_optimizer, latest_checkpoint, load_checkpoint, restore_optimizer, save_checkpoint
 from saes.config import RESUMABLE_FIELDS, SAEConfig, TrainConfig, sae_name
 from saes.data import ActivationSource, open_cache
 from saes.distributed import DistContext, resolve_device, setup_distributed
 from saes.geometric_median import geometric_median
 from saes.losses import lr_multiplier, moment_sums, variance_from_sums
-from saes.registry import build_sae
+from saes.registry import build_sae, resolve_aux_loss, sae_class
 from saes.storage import save_sae
 from workbench.config import config_to_dict, save_config
 from workbench.errors import WorkbenchError, choices_error
@@ -51,6 +50,9 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 STATE_FORMAT = 1
+# SAEConfig fields a run sets for all its SAEs (the sweep axes k and hook are set per SAE).
+SHARED_SAE_FIELDS = tuple(sorted(({f.name for f in dataclasses.fields(SAEConfig)} & {f.name for f in dataclasses.fields(TrainConfig)})
+                                 - {"k", "hook"}))
 
 
 def width_scaled_lr(num_features: int, base: float = 2e-4) -> float:
@@ -182,17 +184,15 @@ class Trainer:
     def _sae_config(self, hook: str, arch: str, k: int, exp: int) -> SAEConfig:
         d = int(self.source.d_model(hook))
         f = exp * d
-        cfg = self.cfg
-        if arch != "relu" and k >= f:
+        if sae_class(arch).uses_k and k >= f:
             raise WorkbenchError(
                 f"k={k} must be below the number of features ({f} = expansion {exp} x d_model {d} of {hook})"
             )
-        return SAEConfig(
-            architecture=arch, d_in=d, num_features=f, k=k or min(32, f - 1), hook=hook,
-            model_id=str(getattr(self.source, "model_id", "") or ""), inference=cfg.inference,
-            capacity=cfg.capacity, zipf_exponent=cfg.zipf_exponent, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
-            jumprelu_init_threshold=cfg.jumprelu_init_threshold,
-        )
+        # Every architecture hyper-parameter the run sets (SAEConfig fields that TrainConfig also
+        # has) goes into every SAE's cfg.json, read or not, so a cfg.json always reads the same way.
+        shared = {n: getattr(self.cfg, n) for n in SHARED_SAE_FIELDS}
+        return SAEConfig(architecture=arch, d_in=d, num_features=f, k=k or min(32, f - 1), hook=hook,
+                         model_id=str(getattr(self.source, "model_id", "") or ""), **shared)
 
     def _build_slots(self) -> list[Slot]:
         cfg = self.cfg
@@ -205,11 +205,7 @@ class Trainer:
             named = [(n, p) for n, p in sae.named_parameters() if p.requires_grad]
             lr = cfg.lr or width_scaled_lr(scfg.num_features)
             opt = make_adam([p for _, p in named], lr, cfg.adam_betas, cfg.adam_eps, self.device)
-            aux = sae.default_aux if cfg.aux_loss == "auto" else cfg.aux_loss
-            if aux == "zipf" and arch not in ("feature_choice", "mutual_choice"):
-                raise WorkbenchError(f"--aux-loss zipf applies to feature_choice and mutual_choice, not {arch!r}")
-            if aux == "auxk" and arch in ("relu", "jumprelu", "matching_pursuit"):
-                aux = "none"  # no k-sparse pre-activations to revive dead features with
+            aux = resolve_aux_loss(type(sae), cfg.aux_loss)
             f = scfg.num_features
             slots.append(Slot(
                 name=name, hook=hook, sae=sae, opt=opt, param_names=[n for n, _ in named], lr=lr, aux=aux,
@@ -357,8 +353,10 @@ class Trainer:
             if hasattr(it, "close"):
                 it.close()
 
-    def sparsity_coef(self, arch: str) -> float:
-        base = self.cfg.l1_coef if arch == "relu" else self.cfg.l0_coef if arch == "jumprelu" else 0.0
+    def sparsity_coef(self, sae: SparseAutoencoder) -> float:
+        """The penalty coefficient of `sae`'s architecture at this step (0 without a penalty), warm-up applied."""
+        penalty = type(sae).penalty
+        base = float(getattr(self.cfg, penalty.coef_field)) if penalty is not None else 0.0
         warm = int(self.cfg.sparsity_warmup_fraction * self.total_steps)
         return base * min(1.0, (self.step + 1) / warm) if warm > 0 else base
 
@@ -397,7 +395,7 @@ class Trainer:
             ctx = StepContext(
                 denom=denoms[s.hook], n_tokens=n, step=self.step, total_steps=self.total_steps,
                 matmul_dtype=self.matmul_dtype, dead=dead, usage=s.usage, aux_loss=aux, aux_coef=self.cfg.aux_coef,
-                k_aux=self.k_aux_for(s), multi_topk=self.cfg.multi_topk, sparsity_coef=self.sparsity_coef(s.sae.architecture),
+                k_aux=self.k_aux_for(s), multi_topk=self.cfg.multi_topk, sparsity_coef=self.sparsity_coef(s.sae),
                 zipf_exponent=self.cfg.zipf_exponent, threshold_ema=self.threshold_ema, reduce=self.dist.reduce,
             )
             out = s.step_fn(xs[s.hook], ctx)
@@ -545,7 +543,7 @@ class Trainer:
                 pos = codes.vals > 0
                 r["nnz"] += int(pos.sum())
                 r["fired"] += torch.bincount(codes.cols[pos], minlength=sae.num_features)
-                if isinstance(sae, ThresholdInferenceSAE):
+                if sae.threshold_inference:
                     cb = sae.encode_batch(x)
                     r["sse_batch"] += float((sae.decode(cb) - x).pow(2).sum())
                     r["nnz_batch"] += int((cb.vals > 0).sum())
@@ -559,7 +557,7 @@ class Trainer:
             var = float(variance_from_sums(sums[sae.cfg.hook]))
             m = {"heldout_tokens": n, "heldout_fvu": r["sse"] / var, "heldout_l0": r["nnz"] / n,
                  "heldout_unfired_pct": 100 * float((r["fired"] == 0).float().mean())}
-            if isinstance(sae, ThresholdInferenceSAE):
+            if sae.threshold_inference:
                 m["heldout_fvu_batch_rule"] = r["sse_batch"] / var
                 m["heldout_l0_batch_rule"] = r["nnz_batch"] / n
             out.append(m)
