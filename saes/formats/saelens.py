@@ -207,6 +207,9 @@ def export_saelens(sae: SparseAutoencoder, directory: str | Path) -> Path:
                if n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")}
     if arch != "jumprelu":
         tensors.pop("threshold", None)
+    elif "threshold" not in tensors:
+        raise WorkbenchError(f"a {sae.architecture!r} SAE declares a threshold rule but saves no threshold tensor; "
+                             f"it cannot be written as a SAELens jumprelu")
     cfg: dict[str, Any] = {
         "architecture": arch, "d_in": sae.d_in, "d_sae": sae.num_features,
         "dtype": str(tensors["W_dec"].dtype).removeprefix("torch."), "device": "cpu",
