@@ -114,7 +114,9 @@ def load_saelens(directory: Path, *, device: torch.device | str = "cpu", dtype: 
                              f"are not supported; the workbench splices SAEs on whole hook points")
     apply_b_dec = get_bool(s, "apply_b_dec_to_input", where, True)
     k = get_int(s, "k", where) if arch == "topk" else None
-    rescale = get_bool(s, "rescale_acts_by_decoder_norm", where, False)
+    # Only SAELens's top-k family reads this flag (its other configs drop the key).
+    rescale = arch in ("topk", "batchtopk", "matryoshka_batchtopk") and get_bool(
+        s, "rescale_acts_by_decoder_norm", where, False)
 
     t = read_tensors(directory / WEIGHTS_FILE, torch.float64)
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
@@ -168,10 +170,11 @@ def _our_export(s: dict[str, Any], w: dict[str, Tensor], arch: str, device: torc
         return None
     try:
         sae = build_sae(load_config(SAEConfig, raw), device=device, dtype=dtype)
-        if saelens_rule(sae) != arch or (arch == "topk" and sae.cfg.k != s.get("k")):
+        if (saelens_rule(sae) != arch or (arch == "topk" and sae.cfg.k != s.get("k"))
+                or sae.cfg.hook != (s.get("hook_name") or "")):
             return None
         sae.load_weight_tensors({n: v.to(device=device, dtype=dtype) for n, v in w.items()})
-    except WorkbenchError:
+    except (WorkbenchError, TypeError, ValueError):  # a damaged record: read the file as SAELens says
         return None
     sae.eval()
     return sae

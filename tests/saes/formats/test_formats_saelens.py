@@ -208,3 +208,20 @@ def test_relu_topk_reference_is_topk_then_relu():
     # Guard the test's own formula: picks the k largest, keeps only their positive parts.
     pre = torch.tensor([[3.0, -1.0, 2.0, -0.5]])
     assert relu_topk(pre, 3).tolist() == [[3.0, 0.0, 2.0, 0.0]]
+
+
+@pytest.mark.parametrize("record", [
+    {"architecture": "topk", "d_in": D, "num_features": F, "k": 5},   # disagrees with the file's jumprelu rule
+    {"architecture": "batchtopk", "d_in": "12", "num_features": F},    # damaged
+    {"architecture": "no-such-arch", "d_in": D, "num_features": F},
+    [1, 2],
+])
+def test_a_wrong_or_damaged_export_record_falls_back_to_the_file(tmp_path, one_thread, record):
+    sae = ours("batchtopk")
+    d = export_saelens(sae, tmp_path / "out")
+    cfg, tensors = read_dir(d, W)
+    cfg["metadata"]["workbench_cfg"] = record
+    write_dir(d, cfg, tensors, W)
+    back = load_any(d, dtype=torch.float64)
+    assert back.cfg.train["imported_from"]["architecture"] == "jumprelu"  # read as the file says
+    assert_matches(back, cfg, tensors, x_batch())
