@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      description="Print the configuration and final metrics of a saved SAE or a run directory.")
         q.add_argument("path", help="an SAE directory (cfg.json) or a run directory (summary.json)")
         q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from saes.formats.cli import add_export_verb
+
+    add_export_verb(saes)
 
 
 def summary_line(row: dict[str, Any], run: dict[str, Any]) -> str:

@@ -26,16 +26,18 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_export_verb(noun: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = noun.add_parser(
-        "export", help="write SAEs in SAELens, sparsify or workbench format",
+    from workbench.cli import add_verb
+
+    p = add_verb(
+        noun, "export", run_export, help="write SAEs in SAELens, sparsify or workbench format",
         description="Load every SAE at SRC (ours, SAELens, sparsify; a directory, a run directory or "
                     "hf://owner/repo[@revision][/folder]) and write it in another tool's format.",
     )
     p.add_argument("src", help="an SAE directory, a run directory, or hf://owner/repo[@revision][/folder]")
-    p.add_argument("--to", required=True, help=f"target format: {', '.join(TARGETS)}")
+    p.add_argument("--to", required=True, metavar="FORMAT",
+                   help=f"target format (choices: {', '.join(TARGETS)})")
     p.add_argument("--out", required=True, help="output directory (one subfolder per SAE when SRC holds several)")
     add_load_args(p)
-    p.set_defaults(func=run_export)
     return p
 
 

@@ -122,7 +122,7 @@ def test_unknown_verb_and_missing_action_name_the_choices() -> None:
 
 def test_missing_action_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sae"]) == 2
-    assert capsys.readouterr().err == "sae sae: error: missing ACTION; valid choices: info\n"
+    assert capsys.readouterr().err == "sae sae: error: missing ACTION; valid choices: info, export\n"
     assert main(["cache", "inof"]) == 2
     assert capsys.readouterr().err == "sae cache: error: unknown action 'inof'; valid choices: info, verify\n"
 
