@@ -74,7 +74,7 @@ def build_browser(features_dir: str | Path, out: str | Path, *, title: str = "",
     _write(out / "map.html", _map_page(title, data, coords, rows))
     n = data.num_features
     for f in tqdm(range(n), desc="feature pages", unit="page", disable=not progress):
-        nav = (f'<nav class="top"><a href="../index.html">index</a><a href="../map.html">map</a>'
+        nav = ('<nav class="top"><a href="../index.html">index</a><a href="../map.html">map</a>'
                + (f'<a href="{page_name(f - 1)}">&larr; #{f - 1}</a>' if f > 0 else "")
                + (f'<a href="{page_name(f + 1)}">#{f + 1} &rarr;</a>' if f + 1 < n else "") + "</nav>")
         body = feature_html(data, f, link=page_name, images=lambda i: f"../images/{i}.png")

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -92,10 +91,3 @@ class FeatureData:
             raise WorkbenchError(f"feature {f} does not exist; valid: 0..{self.num_features - 1}")
         return f
 
-
-def dead_mask(data: FeatureData) -> Tensor:
-    return data.tensors["nnz"] == 0
-
-
-def as_float(t: Tensor) -> Tensor:
-    return t.to(torch.float64)

@@ -152,7 +152,7 @@ def test_correlations_and_neighbours_equal_brute_force(built, dense):
 
 
 def test_killed_build_resumes_to_identical_result(tiny, built, tmp_path):
-    from evals.features import FeatureConfig, FeatureData, build_features
+    from evals.features import FeatureData, build_features
 
     _, cfg = built
     seen = []
