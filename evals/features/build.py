@@ -15,11 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from evals.features.collect import FeatureCollector
@@ -31,7 +33,6 @@ from saes.base import SparseAutoencoder
 from saes.storage import find_sae_dirs, load_sae, load_stats
 from workbench.config import config_to_dict
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +130,23 @@ def build_features(sae_dir: str | Path, cache: str | Path, out: str | Path | Non
         bar.update(shard["rows"][1] - shard["rows"][0])
         done = i + 1
         if done % cfg.checkpoint_every == 0 and done < len(reader.shards):
-            atomic_save_safetensors(out / CHECKPOINT, col.state(), {"identity": identity, "shards_done": str(done)})
+            _save_checkpoint(out / CHECKPOINT, col.state(), {"identity": identity, "shards_done": str(done)})
             if on_checkpoint is not None:
                 on_checkpoint(done)
     bar.close()
     finalize(col, sae, sae_dir, reader, hook, cfg, out, model=model, identity=identity)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return out
+
+
+def _save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Atomic like `workbench.io.atomic_save_safetensors`, but streamed to the file: the state is
+    hundreds of MB at F=4608, and holding a serialised copy in memory would add as much again."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _resume(path: Path, identity: str, col: FeatureCollector) -> int:
