@@ -82,6 +82,10 @@ def test_feature_page_renders_its_contexts(site, tmp_path):
     centre = data.token(int(data.tensors["top_tok"][f, 0, data.tensors["top_tok"].shape[2] // 2]))
     assert 'class="c"' in dom and html.escape(centre.strip()) in dom
     assert "Logit lens" in dom and "<svg" in dom
+    # the map: one clickable point per feature, each linking to an existing page
+    links = re.findall(r'<a href="features/(\d{5})\.html"><circle', (site["out"] / "map.html").read_text())
+    assert sorted(int(x) for x in links) == list(range(data.num_features))
+    assert all((site["out"] / "features" / f"{x}.html").is_file() for x in links)
 
 
 @needs_chromium
