@@ -151,6 +151,27 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
         self.reset_parameters(generator)
 
+    # ------------------------------------------------------------------ what it is (print, notebooks)
+
+    def extra_repr(self) -> str:
+        """print(sae) -> TopKSAE(topk, blocks.8.hook_resid_post, d_in=576, width=4608, k=32, model=...)."""
+        c = self.cfg
+        rule = [f"k={c.k}"] if self.uses_k else []
+        rule += [f"{n}={getattr(c, n)}" for n in self.hyperparameters if hasattr(c, n)]
+        return ", ".join([c.architecture, c.hook or "?", f"d_in={c.d_in}", f"width={c.num_features}", *rule,
+                          f"model={c.model_id or '?'}"])
+
+    def summary(self) -> dict[str, Any]:
+        """What it is, and for a loaded SAE its training and eval headline (see `saes.describe`)."""
+        from saes.describe import sae_summary
+
+        return sae_summary(self)
+
+    def _repr_html_(self) -> str:
+        from saes.describe import summary_html
+
+        return summary_html(self)
+
     # ------------------------------------------------------------------ shapes and views
 
     @property
@@ -366,3 +387,4 @@ def fired_counts(codes: SparseCodes) -> Tensor:
 
 def sse_of(x: Tensor, x_hat: Tensor) -> Tensor:
     return (x_hat - x).pow(2).sum()
+

@@ -70,6 +70,7 @@ def load_sae(directory: str | Path, *, device: torch.device | str = "cpu") -> Sp
     tensors = load_file(str(d / WEIGHTS_FILE), device=str(device))
     sae.load_weight_tensors(tensors)
     sae.eval()
+    sae.directory = d  # where it came from: its summary, eval.json and feature data live beside it
     return sae
 
 

