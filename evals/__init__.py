@@ -10,7 +10,7 @@ docstring: `evals.reconstruction`, `evals.splice`, `evals.health`, `evals.probin
 
 from evals.cache_pass import CachePassResult, cache_pass
 from evals.contexts import ContextBatch, cache_contexts, corpus_contexts
-from evals.evaluate import EvalConfig, check_fits_model, evaluate
+from evals.evaluate import EvalConfig, check_fits_cache, check_fits_model, evaluate
 from evals.health import FeatureStats, max_cosine_to_others, weight_stats
 from evals.loading import expand_sae_paths, load_for_eval
 from evals.pareto import pareto_plot
@@ -28,6 +28,7 @@ __all__ = [
     "ReconstructionStats",
     "cache_contexts",
     "cache_pass",
+    "check_fits_cache",
     "check_fits_model",
     "comparison_table",
     "corpus_contexts",

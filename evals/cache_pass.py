@@ -30,7 +30,7 @@ class CachePassResult:
         return (r.sum_x / max(r.n, 1)).float()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
 def cache_pass(
     sae,
     reader: CacheReader,

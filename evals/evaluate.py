@@ -72,6 +72,18 @@ def check_fits_model(sae, lm, hook: str) -> None:
                              f"it was trained on another model")
 
 
+def check_fits_cache(sae, reader: CacheReader, hook: str) -> None:
+    """The cache must hold the SAE's hook point, at the SAE's width."""
+    if not hook:
+        raise WorkbenchError("the SAE's cfg.json names no hook point; cannot find its activations in the cache")
+    if hook not in reader.hooks:
+        raise WorkbenchError(f"the SAE reads {hook}, which the cache at {str(reader.path)!r} lacks; it has "
+                             f"{', '.join(reader.hooks)}")
+    if reader.d_model(hook) != sae.d_in:
+        raise WorkbenchError(f"the SAE takes d_in={sae.d_in} at {hook}, but the cache at {str(reader.path)!r} has "
+                             f"d_model={reader.d_model(hook)} there; it was trained on another model")
+
+
 def _auto_batch_contexts(lm, length: int, variants: int, device: torch.device) -> int:
     vocab = int(getattr(lm.bridge.cfg, "d_vocab", 0) or len(lm.tokenizer))
     budget = (8 if device.type == "cuda" else 1) * 2**30
@@ -112,13 +124,15 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     result.weights = w_summary
     result.per_feature.update(w_per)
 
+    # Every check that the SAE fits the cache and the model comes before any long pass.
+    if reader is not None:
+        check_fits_cache(sae, reader, hook)
+    lm = _model(model, cfg, reader, device)
+    if lm is not None:
+        check_fits_model(sae, lm, hook)
+
     mean = None
     if reader is not None:
-        if not hook:
-            raise WorkbenchError("the SAE's cfg.json names no hook point; cannot find its activations in the cache")
-        if hook not in reader.hooks:
-            raise WorkbenchError(f"the SAE reads {hook}, which the cache at {str(reader.path)!r} lacks; it has "
-                                 f"{', '.join(reader.hooks)}")
         res = cache_pass(sae, reader, hook, split="heldout", heldout_fraction=frac, batch_size=cfg.batch_size,
                          max_tokens=cfg.max_tokens, device=device, progress=cfg.progress)
         result.reconstruction = res.reconstruction.summary()
@@ -132,9 +146,7 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     else:
         result.notes.append("no cache given: reconstruction, feature health and probing were skipped")
 
-    lm = _model(model, cfg, reader, device)
     if lm is not None:
-        check_fits_model(sae, lm, hook)
         if lm.modality != "text" or lm.suffix_ids:  # vision, or a masked LM (CLS ... SEP)
             result.notes.append(f"{lm.model_id} is not a causal language model: no spliced loss")
         else:

@@ -7,12 +7,16 @@ evaluation path accepts whatever that loader accepts, with no other change.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from saes import SparseAutoencoder, find_sae_dirs, load_sae
 from workbench.errors import WorkbenchError
+
+
+FORMATS = ("sae-workbench (cfg.json + sae.safetensors)",)
 
 
 def _load_any():
@@ -43,4 +47,20 @@ def load_for_eval(path: str | Path, device: torch.device | str = "cpu") -> Spars
     load_any = _load_any()
     if load_any is not None:
         return load_any(str(path), device=device)
+    _check_own_format(Path(path))
     return load_sae(path, device=device)
+
+
+def _check_own_format(d: Path) -> None:
+    """Name a foreign or unreadable cfg.json plainly instead of failing on its first unknown field."""
+    cfg = d / "cfg.json"
+    if not cfg.is_file():
+        return  # load_sae names what is missing
+    try:
+        raw = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise WorkbenchError(f"{cfg} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict) or not {"architecture", "d_in", "num_features"} <= set(raw):
+        keys = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
+        raise WorkbenchError(f"unknown SAE format in {str(d)!r}: its cfg.json (keys {keys}) is not a sae-workbench "
+                             f"SAE config; valid formats: {', '.join(FORMATS)}")

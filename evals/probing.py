@@ -94,7 +94,7 @@ def sparse_probing(raw: np.ndarray, feats: np.ndarray, labels: Sequence[str], *,
     return {"classes": len(per_class), "mean": mean, "per_class": per_class, "ks": list(ks)}
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
 def pooled_from_cache(sae, reader: CacheReader, hook: str, doc_labels: dict[int, str], *,
                       max_per_class: int = 500, seed: int = 0, batch_size: int = 4096,
                       device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, list[str]]:

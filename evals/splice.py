@@ -69,7 +69,7 @@ def _rewrite(act: Tensor, keep: Tensor, variants: tuple[str, ...], sae: Any, mea
     return out
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
 def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean: Tensor | None = None,
                    error_term: bool = True, device: torch.device | str = "cpu") -> dict[str, Any]:
     """CE and KL of the model with the SAE (and ablations) spliced in at `hook`, over `contexts`."""
