@@ -10,8 +10,8 @@ from harvesting.cache import FORMAT_VERSION, CacheWriter, read_manifest
 from harvesting.corpus import Document, open_documents, pack_contexts, wiki_vital_records
 from harvesting.harvest import HarvestConfig, harvest
 from harvesting.inspect_cache import VerifyReport, cache_summary, format_summary, verify_cache
-from harvesting.models import LoadedModel, from_hf_model, load_model
 from harvesting.reader import CacheReader
+from workbench.models import LoadedModel, from_hf_model, load_model  # the floor's; re-exported for old callers
 
 __all__ = [
     "FORMAT_VERSION",

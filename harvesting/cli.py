@@ -68,7 +68,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _hooks(args: argparse.Namespace) -> int:
-    from harvesting.models import load_model
+    from workbench.models import load_model
 
     if not args.model:
         raise WorkbenchError("give a model")

