@@ -40,15 +40,15 @@ def run_eval(args: argparse.Namespace) -> int:
     dirs = expand_sae_paths(args.sae)
     if not cfg.cache:
         raise WorkbenchError("--cache DIR is required (the activation cache the SAEs read: held-out tokens and contexts)")
-    from harvesting import CacheReader, load_model
+    from harvesting import CacheReader
+    from workbench.device import resolve_device
+    from workbench.models import load_model
 
     reader = CacheReader(cfg.cache)
     lm = None
     if cfg.model != "none":
         name = cfg.model or (reader.manifest.get("config") or {}).get("model") or reader.model_id
-        from evals.evaluate import _device
-
-        lm = load_model(name, device=_device(cfg.device))
+        lm = load_model(name, device=resolve_device(cfg.device))
     results = []
     for d in dirs:
         r = evaluate(d, reader, lm if lm is not None else "none", config=cfg)

@@ -26,6 +26,7 @@ from evals.probing import KS, cache_labels, pooled_from_cache, sparse_probing
 from evals.result import EvalResult
 from evals.splice import VARIANTS, spliced_losses
 from harvesting import CacheReader
+from workbench.device import resolve_device
 from workbench.errors import WorkbenchError
 
 
@@ -49,12 +50,6 @@ class EvalConfig:
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N (auto: cuda if present)"})
     seed: int = field(default=0, metadata={"help": "seed of the probing tasks"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
-
-
-def _device(name: str) -> torch.device:
-    from harvesting.harvest import resolve_device
-
-    return resolve_device(name)
 
 
 def _sae_info(sae, path: Path | None) -> dict[str, Any]:
@@ -106,7 +101,7 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
         setattr(cfg, k, v)
     if cfg.density_split not in ("heldout", "all"):
         raise WorkbenchError(f"unknown density split {cfg.density_split!r}; valid choices: heldout, all")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     path = None
     if isinstance(sae, (str, Path)):
         path = Path(sae)
@@ -196,6 +191,6 @@ def _model(model: Any, cfg: EvalConfig, reader: CacheReader | None, device: torc
         if reader is None:
             return None
         name = (reader.manifest.get("config") or {}).get("model") or reader.model_id
-    from harvesting import load_model
+    from workbench.models import load_model
 
     return load_model(name, device=device)

@@ -30,17 +30,7 @@ import torch
 from torch import Tensor
 
 from evals.contexts import ContextBatch
-
-try:  # the models-and-hooks floor (workbench/hooks.py)
-    from workbench.hooks import replacing
-except ImportError:  # pragma: no cover - until the floor lands on this branch
-    from contextlib import contextmanager
-
-    @contextmanager
-    def replacing(lm, hook, fn):  # type: ignore[no-redef]
-        lm.check_hooks([hook])
-        with lm.bridge.hooks(fwd_hooks=[(hook, lambda act, hook=None: fn(act, None))]):
-            yield lm
+from workbench.hooks import replacing
 
 VARIANTS = ("clean", "sae", "zero", "mean", "error")
 

@@ -34,7 +34,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A 3-layer Llama (d_model 48) with a BOS token: the MiniLM WordPiece tokenizer, [CLS] as BOS."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from harvesting.models import offline_path
+    from workbench.models import offline_path
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(offline_path("minilm-l6")))
@@ -50,7 +50,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    from harvesting import load_model
+    from workbench.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
 
