@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "several SAEs, a Pareto plot (FVU and CE loss score against L0).")
     p.add_argument("--sae", nargs="+", required=True, metavar="DIR",
                    help="SAE directories, or run directories holding several SAEs")
-    p.add_argument("--plot", default="", help="Pareto plot path for several SAEs (default: pareto.png in their "
-                                              "common parent directory)")
+    p.add_argument("--plot", default="", help="Pareto plot path (default: pareto.png in the SAEs' common "
+                                              "directory)")
     add_config_args(p, EvalConfig)
     p.set_defaults(func=run_eval)
 
@@ -52,14 +52,16 @@ def run_eval(args: argparse.Namespace) -> int:
     results = []
     for d in dirs:
         r = evaluate(d, reader, lm if lm is not None else "none", config=cfg)
-        path = r.save(d)
+        r.save(d)
         results.append(r)
-        print(r, flush=True)
-        print(f"  eval.json: {path}", flush=True)
-    if len(results) > 1:
-        from evals.pareto import pareto_plot
+        if len(dirs) == 1:
+            print(r, flush=True)
+    from evals.pareto import pareto_plot
 
+    if len(results) > 1:
         print(comparison_table(results))
-        plot = Path(args.plot) if args.plot else Path(os.path.commonpath([str(d) for d in dirs])) / "pareto.png"
-        print(f"Pareto plot: {pareto_plot(results, plot)}")
+    for d in dirs:
+        print(f"eval.json: {d / 'eval.json'}")
+    plot = Path(args.plot) if args.plot else Path(os.path.commonpath([str(d) for d in dirs])) / "pareto.png"
+    print(f"Pareto plot: {pareto_plot(results, plot)}")
     return 0

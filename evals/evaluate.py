@@ -43,7 +43,7 @@ class EvalConfig:
     batch_contexts: int = field(default=0, metadata={"help": "contexts per stacked forward pass (0 = fit the logits in about 1 GiB; 8 GiB on CUDA)"})
     context_length: int = field(default=128, metadata={"help": "tokens per context when packing --corpus"})
     batch_size: int = field(default=4096, metadata={"help": "tokens per SAE batch in cache passes"})
-    density_split: Literal["heldout", "all"] = field(default="heldout", metadata={"help": "cache split for feature densities (all: a second pass over the whole cache)"})
+    density_split: Literal["heldout", "all"] = field(default="all", metadata={"help": "cache split for feature densities: all (every cached token: rare features need many tokens to be seen) or heldout"})
     error_term: bool = field(default=True, metadata={"help": "also splice x_hat + (x - x_hat) (must equal clean)"})
     probing: bool = field(default=True, metadata={"help": "sparse probing on the corpus's document labels (wiki-vital topics)"})
     probe_max_per_class: int = field(default=300, metadata={"help": "positives per one-vs-rest probing task (as many negatives)"})

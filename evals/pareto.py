@@ -31,7 +31,10 @@ def pareto_plot(results: list[EvalResult], path: str | Path) -> Path:
     axes[1].set(xlabel="L0 (active features per token)", ylabel="CE loss score (higher is better)", xscale="log")
     for ax in axes:
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"{len(results)} SAEs")
     fig.tight_layout()
     buf = io.BytesIO()

@@ -56,6 +56,17 @@ def test_several_saes_table_eval_json_and_plot(run_dir, tiny_cache, tiny_model_d
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"Pareto plot: {png}" in out
 
 
+def test_one_sae_prints_its_full_table(run_dir, tiny_cache, capsys) -> None:
+    one = run_dir / "topk_k4"
+    rc = main(["eval", "--sae", str(one), "--cache", str(tiny_cache), "--model", "none", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for label in ("FVU", "explained variance", "L0", "dead features %", "mean max decoder cosine"):
+        assert label in out
+    assert "CE loss score" not in out  # --model none: no spliced loss, and the table does not pretend
+    assert f"eval.json: {one / 'eval.json'}" in out and f"Pareto plot: {one / 'pareto.png'}" in out
+
+
 def _error(argv: list[str], capsys) -> str:
     rc = main(argv)
     err = capsys.readouterr().err.strip()
