@@ -111,11 +111,13 @@ class DenseTopK:
         self.lr = slot.lr
         self.opt = torch.optim.Adam(self.params, lr=self.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
         self.clip = cfg.grad_clip
-        self.since_fired = torch.zeros(sae.num_features, dtype=torch.long)
+        self.device = sae.W_dec.device
+        self.since_fired = torch.zeros(sae.num_features, dtype=torch.long, device=self.device)
         self.total, self.warm = trainer.total_steps, int(round(cfg.warmup_fraction * trainer.total_steps))
         self.decay_steps, self.decay = int(round(cfg.decay_fraction * trainer.total_steps)), cfg.decay
 
     def step(self, x: torch.Tensor, step: int) -> None:
+        x = x.to(self.device)
         denom = variance_from_sums(moment_sums(x)).float()
         pre = F.linear(x - self.b_dec, self.W_enc, self.b_enc)
         v, i = pre.topk(self.k, dim=1, sorted=False)
@@ -146,7 +148,7 @@ class DenseTopK:
 
     @torch.no_grad()
     def heldout(self, held: torch.Tensor, scale: float) -> tuple[float, float]:
-        x = held * scale
+        x = held.to(self.device) * scale
         pre = F.linear(x - self.b_dec, self.W_enc, self.b_enc)
         v, i = pre.topk(self.k, dim=1)
         z = torch.zeros_like(pre).scatter(1, i, v.relu())
@@ -228,18 +230,24 @@ def run_interleaved(runs: list, batches: list[torch.Tensor]) -> None:
             r = runs[(step + j) % len(runs)]
             t0 = time.perf_counter()
             r.step(xb, step)
+            if torch.cuda.is_available():  # a GPU step is only done when its kernels are
+                torch.cuda.synchronize()
             r.seconds += time.perf_counter() - t0
 
 
 def encoder_matmul_bound(args, d: int) -> float:
     """Tokens/s if a step cost only the fp32 encoder matmul (forward): the ceiling the anchor quotes."""
     f = args.expansion * d
-    x, w, b = torch.randn(args.batch_size, d), torch.randn(f, d), torch.zeros(f)
+    dev = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    x, w, b = torch.randn(args.batch_size, d, device=dev), torch.randn(f, d, device=dev), torch.zeros(f, device=dev)
     for _ in range(2):
         torch.addmm(b, x, w.t())
+    sync()
     t0 = time.perf_counter()
     for _ in range(5):
         torch.addmm(b, x, w.t())
+    sync()
     return args.batch_size / ((time.perf_counter() - t0) / 5)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from workbench.cli import add_noun, add_verb
 from workbench.config import add_config_args, config_from_args
 from workbench.errors import WorkbenchError
 
@@ -13,27 +14,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's verbs to the root `sae` command."""
     from harvesting.harvest import HarvestConfig
 
-    p = sub.add_parser("harvest", help="capture activations of a model over a corpus into an on-disk cache",
-                       description="Run a model over a corpus and store the activations at the given hook points "
-                       "(one forward pass, stopped after the deepest hooked block). Run the same command again "
-                       "to resume an interrupted harvest.")
+    p = add_verb(sub, "harvest", _harvest, help="capture activations of a model over a corpus into an on-disk cache",
+                 description="Run a model over a corpus and store the activations at the given hook points "
+                 "(one forward pass, stopped after the deepest hooked block).\nRun the same command again "
+                 "to resume an interrupted harvest.")
     add_config_args(p, HarvestConfig)
-    p.set_defaults(func=_harvest)
 
-    c = sub.add_parser("cache", help="inspect or check an activation cache")
-    csub = c.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
-    info = csub.add_parser("info", help="summary: model, hooks, tokens, size on disk, norms")
+    cache = add_noun(sub, "cache", help="inspect or check an activation cache")
+    info = add_verb(cache, "info", _info, help="summary: model, hooks, tokens, size on disk, norms")
     info.add_argument("path", help="cache directory")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.set_defaults(func=_info)
-    ver = csub.add_parser("verify", help="check every shard's checksum, shape and dtype; names any bad shard")
+    ver = add_verb(cache, "verify", _verify, help="check every shard's checksum, shape and dtype; names any bad shard")
     ver.add_argument("path", help="cache directory")
-    ver.set_defaults(func=_verify)
 
-    h = sub.add_parser("hooks", help="list a model's hook points")
+    h = add_verb(sub, "hooks", _hooks, help="list a model's hook points")
     h.add_argument("model", help="offline alias, hub id, local directory or .gguf file")
     h.add_argument("--filter", default="", help="only names containing this text")
-    h.set_defaults(func=_hooks)
 
 
 def _harvest(args: argparse.Namespace) -> int:

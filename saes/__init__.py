@@ -6,27 +6,40 @@
     sae = load_sae("cache/saes/run1")          # the run's one SAE (or pass its subdirectory)
     codes = sae.encode(activations)            # SparseCodes; sae.decode(codes) reconstructs
 
-Architectures (saes.registry): topk, batchtopk, feature_choice, mutual_choice, relu, jumprelu,
-matching_pursuit. All share `SparseAutoencoder`'s interface and saved format.
+Architectures live in saes/architectures/ (one module each), listed by `saes.registry`; all
+share `SparseAutoencoder`'s interface and saved format, and each declares its own training
+policy (k or penalty, aux losses, inference rules). `register(cls)` adds one at run time;
+`saes.registry.architectures()` lists the names. `evaluate_heldout` (saes.heldout) is the
+held-out evaluation the trainer reports, for evaluation code to reuse.
 """
 
-from saes.base import SparseAutoencoder, StepContext, StepOutput
-from saes.batchtopk import BatchTopKSAE, ThresholdInferenceSAE
+from saes.architectures import (
+    BatchTopKSAE,
+    FeatureChoiceSAE,
+    JumpReLUSAE,
+    MatchingPursuitSAE,
+    MutualChoiceSAE,
+    ReLUSAE,
+    ThresholdInferenceSAE,
+    TopKSAE,
+)
+from saes.base import Penalty, SparseAutoencoder, StepContext, StepOutput
 from saes.config import ARCHITECTURES, SAEConfig, TrainConfig, sae_name
 from saes.data import ActivationSource, TensorSource, open_cache
-from saes.feature_choice import FeatureChoiceSAE, MutualChoiceSAE
 from saes.geometric_median import geometric_median
-from saes.jumprelu import JumpReLUSAE
+from saes.heldout import evaluate_heldout
 from saes.kernels import SparseCodes
 from saes.losses import fvu
-from saes.matching_pursuit import MatchingPursuitSAE
-from saes.registry import architectures, build_sae, sae_class
-from saes.relu import ReLUSAE
+from saes.registry import build_sae, register, sae_class
 from saes.storage import find_sae_dirs, load_sae, load_stats, save_sae
-from saes.topk import TopKSAE
 from saes.trainer import Trainer, train
+from saes.formats import export_saelens, export_sparsify, find_any, load_any  # last: formats builds on the above
 
 __all__ = [
+    "export_saelens",
+    "export_sparsify",
+    "find_any",
+    "load_any",
     "ARCHITECTURES",
     "ActivationSource",
     "BatchTopKSAE",
@@ -34,6 +47,7 @@ __all__ = [
     "JumpReLUSAE",
     "MatchingPursuitSAE",
     "MutualChoiceSAE",
+    "Penalty",
     "ReLUSAE",
     "SAEConfig",
     "SparseAutoencoder",
@@ -45,14 +59,15 @@ __all__ = [
     "TopKSAE",
     "TrainConfig",
     "Trainer",
-    "architectures",
     "build_sae",
+    "evaluate_heldout",
     "find_sae_dirs",
     "fvu",
     "geometric_median",
     "load_sae",
     "load_stats",
     "open_cache",
+    "register",
     "sae_class",
     "sae_name",
     "save_sae",

@@ -9,20 +9,28 @@ so decoder work scales with the active features, on CPU (torch path) and CUDA (T
 Training goes through `training_step(x, ctx)`, which returns the differentiable loss and the
 statistics the trainer keeps (firing counts); the trainer owns the optimiser, the decoder-norm
 constraint and the health bookkeeping so every architecture gets the same treatment.
+
+Each architecture also declares its *policy* as class attributes (see "policy" below): whether
+it uses k, which sparsity penalty it trains with, which aux losses it takes, whether it has a
+batch rule besides its threshold rule, which config fields it reads. The trainer, the configs
+and the CLI read these and never test an architecture's name, so a new architecture is one new
+file in `saes/architectures/` plus one line in its `__init__.py` (or `saes.registry.register`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from saes.config import SAEConfig
 from saes.kernels import SparseCodes, TopK, encode, sparse_decode
 from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:  # only for annotations: architectures never import the configs (no import loop)
+    from saes.config import SAEConfig
 
 
 @dataclass
@@ -57,6 +65,21 @@ class StepContext:
         return self.denom / self.n_tokens
 
 
+@dataclass(frozen=True)
+class Penalty:
+    """A sparsity penalty an architecture trains with instead of a fixed k.
+
+    `coef_field` names the `TrainConfig` field holding its coefficient (in per-token sse units);
+    `default_coef` is that field's default (TrainConfig reads it from here). The trainer warms
+    the coefficient up linearly over `sparsity_warmup_fraction` of the run.
+    """
+
+    name: str  # "l1", "l0": as logged
+    coef_field: str
+    default_coef: float
+    help: str
+
+
 @dataclass
 class StepOutput:
     """One SAE's result for one batch: the loss to minimise and detached statistics."""
@@ -70,13 +93,50 @@ class StepOutput:
 class SparseAutoencoder(nn.Module):
     """Base class: shared parameters, decode, save/load hooks, the decoder-norm constraint."""
 
+    # ---- policy: what the trainer, the configs and the CLI ask the class (never its name)
+    # The name in cfg.json, `--arch` and run directory names.
     architecture: ClassVar[str] = ""
+    # k sets the sparsity (or, for a penalty-trained architecture, its starting L0). False: the
+    # sweep trains one SAE per hook x expansion whatever --k says, named without "-k".
+    uses_k: ClassVar[bool] = True
+    # The sparsity penalty trained with, if any (its coefficient is a TrainConfig field).
+    penalty: ClassVar[Penalty | None] = None
+    # Aux losses this architecture can train with (besides "none"), and the one "auto" picks.
+    aux_losses: ClassVar[tuple[str, ...]] = ()
+    default_aux: ClassVar[str] = "none"
+    # Run-wide aux losses it skips silently instead of refusing (it has nothing for them to act
+    # on, e.g. no k-sparse pre-activations to revive dead features with), so one sweep can mix it
+    # with architectures that use them.
+    skipped_aux_losses: ClassVar[tuple[str, ...]] = ()
+    # Has a batch-level training rule besides a per-token threshold rule (`encode_batch`): the
+    # held-out evaluation then reports both.
+    threshold_inference: ClassVar[bool] = False
+    # SAEConfig fields it reads besides d_in / num_features / k (its own hyper-parameters).
+    hyperparameters: ClassVar[tuple[str, ...]] = ()
     # Decoder rows kept unit-norm during training (the gradient's parallel part is removed).
     unit_norm_decoder: ClassVar[bool] = True
-    # Aux loss used when the run says "auto".
-    default_aux: ClassVar[str] = "none"
     # Names of extra tensors saved in sae.safetensors besides the four weights (e.g. threshold).
     extra_tensors: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def sweep_k(cls, k: int) -> int:
+        """The k this architecture trains with for a sweep value `k` (0: it has no k)."""
+        return k if cls.uses_k else 0
+
+    @classmethod
+    def run_name(cls, hook: str, k: int, expansion: int) -> str:
+        """Directory of one SAE inside a run: readable and unique within the sweep grid."""
+        ks = f"-k{k}" if cls.uses_k and k else ""
+        return f"{hook}/{cls.architecture}{ks}-x{expansion}"
+
+    @classmethod
+    def check_config(cls, cfg: "SAEConfig") -> None:
+        """Refuse a config this architecture cannot run (field-level checks live in SAEConfig)."""
+        if cls.uses_k and not 1 <= cfg.k < cfg.num_features:
+            raise WorkbenchError(
+                f"k={cfg.k} must be at least 1 and below the number of features ({cfg.num_features}) "
+                f"for architecture {cls.architecture!r}"
+            )
 
     def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, generator: torch.Generator | None = None) -> None:
@@ -130,6 +190,10 @@ class SparseAutoencoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
+
+    def encode_batch(self, x: Tensor, *, matmul_dtype: torch.dtype | None = None) -> SparseCodes:
+        """The batch-level training rule applied to `x` (architectures with `threshold_inference`)."""
+        raise NotImplementedError(f"{self.architecture} has no batch inference rule")
 
     def encode_dense(self, x: Tensor) -> Tensor:
         """The `[B, F]` feature activations (convenient for analysis; training never builds it)."""

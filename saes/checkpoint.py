@@ -8,6 +8,9 @@ Layout under the run directory:
 A step directory is complete once every file in it is written (each atomically); only then is
 latest.json (atomically) pointed at it and older step directories removed. A kill at any moment
 leaves latest.json naming a complete checkpoint.
+
+`pack_slot` / `unpack_slot` turn one SAE's training state (a `saes.slot.Slot`) into the named
+tensors of its sae-NNN.safetensors and back; `config_differences` says why a run cannot resume.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file
 
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_save_safetensors, atomic_write_json
+
+if TYPE_CHECKING:
+    from saes.slot import Slot
 
 CHECKPOINT_DIR = "checkpoint"
 LATEST = "latest.json"
@@ -96,3 +102,36 @@ def load_checkpoint(d: Path, num_saes: int) -> tuple[dict[str, Any], list[dict[s
             raise WorkbenchError(f"checkpoint {d} lacks {f.name}: it was written by a run with fewer SAEs")
         tensors.append(load_file(str(f)))
     return state, tensors
+
+
+def pack_slot(slot: "Slot") -> dict[str, torch.Tensor]:
+    """One SAE's state as named tensors: `sae.*` (parameters, buffers), `opt.*` (Adam), `health.*`."""
+    t = {f"sae.{k}": v for k, v in slot.sae.state_dict().items()}
+    t.update(flatten_optimizer(slot.opt, slot.param_names))
+    t.update({"health.since_fired": slot.since_fired, "health.fired_total": slot.fired_total,
+              "health.usage": slot.usage, "health.usage_steps": torch.tensor(slot.usage_seen)})
+    return t
+
+
+def unpack_slot(slot: "Slot", tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Inverse of `pack_slot`, naming any tensor whose shape does not fit this run's SAE."""
+    sd = {k[4:]: v for k, v in tensors.items() if k.startswith("sae.")}
+    own = slot.sae.state_dict()
+    for k, v in sd.items():
+        if k in own and own[k].shape != v.shape:
+            raise WorkbenchError(
+                f"cannot resume {slot.name}: checkpoint tensor {k} has shape {tuple(v.shape)}, the SAE "
+                f"{tuple(own[k].shape)} (d_model {slot.sae.d_in} of {slot.hook} in this cache)"
+            )
+    slot.sae.load_state_dict({k: v.to(device) for k, v in sd.items()})
+    restore_optimizer(slot.opt, slot.param_names, tensors)
+    slot.since_fired.copy_(tensors["health.since_fired"])
+    slot.fired_total.copy_(tensors["health.fired_total"])
+    slot.usage.copy_(tensors["health.usage"])
+    slot.usage_seen = int(tensors["health.usage_steps"])
+
+
+def config_differences(saved: dict[str, Any], now: dict[str, Any], may_differ: tuple[str, ...]) -> str:
+    """"field: checkpoint X, now Y; ..." for every config field outside `may_differ` that changed ("" if none)."""
+    diff = sorted(k for k in set(saved) | set(now) if k not in may_differ and saved.get(k) != now.get(k))
+    return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)

@@ -1,10 +1,10 @@
-"""`sae train` and `sae sae-info`.
+"""`sae train` and `sae sae info` (`sae sae-info`, the old spelling, still works).
 
-    sae train --cache cache/smollm2-wiki-1m --hook blocks.8.hook_resid_post --arch topk --k 32 --expansion 8
+    sae train --cache cache/smollm2-wiki-1m --hooks blocks.8.hook_resid_post --arch topk --k 32 --expansion 8
     torchrun --nproc-per-node 4 -m workbench.cli train ...      # data parallel over 4 GPUs / processes
-    sae sae-info cache/saes/smollm2-wiki-1m                      # what a run or SAE directory holds
+    sae sae info cache/saes/smollm2-wiki-1m                      # what a run or SAE directory holds
 
-Every flag of `sae train` is a field of `saes.TrainConfig`; several values for --hook, --arch,
+Every flag of `sae train` is a field of `saes.TrainConfig`; several values for --hooks, --arch,
 --k or --expansion train every combination in one pass over the cache.
 """
 
@@ -16,24 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from saes.config import TrainConfig
+from workbench.cli import add_noun, add_verb
 from workbench.config import add_config_args, config_from_args
 from workbench.errors import WorkbenchError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's verbs to the root `sae` command."""
-    p = sub.add_parser(
-        "train", help="train sparse autoencoders on an activation cache",
-        description="Train one or more SAEs (every combination of --hook x --arch x --k x --expansion) in one "
-                    "pass over an activation cache. Re-running the same command resumes from the last checkpoint.",
+    p = add_verb(
+        sub, "train", run_train, help="train sparse autoencoders on an activation cache",
+        description="Train one or more SAEs (every combination of --hooks x --arch x --k x --expansion) in one "
+                    "pass over an activation cache.\nRe-running the same command resumes from the last checkpoint.",
     )
     add_config_args(p, TrainConfig)
-    p.set_defaults(func=run_train)
-    q = sub.add_parser("sae-info", help="describe a saved SAE or a training run directory",
-                       description="Print the configuration and final metrics of a saved SAE or a run directory.")
-    q.add_argument("path", help="an SAE directory (cfg.json) or a run directory (summary.json)")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
-    q.set_defaults(func=run_info)
+    saes = add_noun(sub, "sae", help="describe saved SAEs")
+    for where, name, hidden in ((saes, "info", False), (sub, "sae-info", True)):  # sae-info: the old spelling
+        q = add_verb(where, name, run_info, help="describe a saved SAE or a training run directory", hidden=hidden,
+                     description="Print the configuration and final metrics of a saved SAE or a run directory.")
+        q.add_argument("path", help="an SAE directory (cfg.json) or a run directory (summary.json)")
+        q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    from saes.formats.cli import add_export_verb
+
+    add_export_verb(saes)
 
 
 def summary_line(row: dict[str, Any], run: dict[str, Any]) -> str:

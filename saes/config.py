@@ -4,6 +4,12 @@ Both are dataclasses so that `sae train` flags are generated from the same field
 takes (workbench.config.add_config_args), and the resolved values are written next to the
 outputs. `TrainConfig` describes a *sweep*: every combination of hook point, architecture, k and
 expansion becomes one SAE, and all of them are fed by one read of the cache.
+
+Nothing here knows an architecture by name: which ones exist, which use k or a penalty, which
+aux losses they take and which fields they read is asked of their classes (saes.registry).
+Field metadata the CLI generator reads: `help`, `choices` (a tuple, or a zero-argument callable
+returning one, so a registry is read when the parser is built), `flag` (the primary flag when it
+is not the field name's) and `aliases` (old flag spellings, accepted and hidden).
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from saes.architectures import DEFAULT_ARCHITECTURE
+from saes.registry import architecture_classes, architectures, aux_loss_choices, sae_class
 from workbench.errors import WorkbenchError, choices_error
 
-ARCHITECTURES = ("topk", "batchtopk", "feature_choice", "mutual_choice", "relu", "jumprelu", "matching_pursuit")
-AUX_LOSSES = ("auto", "auxk", "zipf", "none")
+# The built-in architectures and aux losses, derived from the registry (which may grow later:
+# validation always asks the registry itself).
+ARCHITECTURES = architectures()
+AUX_LOSSES = aux_loss_choices()
 SAE_FORMAT_VERSION = 1
 
 
@@ -53,16 +63,10 @@ class SAEConfig:
     train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise choices_error("architecture", self.architecture, ARCHITECTURES)
+        cls = sae_class(self.architecture)
         if self.d_in < 1 or self.num_features < 1:
             raise WorkbenchError(f"d_in ({self.d_in}) and num_features ({self.num_features}) must be >= 1")
-        uses_k = self.architecture != "relu"  # JumpReLU: k sets the initial thresholds (L0 about k)
-        if uses_k and not 1 <= self.k < self.num_features:
-            raise WorkbenchError(
-                f"k={self.k} must be at least 1 and below the number of features ({self.num_features}) "
-                f"for architecture {self.architecture!r}"
-            )
+        cls.check_config(self)
         if self.inference not in ("threshold", "batch"):
             raise choices_error("inference rule", self.inference, ("threshold", "batch"))
         if self.capacity not in ("uniform", "zipf"):
@@ -79,8 +83,25 @@ class SAEConfig:
             )
 
 
-def _h(text: str) -> dict[str, str]:
-    return {"help": text}
+def _h(text: str, **more: Any) -> dict[str, Any]:
+    return {"help": text, **more}
+
+
+def _used_by(name: str) -> str:
+    """The built-in architectures reading SAEConfig field `name`, for help texts."""
+    return ", ".join(c.architecture for c in architecture_classes() if name in c.hyperparameters)
+
+
+def _penalty(coef_field: str) -> tuple[float, dict[str, Any]]:
+    """Default and metadata of a penalty-coefficient field, from the architectures declaring it."""
+    users = [c for c in architecture_classes() if c.penalty is not None and c.penalty.coef_field == coef_field]
+    p = users[0].penalty
+    assert p is not None
+    return p.default_coef, _h(f"{', '.join(c.architecture for c in users)}: {p.help}")
+
+
+_L1_DEFAULT, _L1_META = _penalty("l1_coef")
+_L0_DEFAULT, _L0_META = _penalty("l0_coef")
 
 
 @dataclass
@@ -93,7 +114,8 @@ class TrainConfig:
 
     # ---- data
     cache: str = field(default="", metadata=_h("activation cache directory (from `sae harvest`)"))
-    hook: tuple[str, ...] = field(default=(), metadata=_h("hook point(s) to train on; empty = the cache's only hook"))
+    hook: tuple[str, ...] = field(default=(), metadata=_h("hook point(s) to train on; empty = the cache's only hook",
+                                                          flag="--hooks", aliases=("--hook",)))
     out: str = field(default="", metadata=_h("run directory (default: <cache parent>/saes/<cache name>)"))
     batch_size: int = field(default=4096, metadata=_h("tokens per optimiser step (global, over all ranks)"))
     epochs: int = field(default=1, metadata=_h("passes over the training split"))
@@ -102,14 +124,17 @@ class TrainConfig:
     normalize: bool = field(default=True, metadata=_h("scale inputs to mean norm sqrt(d_in) (folded into the saved weights)"))
     seed: int = field(default=0, metadata=_h("seed for initialisation and data order"))
     # ---- SAEs (every combination of hook x arch x k x expansion is one SAE)
-    arch: tuple[str, ...] = field(default=("topk",), metadata=_h(f"architecture(s): {', '.join(ARCHITECTURES)}"))
-    k: tuple[int, ...] = field(default=(32,), metadata=_h("active features per token (TopK, MP) or on average (BatchTopK, FC, MC)"))
+    arch: tuple[str, ...] = field(default=(DEFAULT_ARCHITECTURE,), metadata=_h("architecture(s) to train", choices=architectures, what="architecture"))
+    k: tuple[int, ...] = field(default=(32,), metadata=_h(
+        "active features per token, exactly or on average (penalty-trained architectures start at L0 about k; "
+        "architectures without k ignore it)"))
     expansion: tuple[int, ...] = field(default=(8,), metadata=_h("number of features = expansion x d_in"))
     inference: Literal["threshold", "batch"] = field(
-        default="threshold", metadata=_h("BatchTopK/FC/MC rule outside training: a learned threshold, or the batch rule")
+        default="threshold",
+        metadata=_h(f"{_used_by('inference')}: rule outside training, a learned threshold or the batch rule")
     )
     capacity: Literal["uniform", "zipf"] = field(
-        default="uniform", metadata=_h("Feature Choice capacities: k*B/F tokens per feature, or Zipf by usage rank")
+        default="uniform", metadata=_h(f"{_used_by('capacity')}: capacities of k*B/F tokens per feature, or Zipf by usage rank")
     )
     zipf_exponent: float = field(default=1.0, metadata=_h("exponent of the Zipf law (capacities and aux_zipf targets)"))
     init_b_dec: Literal["geometric_median", "mean", "zeros"] = field(
@@ -129,21 +154,24 @@ class TrainConfig:
         metadata=_h("encoder matmul dtype for choosing active features (values stay fp32); auto = bf16 on CUDA "
                     "and on CPUs with bf16 units"),
     )
-    compile: bool = field(default=False, metadata=_h("torch.compile the dense tensor code of a step (ReLU's dense phase)"))
+    compile: bool = field(default=False, metadata=_h("torch.compile the dense tensor code of a step (architectures with a dense phase)"))
     device: str = field(default="auto", metadata=_h("cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)"))
     # ---- losses and health
-    aux_loss: str = field(default="auto", metadata=_h("auto (auxk for TopK/BatchTopK, zipf for FC/MC), auxk, zipf, none"))
+    aux_loss: str = field(default="auto", metadata=_h(
+        "auxiliary loss against dead/under-used features; auto = each architecture's own default", choices=aux_loss_choices,
+        what="aux loss"))
     aux_coef: float = field(default=1 / 32, metadata=_h("coefficient of the AuxK / aux_zipf loss"))
     k_aux: int = field(default=0, metadata=_h("features the aux loss may use per token (0 = auto: d_in / 2)"))
     dead_tokens: int = field(default=0, metadata=_h("a feature not fired in this many tokens is dead (0 = auto: min(10M, run/10))"))
-    multi_topk: bool = field(default=False, metadata=_h("add the Multi-TopK term L(4k)/8 (TopK, BatchTopK)"))
-    l1_coef: float = field(default=5.0, metadata=_h("ReLU SAE: decoder-norm-weighted L1 coefficient (per-token sse units)"))
-    l0_coef: float = field(default=1.0, metadata=_h("JumpReLU: L0 penalty coefficient (per-token sse units)"))
+    multi_topk: bool = field(default=False, metadata=_h("add the Multi-TopK term L(4k)/8 (top-k and batch top-k selection)"))
+    l1_coef: float = field(default=_L1_DEFAULT, metadata=_L1_META)
+    l0_coef: float = field(default=_L0_DEFAULT, metadata=_L0_META)
     sparsity_warmup_fraction: float = field(default=0.05, metadata=_h("linear warm-up of the L1/L0 coefficient"))
-    jumprelu_bandwidth: float = field(default=0.05, metadata=_h("JumpReLU straight-through kernel width"))
-    jumprelu_init_threshold: float = field(
-        default=0.1, metadata=_h("JumpReLU initial threshold without a data sample (the trainer starts at L0 ~ k)"))
-    threshold_ema: float = field(default=0.99, metadata=_h("decay of the running inference threshold (BatchTopK/FC/MC)"))
+    jumprelu_bandwidth: float = field(default=0.05, metadata=_h(
+        f"{_used_by('jumprelu_bandwidth')}: straight-through kernel width"))
+    jumprelu_init_threshold: float = field(default=0.1, metadata=_h(
+        f"{_used_by('jumprelu_init_threshold')}: initial threshold without a data sample (the trainer starts at L0 ~ k)"))
+    threshold_ema: float = field(default=0.99, metadata=_h(f"{_used_by('inference')}: decay of the running inference threshold"))
     # ---- bookkeeping
     log_every: int = field(default=10, metadata=_h("steps between metric lines in metrics.jsonl"))
     checkpoint_every: int = field(default=100, metadata=_h("steps between checkpoints (0 = only at the end)"))
@@ -158,10 +186,9 @@ class TrainConfig:
         self.expansion = tuple(int(v) for v in self.expansion)
         self.adam_betas = tuple(float(v) for v in self.adam_betas)
         for a in self.arch:
-            if a not in ARCHITECTURES:
-                raise choices_error("architecture", a, ARCHITECTURES)
-        if self.aux_loss not in AUX_LOSSES:
-            raise choices_error("aux loss", self.aux_loss, AUX_LOSSES)
+            sae_class(a)  # names the valid choices when `a` is not one
+        if self.aux_loss not in aux_loss_choices():
+            raise choices_error("aux loss", self.aux_loss, aux_loss_choices())
         for name in ("arch", "k", "expansion"):
             if not getattr(self, name):
                 raise WorkbenchError(f"--{name} needs at least one value")
@@ -200,13 +227,12 @@ class TrainConfig:
     def sae_grid(self, hooks: list[str]) -> list[tuple[str, str, int, int]]:
         """(hook, arch, k, expansion) of every SAE this run trains, in a fixed order.
 
-        ReLU has no k, so it appears once per (hook, expansion) whatever --k says. (JumpReLU uses
-        k only to place its initial thresholds at L0 about k.)
+        An architecture without k (`uses_k` False) appears once per (hook, expansion), with k 0,
+        whatever --k says.
         """
         out: list[tuple[str, str, int, int]] = []
         for hook, arch, k, exp in itertools.product(hooks, self.arch, self.k, self.expansion):
-            if arch == "relu":
-                k = 0
+            k = sae_class(arch).sweep_k(k)
             if (hook, arch, k, exp) not in out:
                 out.append((hook, arch, k, exp))
         return out
@@ -216,9 +242,8 @@ class TrainConfig:
 
 
 def sae_name(hook: str, arch: str, k: int, expansion: int) -> str:
-    """Directory name of one SAE inside a run: readable and unique within the grid."""
-    ks = f"-k{k}" if k else ""
-    return f"{hook}/{arch}{ks}-x{expansion}"
+    """Directory name of one SAE inside a run: readable and unique within the grid (the class decides)."""
+    return sae_class(arch).run_name(hook, k, expansion)
 
 
 # Fields of TrainConfig that may differ between the run that wrote a checkpoint and the one

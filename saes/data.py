@@ -6,6 +6,11 @@ The trainer reads through one interface, the cache reader's (`harvesting.CacheRe
 yields `dict[hook, Tensor]` in an order fixed by (seed, epoch), so a resumed run reads exactly
 the batches it would have read. `TensorSource` implements the same interface over in-memory
 tensors (benchmarks, tests, notebooks).
+
+Both pick the held-out split by one rule: the rows of the last ceil(C * heldout_fraction) of
+the C contexts, so a context never straddles the split. In a cache every row records its
+context (`context_ids`); a `TensorSource` is told its rows' contexts the same way, and without
+them each row is its own context (then the split is the last ceil(N * heldout_fraction) rows).
 """
 
 from __future__ import annotations
@@ -37,16 +42,26 @@ class ActivationSource(Protocol):
     def batches(self, hooks: list[str], batch_size: int, **kw: Any) -> Iterator[dict[str, Tensor]]: ...
 
 
+def heldout_start(context_ids: Tensor, num_contexts: int, heldout_fraction: float) -> int:
+    """First held-out row: rows are in context order, held out are those of the last
+    ceil(num_contexts * heldout_fraction) contexts (the cache reader's rule)."""
+    cutoff = num_contexts - math.ceil(num_contexts * heldout_fraction)
+    return int(torch.searchsorted(context_ids, torch.tensor(cutoff, dtype=context_ids.dtype)))
+
+
 class TensorSource:
     """In-memory activations `{hook: [N, d]}` behind the cache reader's interface.
 
-    The held-out split is either given (`heldout=`) or the last `heldout_fraction` of the rows.
-    Batches are drawn from a permutation seeded by (seed, epoch); `rank`/`world_size` give each
-    data-parallel rank its contiguous slice of the same global batch.
+    The held-out split is either given (`heldout=`) or, as in a cache, the rows of the last
+    `heldout_fraction` of the contexts: `context_ids [N]` (non-decreasing) says which context
+    each row came from, out of `num_contexts` (default: the last id + 1); without them every row
+    is its own context. Batches are drawn from a permutation seeded by (seed, epoch);
+    `rank`/`world_size` give each data-parallel rank its contiguous slice of the same global batch.
     """
 
     def __init__(self, data: Mapping[str, Tensor] | Tensor, *, heldout: Mapping[str, Tensor] | Tensor | None = None,
-                 model_id: str = "", hook: str = "x") -> None:
+                 model_id: str = "", hook: str = "x", context_ids: Tensor | None = None,
+                 num_contexts: int | None = None) -> None:
         self.data = {hook: data} if isinstance(data, Tensor) else dict(data)
         self.heldout = None if heldout is None else ({hook: heldout} if isinstance(heldout, Tensor) else dict(heldout))
         if not self.data:
@@ -57,6 +72,16 @@ class TensorSource:
         self.hooks = list(self.data)
         self.model_id = model_id
         self.num_tokens = n.pop()
+        if context_ids is None:
+            context_ids = torch.arange(self.num_tokens)
+        context_ids = torch.as_tensor(context_ids).flatten().to(torch.int64)
+        if context_ids.numel() != self.num_tokens or bool((context_ids[1:] < context_ids[:-1]).any()):
+            raise WorkbenchError(f"context_ids must hold one non-decreasing id per row ({self.num_tokens} rows)")
+        self.context_ids = context_ids
+        last = int(context_ids[-1]) + 1 if self.num_tokens else 0
+        self.num_contexts = last if num_contexts is None else int(num_contexts)
+        if self.num_contexts < last:
+            raise WorkbenchError(f"num_contexts {self.num_contexts} is below the largest context id + 1 ({last})")
         self._scales: dict[str, float] = {}
 
     def d_model(self, hook: str) -> int:
@@ -74,11 +99,11 @@ class TensorSource:
             if split == "heldout":
                 return self.heldout, 0, next(iter(self.heldout.values())).shape[0]
             return self.data, 0, self.num_tokens
-        n_held = int(math.ceil(self.num_tokens * heldout_fraction)) if heldout_fraction > 0 else 0
+        cut = heldout_start(self.context_ids, self.num_contexts, heldout_fraction)
         if split == "train":
-            return self.data, 0, self.num_tokens - n_held
+            return self.data, 0, cut
         if split == "heldout":
-            return self.data, self.num_tokens - n_held, self.num_tokens
+            return self.data, cut, self.num_tokens
         return self.data, 0, self.num_tokens
 
     def norm_scale(self, hook: str) -> float:

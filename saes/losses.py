@@ -153,3 +153,13 @@ def lr_multiplier(step: int, total: int, warmup_steps: int, decay_steps: int, de
             frac = (total - step) / decay_steps  # 1 at the first decay step, 1/decay_steps at the last
             f = min(f, frac if decay == "linear" else 0.5 * (1 - math.cos(math.pi * frac)))
     return f
+
+
+# aux_zipf: a feature is under-used when its running firing rate is below this fraction of its
+# entitlement (its Zipf-law share, or its Feature Choice capacity); dead features always are.
+UNDERUSED = 0.5
+
+
+def underused_features(usage: Tensor, entitlement: Tensor) -> Tensor:
+    """Ids of features whose running firing rate is below UNDERUSED x their entitled rate."""
+    return torch.nonzero(usage < UNDERUSED * entitlement).flatten()

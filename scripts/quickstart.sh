@@ -17,5 +17,5 @@ sae cache info "$OUT/acts"
 sae cache verify "$OUT/acts"
 
 echo "== 2. train: a TopK SAE (8x width, k 32) on blocks.8 of that cache; prints held-out FVU, L0 and dead %"
-sae train --cache "$OUT/acts" --hook blocks.8.hook_resid_post --arch topk --k 32 --expansion 8 \
+sae train --cache "$OUT/acts" --hooks blocks.8.hook_resid_post --arch topk --k 32 --expansion 8 \
   --batch-size 2048 --epochs 3 --out "$OUT/saes"

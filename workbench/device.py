@@ -27,4 +27,6 @@ def resolve_device(spec: str | torch.device) -> torch.device:
         raise WorkbenchError(f"unknown device {spec!r}; valid: auto, cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise WorkbenchError(f"device {spec!r} asked for, but this machine has no CUDA device; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:  # plain "cuda": this rank's GPU (set_device needs an index)
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     return dev

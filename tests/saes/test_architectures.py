@@ -14,9 +14,9 @@ import torch
 
 from saes import SAEConfig, build_sae
 from saes.base import StepContext
-from saes.jumprelu import JumpReLUFn, StepFn, rectangle
+from saes.architectures.jumprelu import JumpReLUFn, StepFn, rectangle
 from saes.losses import moment_sums, variance_from_sums
-from saes.matching_pursuit import pursuit_choices
+from saes.architectures.matching_pursuit import pursuit_choices
 from workbench.errors import WorkbenchError
 
 B, D, F, K = 24, 10, 40, 3
@@ -169,7 +169,7 @@ def test_matching_pursuit_matches_textbook_pursuit(gram):
         sae.W_dec.mul_(torch.rand(F, 1, generator=torch.Generator().manual_seed(4), dtype=DT) + 0.5)
     x = data()
     ref = dense_matching_pursuit(x, sae.W_dec.detach(), sae.b_dec.detach(), K)
-    import saes.matching_pursuit as mp
+    import saes.architectures.matching_pursuit as mp
 
     old = mp.GRAM_BYTES
     mp.GRAM_BYTES = (1 << 40) if gram else 0

@@ -22,6 +22,7 @@ CASE = Path(__file__).with_name("kernel_training_case.py")
 ROOT = CASE.parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 STEPS = 6
+LR = 3e-3  # kernel_training_case.py's Adam rate
 
 
 def trace(tmp: Path, name: str, device: str, env_extra: dict[str, str], drop: tuple[str, ...] = ()) -> dict:
@@ -42,7 +43,19 @@ def compare(a: dict, b: dict) -> None:
     assert steps == list(range(1, STEPS + 1))
     moved = 0.0
     for k in sorted(wa, key=lambda s: int(s.split("/")[0])):
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"step/tensor {k}: {m}")
+        step = int(k.split("/")[0])
+        if not wa[k].dtype.is_floating_point:
+            assert torch.equal(wa[k], wb[k]), f"step/tensor {k} differs"
+            continue
+        diff = (wa[k] - wb[k]).abs()
+        off = diff > 1e-5 + 1e-4 * wb[k].abs()
+        # Adam divides each gradient by its running RMS, so an element whose gradient is ~0 (where
+        # the summation order, atomics on a GPU, decides the rounding) may move by up to LR per step
+        # differently. Allow a handful of such elements, each within that bound; a wrong kernel is
+        # off on far more elements.
+        assert int(off.sum()) <= max(1, off.numel() // 10_000), \
+            f"step/tensor {k}: {int(off.sum())} of {off.numel()} elements differ (max {float(diff.max()):.2e})"
+        assert float(diff.max()) <= 2 * LR * step, f"step/tensor {k}: max difference {float(diff.max()):.2e}"
         first = f"1/{k.split('/', 1)[1]}"
         if wa[k].dtype.is_floating_point:
             moved = max(moved, float((wa[k] - wa[first]).abs().max()))

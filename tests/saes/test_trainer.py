@@ -154,7 +154,7 @@ def test_bad_input_is_named(tmp_path):
     src = TensorSource({"a": X, "b": X})
     with pytest.raises(WorkbenchError, match=r"unknown hook point 'c'; valid choices: a, b"):
         Trainer(base_cfg(tmp_path, hook=("c",)), src)
-    with pytest.raises(WorkbenchError, match=r"holds 2 hook points; pass --hook with one or more of: a, b"):
+    with pytest.raises(WorkbenchError, match=r"holds 2 hook points; pass --hooks with one or more of: a, b"):
         Trainer(base_cfg(tmp_path), src)
     with pytest.raises(WorkbenchError, match=r"k=40 must be below the number of features \(32 = expansion 2 x d_model 16"):
         Trainer(base_cfg(tmp_path, k=(40,)), TensorSource(X))

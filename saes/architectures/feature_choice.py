@@ -1,6 +1,6 @@
-"""Feature Choice and Mutual Choice SAEs (Ayonrinde 2024), with the aux_zipf loss.
+"""Feature Choice SAE (Ayonrinde 2024), and the aux_zipf loss it shares with Mutual Choice.
 
-Both spend a total budget of k*B (token, feature) matches per batch of B tokens.
+Feature Choice and Mutual Choice (saes/architectures/mutual_choice.py) both spend a total budget of k*B (token, feature) matches per batch of B tokens.
 
 - Feature Choice: each feature takes the tokens where its pre-activation is largest, up to its
   capacity: k*B/F each ("uniform"), or a Zipf law over the features' usage ranks ("zipf": the
@@ -30,33 +30,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saes.architectures.threshold_inference import ThresholdInferenceSAE, per_feature_min_kept
 from saes.base import StepContext, StepOutput, selector_training_step
-from saes.batchtopk import BatchTopKSAE, ThresholdInferenceSAE, per_feature_min_kept
-from saes.kernels import BatchTopK, FeatureChoice, TopK
-from saes.losses import uniform_capacities, zipf_capacities, zipf_target_rates
-from saes.registry import register
-
-UNDERUSED = 0.5  # under-used: firing rate below this fraction of the entitlement
+from saes.kernels import FeatureChoice
+from saes.losses import UNDERUSED, uniform_capacities, zipf_capacities
 
 
-def underused_features(usage: Tensor, entitlement: Tensor) -> Tensor:
-    """Ids of features whose running firing rate is below UNDERUSED x their entitled rate."""
-    return torch.nonzero(usage < UNDERUSED * entitlement).flatten()
-
-
-def zipf_aux_selector(usage: Tensor | None, entitlement: Tensor, ctx: StepContext):
-    if ctx.aux_loss != "zipf" or usage is None or ctx.aux_coef <= 0:
-        return None
-    under = underused_features(usage, entitlement)
-    if under.numel() == 0:
-        return None
-    return TopK(min(ctx.k_aux, int(under.numel())), features=under)
-
-
-@register
 class FeatureChoiceSAE(ThresholdInferenceSAE):
     architecture = "feature_choice"
+    aux_losses = ("auxk", "zipf")
     default_aux = "zipf"
+    hyperparameters = ("inference", "capacity", "zipf_exponent")
 
     def capacities(self, batch_size: int, usage: Tensor | None, step: int = 0) -> Tensor:
         """Integer capacities summing to k * batch_size (each at most batch_size)."""
@@ -85,19 +69,3 @@ class FeatureChoiceSAE(ThresholdInferenceSAE):
         out, codes = selector_training_step(self, x, ctx, main, None, aux)
         self.update_threshold(per_feature_min_kept(codes), ctx.threshold_ema, ctx.reduce)
         return out
-
-
-@register
-class MutualChoiceSAE(BatchTopKSAE):
-    """Mutual Choice: BatchTopK's rule (the k*B budget spread freely over the B x F matrix), with
-    the paper's aux_zipf loss on under-used features as its default auxiliary loss."""
-
-    architecture = "mutual_choice"
-    default_aux = "zipf"
-
-    def aux_selector(self, ctx: StepContext) -> object | None:
-        if ctx.aux_loss == "auxk":
-            return super().aux_selector(ctx)
-        if ctx.usage is None:
-            return None
-        return zipf_aux_selector(ctx.usage, zipf_target_rates(ctx.usage, self.cfg.k, self.cfg.zipf_exponent), ctx)

@@ -22,15 +22,18 @@ Without a sample, thresholds start at `jumprelu_init_threshold`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 
 import torch
 from torch import Tensor, nn
 
-from saes.base import SparseAutoencoder, StepContext, StepOutput, fired_counts
-from saes.config import SAEConfig
+from saes.base import Penalty, SparseAutoencoder, StepContext, StepOutput, fired_counts
 from saes.kernels import SparseCodes, Threshold, encode, sparse_decode
-from saes.registry import register
+
+if TYPE_CHECKING:
+    from saes.config import SAEConfig
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -76,10 +79,12 @@ class StepFn(torch.autograd.Function):
         return None, dtheta, None
 
 
-@register
 class JumpReLUSAE(SparseAutoencoder):
     architecture = "jumprelu"
-    default_aux = "none"
+    uses_k = True  # k places the initial thresholds (L0 about k); the L0 penalty tunes it from there
+    penalty = Penalty("l0", coef_field="l0_coef", default_coef=1.0, help="L0 penalty coefficient (per-token sse units)")
+    skipped_aux_losses = ("auxk",)  # no k-sparse pre-activations to revive dead features with
+    hyperparameters = ("jumprelu_bandwidth", "jumprelu_init_threshold")
     extra_tensors = ("threshold",)
 
     def __init__(self, cfg: SAEConfig, **kw) -> None:

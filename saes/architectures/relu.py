@@ -17,14 +17,17 @@ features on a bf16 matmul (--precision), the dense phase runs under bf16 autocas
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saes.base import SparseAutoencoder, StepContext, StepOutput, fired_counts
-from saes.config import SAEConfig
+from saes.base import Penalty, SparseAutoencoder, StepContext, StepOutput, fired_counts
 from saes.kernels import SparseCodes, Threshold, encode, sparse_decode
-from saes.registry import register
+
+if TYPE_CHECKING:
+    from saes.config import SAEConfig
 
 DENSE_ABOVE = 1 / 16
 
@@ -37,11 +40,13 @@ def dense_relu_forward(x: Tensor, enc_weight: Tensor, b_enc: Tensor, W_dec: Tens
     return x_hat, (z @ norms).sum(), (z.detach() > 0).sum(0)
 
 
-@register
 class ReLUSAE(SparseAutoencoder):
     architecture = "relu"
+    uses_k = False
+    penalty = Penalty("l1", coef_field="l1_coef", default_coef=5.0,
+                      help="decoder-norm-weighted L1 coefficient (per-token sse units)")
+    skipped_aux_losses = ("auxk",)  # no k-sparse pre-activations to revive dead features with
     unit_norm_decoder = False
-    default_aux = "none"
 
     def __init__(self, cfg: SAEConfig, **kw) -> None:
         super().__init__(cfg, **kw)

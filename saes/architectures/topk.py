@@ -11,12 +11,11 @@ from torch import Tensor
 
 from saes.base import SparseAutoencoder, StepContext, StepOutput, selector_training_step
 from saes.kernels import SparseCodes, TopK
-from saes.registry import register
 
 
-@register
 class TopKSAE(SparseAutoencoder):
     architecture = "topk"
+    aux_losses = ("auxk",)
     default_aux = "auxk"
 
     def encode(self, x: Tensor, *, matmul_dtype: torch.dtype | None = None) -> SparseCodes:

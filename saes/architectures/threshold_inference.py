@@ -1,27 +1,31 @@
-"""BatchTopK SAE (Bussmann et al. 2024) and the threshold inference shared with Feature/Mutual Choice.
+"""The threshold inference shared by architectures trained with a batch-level rule.
 
-Training keeps the k*B largest pre-activations of the whole batch of B tokens, so some tokens get
-more than k features and others fewer, at the same average. That rule needs a batch; a single
-token at inference is encoded with a learned threshold instead: a running average of the smallest
-value the batch rule kept. Saved with a `threshold [F]` tensor (every entry equal for BatchTopK),
-so the saved SAE runs as a JumpReLU anywhere.
+BatchTopK, Feature Choice and Mutual Choice select over a whole batch while training, which a
+single token at inference does not have; they are run with a learned per-feature threshold
+instead: a running average of the smallest value the batch rule kept. Saved as a
+`threshold [F]` tensor, so the saved SAE runs as a JumpReLU anywhere.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from saes.base import SparseAutoencoder, StepContext, StepOutput, selector_training_step
-from saes.config import SAEConfig
-from saes.kernels import BatchTopK, SparseCodes, Threshold
-from saes.registry import register
+from saes.base import SparseAutoencoder, StepContext
+from saes.kernels import SparseCodes, Threshold
+
+if TYPE_CHECKING:
+    from saes.config import SAEConfig
 
 
 class ThresholdInferenceSAE(SparseAutoencoder):
     """An SAE trained with a batch-level rule and run, one token at a time, with a threshold."""
 
     extra_tensors = ("threshold",)
+    threshold_inference = True
+    hyperparameters = ("inference",)
 
     def __init__(self, cfg: SAEConfig, **kw) -> None:
         super().__init__(cfg, **kw)
@@ -55,21 +59,6 @@ class ThresholdInferenceSAE(SparseAutoencoder):
 
     def _fold_thresholds(self, scale: float) -> None:
         self.threshold.div_(scale)
-
-
-@register
-class BatchTopKSAE(ThresholdInferenceSAE):
-    architecture = "batchtopk"
-    default_aux = "auxk"
-
-    def batch_selector(self, batch_size: int, ctx: StepContext | None) -> object:
-        return BatchTopK(self.cfg.k)
-
-    def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
-        multi = BatchTopK(min(4 * self.cfg.k, self.num_features)) if ctx.multi_topk else None
-        out, codes = selector_training_step(self, x, ctx, BatchTopK(self.cfg.k), multi, self.aux_selector(ctx))
-        self.update_threshold(global_min_kept(codes), ctx.threshold_ema, ctx.reduce)
-        return out
 
 
 def global_min_kept(codes: SparseCodes) -> Tensor:

@@ -15,14 +15,17 @@ b_dec, and the code is decoded with the sparse kernels.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from saes.base import SparseAutoencoder, StepContext, StepOutput, fired_counts
-from saes.config import SAEConfig
 from saes.kernels import SparseCodes, sparse_decode
-from saes.registry import register
+
+if TYPE_CHECKING:
+    from saes.config import SAEConfig
 
 GRAM_BYTES = 1 << 30
 
@@ -63,10 +66,9 @@ def pursuit_coefficients(r0: Tensor, atoms: Tensor, idx: Tensor, live: Tensor) -
     return torch.stack(out, 1)
 
 
-@register
 class MatchingPursuitSAE(SparseAutoencoder):
     architecture = "matching_pursuit"
-    default_aux = "none"
+    skipped_aux_losses = ("auxk",)  # no encoder pre-activations to revive dead features with
 
     def __init__(self, cfg: SAEConfig, **kw) -> None:
         super().__init__(cfg, **kw)

@@ -1,0 +1,112 @@
+"""Are training runs repeatable on this device? Two identical runs, and a run cut and resumed.
+
+    python benchmarks/gpu_determinism.py                      # CUDA when present, else the CPU
+    python benchmarks/gpu_determinism.py --device cpu --quick  # the CPU smoke run the tests use
+
+For every architecture, the same config is trained twice from scratch, then once more with an
+interruption after step `--cut` (last checkpoint before it) and a resume. Each pair of saved
+SAEs is compared tensor by tensor: "identical" means bit-equal; otherwise the largest absolute
+difference is printed. This runs once with the kernels' default reductions (atomics on the GPU)
+and once under `saes.kernels.deterministic(True)` (sorted reverse index, no atomics), so the
+table shows what resuming promises on each path. It prints a table and exits 0 either way: it is
+a measurement, not a gate (the test suite holds the CPU promise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from saes import TensorSource, TrainConfig, find_sae_dirs, train
+from saes.kernels import deterministic
+from saes.synthetic import random_dictionary, sparse_activations
+
+ARCHS = ("topk", "batchtopk", "feature_choice", "mutual_choice", "jumprelu", "relu", "matching_pursuit")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {str(d.relative_to(run)): load_file(str(d / "sae.safetensors")) for d in find_sae_dirs(run)}
+
+
+def compare(a: Path, b: Path) -> dict[str, str]:
+    wa, wb = weights(a), weights(b)
+    out = {}
+    for name in sorted(wa):
+        worst = 0.0
+        same = True
+        for t in wa[name]:
+            if not torch.equal(wa[name][t], wb[name][t]):
+                same = False
+                worst = max(worst, float((wa[name][t].float() - wb[name][t].float()).abs().max()))
+        out[name] = "identical" if same else f"differs (max |diff| {worst:.2e})"
+    return out
+
+
+def run_all(args: argparse.Namespace, x: torch.Tensor, root: Path) -> dict[str, dict[str, str]]:
+    def cfg(out: Path) -> TrainConfig:
+        return TrainConfig(arch=tuple(args.archs), k=(args.k,), expansion=(args.expansion,),
+                           batch_size=args.batch_size, out=str(out), progress=False, checkpoint_every=5,
+                           log_every=5, heldout_fraction=0.05, device=args.device, epochs=1,
+                           dead_tokens=args.batch_size * 4, l0_coef=0.1, l1_coef=0.3)
+
+    def kill(trainer, step):
+        if step == args.cut:
+            raise Interrupt
+
+    src = TensorSource(x)
+    train(cfg(root / "a"), src)
+    train(cfg(root / "b"), src)
+    with contextlib.suppress(Interrupt):
+        train(cfg(root / "cut"), src, callback=kill)
+    train(cfg(root / "cut"), src)
+    return {"repeat": compare(root / "a", root / "b"), "resume": compare(root / "a", root / "cut")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (CPU smoke run)")
+    ap.add_argument("--archs", nargs="+", default=list(ARCHS))
+    ap.add_argument("--cut", type=int, default=13, help="interrupt after this step (checkpoints every 5)")
+    args = ap.parse_args()
+    d, n = (16, 4_000) if args.quick else (256, 60_000)
+    args.k, args.expansion, args.batch_size = (3, 4, 128) if args.quick else (32, 16, 1024)
+    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"date: {datetime.date.today()}  device: {name}  torch {torch.__version__}")
+    print(f"shapes: d {d}, {d * args.expansion} features, k {args.k}, batch {args.batch_size}, {n:,} tokens, "
+          f"cut after step {args.cut}, checkpoint every 5 steps")
+    x = sparse_activations(random_dictionary(4 * d, d, seed=1), n, active=8, seed=2, bias=torch.full((d,), 2.0))
+    print("\n| reductions | SAE | two identical runs | run cut and resumed |")
+    print("|---|---|---|---|")
+    for det in (False, True):
+        root = Path(tempfile.mkdtemp(prefix="gpu_det_"))
+        try:
+            with deterministic(det):
+                res = run_all(args, x, root)
+        except Exception as exc:  # a measurement: report, keep going
+            print(f"| {'sorted' if det else 'default'} | - | failed: {exc!r} | |")
+            continue
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        for sae in res["repeat"]:
+            print(f"| {'sorted (deterministic)' if det else 'default (atomics on GPU)'} | {sae} | "
+                  f"{res['repeat'][sae]} | {res['resume'][sae]} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
