@@ -12,7 +12,7 @@ from evals.cache_pass import CachePassResult, cache_pass
 from evals.contexts import ContextBatch, cache_contexts, corpus_contexts
 from evals.evaluate import EvalConfig, check_fits_cache, check_fits_model, evaluate
 from evals.health import FeatureStats, max_cosine_to_others, weight_stats
-from evals.loading import expand_sae_paths, load_for_eval
+from evals.loading import SAERef, expand_sae_paths, load_for_eval
 from evals.pareto import pareto_plot
 from evals.probing import pooled_from_cache, sparse_probing, topk_by_mean_diff, wiki_vital_labels
 from evals.reconstruction import ReconstructionStats
@@ -26,6 +26,7 @@ __all__ = [
     "EvalResult",
     "FeatureStats",
     "ReconstructionStats",
+    "SAERef",
     "cache_contexts",
     "cache_pass",
     "check_fits_cache",

@@ -1,66 +1,44 @@
-"""Where `sae eval` gets its SAEs: the one place a loader for other libraries' formats plugs in.
+"""Where `sae eval` gets its SAEs: any format `saes.formats` reads (ours, SAELens, sparsify, hub folders).
 
-Today it reads this workbench's own SAE directories (`saes.load_sae`). When `saes.formats.load_any`
-(SAELens / sparsify directories, hub repositories) exists, `load_for_eval` uses it, so every
-evaluation path accepts whatever that loader accepts, with no other change.
+One place: the CLI and `evaluate(path)` both come through here, so every evaluation path accepts
+whatever `saes.formats` accepts.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from saes import SparseAutoencoder, find_sae_dirs, load_sae
-from workbench.errors import WorkbenchError
+from saes import SparseAutoencoder
+from saes.formats import load_dir, locate_any, parse_hub_ref
 
 
-FORMATS = ("sae-workbench (cfg.json + sae.safetensors)",)
+@dataclass(frozen=True)
+class SAERef:
+    name: str  # for tables and for --out/<name>
+    dir: Path
+    hub: bool  # a hub snapshot: results must not be written into the download cache
 
 
-def _load_any():
-    """`saes.formats.load_any` when that module exists, else None."""
-    try:
-        from saes.formats import load_any  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return load_any
+def expand_sae_paths(refs: list[str | Path]) -> list[SAERef]:
+    """Each reference as the SAE directories it names (itself, or every SAE of a run), with a display name.
 
-
-def expand_sae_paths(paths: list[str | Path]) -> list[Path]:
-    """Each given path as the SAE directories it names: itself, or every SAE inside a run directory."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise WorkbenchError(f"no SAE at {str(p)!r}: the path does not exist")
-        found = find_sae_dirs(p)
-        if not found:
-            raise WorkbenchError(f"no SAE at {str(p)!r}: no cfg.json in it or below it (give an SAE directory "
-                                 f"or a run directory holding SAEs)")
-        out.extend(found)
+    A name is the directory's own name, or `run/sub` for SAEs inside a run; hub references
+    (hf://owner/repo/folder) resolve to their local snapshot.
+    """
+    out: list[SAERef] = []
+    for ref in refs:
+        found = locate_any(ref)
+        hub = parse_hub_ref(str(ref)) is not None
+        base = str(ref).rstrip("/").split("/")[-1] if hub else Path(ref).name
+        for rel, d in found.items():
+            out.append(SAERef(base if rel == "." else f"{base}/{rel}", d, hub))
     return out
 
 
-def load_for_eval(path: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
-    """Load one SAE directory in any format the workbench reads."""
-    load_any = _load_any()
-    if load_any is not None:
-        return load_any(str(path), device=device)
-    _check_own_format(Path(path))
-    return load_sae(path, device=device)
-
-
-def _check_own_format(d: Path) -> None:
-    """Name a foreign or unreadable cfg.json plainly instead of failing on its first unknown field."""
-    cfg = d / "cfg.json"
-    if not cfg.is_file():
-        return  # load_sae names what is missing
-    try:
-        raw = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise WorkbenchError(f"{cfg} is not valid JSON: {e}") from None
-    if not isinstance(raw, dict) or not {"architecture", "d_in", "num_features"} <= set(raw):
-        keys = sorted(raw)[:8] if isinstance(raw, dict) else type(raw).__name__
-        raise WorkbenchError(f"unknown SAE format in {str(d)!r}: its cfg.json (keys {keys}) is not a sae-workbench "
-                             f"SAE config; valid formats: {', '.join(FORMATS)}")
+def load_for_eval(path: str | Path, device: torch.device | str = "cpu",
+                  norm_scaling_factor: float | None = None) -> SparseAutoencoder:
+    """Load one SAE directory in whichever format saved it."""
+    return load_dir(Path(path), device=device, norm_scaling_factor=norm_scaling_factor)

@@ -93,9 +93,9 @@ def test_bad_inputs_are_one_line_exit_2(tmp_path, tiny_cache, other_model_dir, c
     assert "blocks.0.hook_mlp_out" in err and HOOK in err
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "cfg.json").write_text(json.dumps({"d_sae": 96, "hook_name": HOOK}))
+    (foreign / "cfg.json").write_text(json.dumps({"width": 96, "layer": 1}))  # no known layout
     err = _error(base + ["--sae", str(foreign)], capsys)
-    assert "unknown SAE format" in err and "d_sae" in err
+    assert "format the workbench does not know" in err and "SAELens" in err
     err = _error(base + ["--sae", str(tmp_path / "nowhere")], capsys)
     assert "nowhere" in err and "does not exist" in err
     (tmp_path / "wide" / "sae.safetensors").unlink()

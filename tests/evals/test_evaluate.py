@@ -57,3 +57,16 @@ def test_unknown_option_is_named(tiny_cache) -> None:
 
     with pytest.raises(WorkbenchError, match="ce_contxts"):
         evaluate(make_sae(), tiny_cache, "none", ce_contxts=3)
+
+
+def test_a_saelens_export_evaluates_like_the_original(tiny_cache, tmp_path) -> None:
+    """Foreign formats come in through saes.formats: the same SAE saved as SAELens gives the same metrics."""
+    from saes import export_saelens
+
+    sae = make_sae(seed=6)
+    export_saelens(sae, tmp_path / "saelens")
+    a = evaluate(sae, tiny_cache, "none", probing=False, progress=False, heldout_fraction=0.1)
+    b = evaluate(tmp_path / "saelens", tiny_cache, "none", probing=False, progress=False, heldout_fraction=0.1)
+    for k in ("fvu", "l0", "cossim"):
+        assert b.reconstruction[k] == pytest.approx(a.reconstruction[k], rel=1e-5)
+    assert b.health["dead"] == a.health["dead"] and b.sae["dir"] == str(tmp_path / "saelens")
