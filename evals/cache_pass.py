@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evals.health import FeatureStats
+from evals.probing import DocPool
 from evals.reconstruction import ReconstructionStats
 from harvesting import CacheReader
 from workbench.errors import WorkbenchError
@@ -42,8 +43,12 @@ def cache_pass(
     max_tokens: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    pool: DocPool | None = None,
 ) -> CachePassResult:
-    """Encode every row of `split` once; return the reconstruction and feature accumulators."""
+    """Encode every row of `split` once; return the reconstruction and feature accumulators.
+
+    `pool` (sparse probing's per-document pooling) reads the same codes, so probing adds no encode.
+    """
     d = reader.d_model(hook)
     if d != sae.d_in:
         raise WorkbenchError(f"the SAE takes d_in={sae.d_in} but the cache's {hook} activations have d_model={d}")
@@ -55,10 +60,12 @@ def cache_pass(
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"eval {split}", disable=not progress)
     seen = 0
     for batch in reader.batches(hook, batch_size, shuffle=False, split=split, heldout_fraction=heldout_fraction,
-                                drop_last=False):
+                                drop_last=False, with_ids=pool is not None):
         x = batch[hook]
+        docs = batch.get("doc_ids")
         if max_tokens and seen + x.shape[0] > max_tokens:
             x = x[: max_tokens - seen]
+            docs = docs[: max_tokens - seen] if docs is not None else None
         x = x.to(device, non_blocking=True)
         codes = sae.encode(x)
         x_hat = sae.decode(codes)
@@ -69,6 +76,8 @@ def cache_pass(
         l1 = torch.zeros(b, dtype=torch.float64, device=vals.device).index_add_(0, codes.rows, vals.abs().double())
         rec.update(x, x_hat, l0, l1)
         feats.update(codes.cols, vals, b)
+        if pool is not None:
+            pool.update(x, codes, docs)
         seen += b
         bar.update(b)
         if max_tokens and seen >= max_tokens:

@@ -12,6 +12,7 @@ held-out contexts, rebuilt from the cache's token ids, or on any corpus given by
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from evals.cache_pass import cache_pass
 from evals.contexts import cache_contexts, corpus_contexts
 from evals.health import weight_stats
 from evals.loading import load_for_eval
-from evals.probing import KS, cache_labels, pooled_from_cache, sparse_probing
+from evals.probing import KS, DocPool, cache_labels, sparse_probing
 from evals.result import EvalResult
 from evals.splice import VARIANTS, spliced_losses
 from harvesting import CacheReader
@@ -95,10 +96,10 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     `overrides` set fields of `EvalConfig` (e.g. `ce_contexts=32, probing=False`).
     """
     cfg = config or EvalConfig()
-    for k, v in overrides.items():
-        if not hasattr(cfg, k):
-            raise WorkbenchError(f"evaluate() got an unknown option {k!r}; valid: {', '.join(cfg.__dataclass_fields__)}")
-        setattr(cfg, k, v)
+    unknown = sorted(set(overrides) - set(cfg.__dataclass_fields__))
+    if unknown:
+        raise WorkbenchError(f"evaluate() got unknown option(s) {unknown}; valid: {', '.join(cfg.__dataclass_fields__)}")
+    cfg = dataclasses.replace(cfg, **overrides)
     if cfg.density_split not in ("heldout", "all"):
         raise WorkbenchError(f"unknown density split {cfg.density_split!r}; valid choices: heldout, all")
     device = resolve_device(cfg.device)
@@ -133,9 +134,16 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
         result.reconstruction = res.reconstruction.summary()
         mean = res.mean_activation
         feats = res.features
-        if cfg.density_split == "all":
+        labels = cache_labels(reader) if cfg.probing else None
+        pool = None
+        if labels is not None:
+            pool = DocPool(labels, sae.d_in, sae.num_features, max_per_class=cfg.probe_max_per_class, seed=cfg.seed)
+        if cfg.density_split == "all":  # one pass over every cached token: densities and probing's pooling
             feats = cache_pass(sae, reader, hook, split="all", batch_size=cfg.batch_size, device=device,
-                               progress=cfg.progress).features
+                               progress=cfg.progress, pool=pool).features
+        elif pool is not None:
+            cache_pass(sae, reader, hook, split="all", batch_size=cfg.batch_size, device=device,
+                       progress=cfg.progress, pool=pool)
         result.health = {"split": cfg.density_split, **feats.summary()}
         result.per_feature.update(feats.per_feature())
     else:
@@ -166,14 +174,11 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
             if mean is None:
                 result.notes.append("no cache: mean ablation skipped (it needs the mean activation)")
     if reader is not None and cfg.probing:
-        labels = cache_labels(reader)
-        if labels is None:
+        if pool is None:
             result.notes.append("probing skipped: the cache's corpus has no document labels (wiki-vital has topics)")
         else:
-            raw, feats_p, labs = pooled_from_cache(sae, reader, hook, labels, max_per_class=cfg.probe_max_per_class,
-                                                   seed=cfg.seed, batch_size=cfg.batch_size, device=device)
             try:
-                result.probing = sparse_probing(raw, feats_p, labs, ks=KS, max_per_class=cfg.probe_max_per_class,
+                result.probing = sparse_probing(*pool.result(), ks=KS, max_per_class=cfg.probe_max_per_class,
                                                 seed=cfg.seed)
             except WorkbenchError as e:
                 result.notes.append(f"probing skipped: {e}")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from harvesting import CacheReader
 from workbench.errors import WorkbenchError
@@ -94,53 +95,72 @@ def sparse_probing(raw: np.ndarray, feats: np.ndarray, labels: Sequence[str], *,
     return {"classes": len(per_class), "mean": mean, "per_class": per_class, "ks": list(ks)}
 
 
-@torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
+class DocPool:
+    """Mean-pooled raw and SAE activations per labelled document, accumulated batch by batch.
+
+    Documents are chosen up front (at most `2 * max_per_class` per label, seeded), so memory is
+    O(chosen documents x (d + F)) whatever the cache size. It rides along a cache pass
+    (`evals.cache_pass(..., pool=...)`) and reuses that pass's codes: no second encode.
+    """
+
+    def __init__(self, doc_labels: dict[int, str], d_in: int, num_features: int, *, max_per_class: int = 500,
+                 seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        by_label: dict[str, list[int]] = {}
+        for doc, lab in sorted(doc_labels.items()):
+            if lab:
+                by_label.setdefault(lab, []).append(doc)
+        chosen: list[int] = []
+        for lab, docs in sorted(by_label.items()):
+            chosen.extend(int(d) for d in rng.choice(docs, min(len(docs), 2 * max_per_class), replace=False))
+        if not chosen:
+            raise WorkbenchError("no labelled documents to probe")
+        self.doc_labels = doc_labels
+        self.chosen = chosen
+        self.lookup = torch.full((max(chosen) + 1,), -1, dtype=torch.long)
+        self.lookup[torch.tensor(chosen)] = torch.arange(len(chosen))
+        n = len(chosen)
+        self.raw_sum = torch.zeros(n, d_in, dtype=torch.float64)
+        self.feat_sum = torch.zeros(n, num_features, dtype=torch.float32)
+        self.count = torch.zeros(n, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, x: Tensor, codes, doc_ids: Tensor) -> None:
+        """Add a batch: activations `x [B, d]`, their SparseCodes, and each row's document id."""
+        doc = doc_ids.long().cpu()
+        inside = (doc >= 0) & (doc < self.lookup.numel())
+        slot = torch.full_like(doc, -1)
+        slot[inside] = self.lookup[doc[inside]]
+        m = slot >= 0
+        if not m.any():
+            return
+        self.raw_sum.index_add_(0, slot[m], x[m.to(x.device)].double().cpu())
+        self.count.index_add_(0, slot[m], torch.ones(int(m.sum()), dtype=torch.float64))
+        entry_slot = slot[codes.rows.cpu()]
+        keep = entry_slot >= 0
+        self.feat_sum.index_put_((entry_slot[keep], codes.cols.cpu()[keep]), codes.vals.detach().float().cpu()[keep],
+                                 accumulate=True)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(raw [docs, d], feats [docs, F], labels) for the chosen documents the cache held."""
+        found = self.count > 0
+        if not found.any():
+            raise WorkbenchError("none of the labelled documents appear in the cache")
+        raw = (self.raw_sum[found] / self.count[found, None]).float().numpy()
+        feats = (self.feat_sum[found] / self.count[found, None].float()).numpy()
+        labels = [self.doc_labels[self.chosen[i]] for i in torch.nonzero(found).flatten().tolist()]
+        return raw, feats, labels
+
+
 def pooled_from_cache(sae, reader: CacheReader, hook: str, doc_labels: dict[int, str], *,
                       max_per_class: int = 500, seed: int = 0, batch_size: int = 4096,
                       device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Mean-pooled raw and SAE activations per labelled document found in the cache.
+    """Mean-pooled raw and SAE activations per labelled document of the cache (a pass of its own)."""
+    from evals.cache_pass import cache_pass
 
-    Documents are chosen before the pass (at most `2 * max_per_class` per label, seeded), so memory
-    is O(chosen documents x (d + F)) whatever the cache size, and only their tokens are encoded.
-    """
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[int]] = {}
-    for doc, lab in sorted(doc_labels.items()):
-        if lab:
-            by_label.setdefault(lab, []).append(doc)
-    chosen: list[int] = []
-    for lab, docs in sorted(by_label.items()):
-        take = min(len(docs), 2 * max_per_class)
-        chosen.extend(int(d) for d in rng.choice(docs, take, replace=False))
-    if not chosen:
-        raise WorkbenchError("no labelled documents to probe")
-    lookup = torch.full((max(chosen) + 1,), -1, dtype=torch.long)
-    lookup[torch.tensor(chosen)] = torch.arange(len(chosen))
-    n = len(chosen)
-    raw_sum = torch.zeros(n, sae.d_in, dtype=torch.float64)
-    feat_sum = torch.zeros(n, sae.num_features, dtype=torch.float32)
-    count = torch.zeros(n, dtype=torch.float64)
-    for batch in reader.batches(hook, batch_size, shuffle=False, split="all", drop_last=False, with_ids=True):
-        doc = batch["doc_ids"].long()
-        inside = (doc >= 0) & (doc < lookup.numel())
-        slot = torch.full_like(doc, -1)
-        slot[inside] = lookup[doc[inside]]
-        m = slot >= 0
-        if not m.any():
-            continue
-        slot = slot[m]
-        x = batch[hook][m]
-        raw_sum.index_add_(0, slot, x.double())
-        count.index_add_(0, slot, torch.ones(slot.numel(), dtype=torch.float64))
-        codes = sae.encode(x.to(device))
-        feat_sum.index_put_((slot[codes.rows.cpu()], codes.cols.cpu()), codes.vals.float().cpu(), accumulate=True)
-    found = count > 0
-    if not found.any():
-        raise WorkbenchError(f"none of the labelled documents appear in the cache at {str(reader.path)!r}")
-    raw = (raw_sum[found] / count[found, None]).float().numpy()
-    feats = (feat_sum[found] / count[found, None].float()).numpy()
-    labels = [doc_labels[chosen[i]] for i in torch.nonzero(found).flatten().tolist()]
-    return raw, feats, labels
+    pool = DocPool(doc_labels, sae.d_in, sae.num_features, max_per_class=max_per_class, seed=seed)
+    cache_pass(sae, reader, hook, split="all", batch_size=batch_size, device=device, pool=pool)
+    return pool.result()
 
 
 def wiki_vital_labels() -> dict[int, str]:
