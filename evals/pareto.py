@@ -35,7 +35,7 @@ def pareto_plot(results: list[EvalResult], path: str | Path) -> Path:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(f"{len(results)} SAEs")
+    fig.suptitle(f"{len(results)} SAE{'s' if len(results) != 1 else ''}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
