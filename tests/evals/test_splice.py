@@ -90,3 +90,15 @@ def test_error_term_splice_equals_clean_exactly(tiny_lm, contexts) -> None:
     assert r["ce_error"] == r["ce_clean"]
     assert r["kl_error"] == 0.0
     assert r["ce_sae"] != r["ce_clean"]
+
+
+def test_any_corpus_packs_like_the_harvest(tiny_lm) -> None:
+    """--corpus: contexts packed with the model's BOS first (kept out of splicing and scoring)."""
+    from evals import corpus_contexts
+
+    batches = list(corpus_contexts(tiny_lm, "wiki-vital", context_length=32, max_contexts=5, batch_contexts=2))
+    assert [b.tokens.shape[0] for b in batches] == [2, 2, 1]
+    for b in batches:
+        assert (b.tokens[:, 0] == tiny_lm.prefix_ids[0]).all() and not b.keep[:, 0].any() and b.keep[:, 1:].all()
+    r = spliced_losses(tiny_lm, identity_sae(), HOOK, batches)
+    assert r["contexts"] == 5 and r["ce_tokens"] == 5 * 30 and r["ce_loss_score"] == pytest.approx(1.0, abs=1e-5)
