@@ -1,8 +1,9 @@
 """One streaming pass of an SAE over cached activations: reconstruction and feature statistics.
 
-The reader streams the split in order (no shuffle), holding about one window of shards; each
-batch is encoded once and both accumulators read the same codes, so feature statistics over a
-1M-token cache cost one encode per batch and memory does not grow with the cache.
+The reader streams the split in order (no shuffle, windows of one shard, so only the pages of
+about two shards are mapped in whatever the cache size); each batch is encoded once and every
+accumulator reads the same codes, so feature statistics over a 1M-token cache cost one encode
+per batch and memory does not grow with the cache.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def cache_pass(
     bar = tqdm(total=total, unit="tok", unit_scale=True, desc=f"eval {split}", disable=not progress)
     seen = 0
     for batch in reader.batches(hook, batch_size, shuffle=False, split=split, heldout_fraction=heldout_fraction,
-                                drop_last=False, with_ids=pool is not None):
+                                drop_last=False, with_ids=pool is not None, window_shards=1):
         x = batch[hook]
         docs = batch.get("doc_ids")
         if max_tokens and seen + x.shape[0] > max_tokens:

@@ -58,7 +58,7 @@ def cache_contexts(reader: CacheReader, hook: str, *, split: str = "heldout", he
         return t, k
 
     rows = reader.batches(hook, 8192, shuffle=False, split=split, heldout_fraction=heldout_fraction,
-                          drop_last=False, with_ids=True, prefetch=0)
+                          drop_last=False, with_ids=True, prefetch=0, window_shards=1)
     for batch in rows:
         ctx_ids = batch["context_ids"]
         for c in torch.unique_consecutive(ctx_ids).tolist():
