@@ -1,1 +1,47 @@
-"""Evaluations and inspection of trained SAEs (metrics, spliced loss, feature browser)."""
+"""Evaluations of trained SAEs: reconstruction, the SAE spliced into the model, feature health, probing.
+
+    from evals import evaluate
+    r = evaluate("cache/saes/run1/topk_k32_x8", cache="cache/acts")   # model: the cache's own
+    print(r); r.save("cache/saes/run1/topk_k32_x8")                   # table; eval.json
+
+Definitions (FVU with the per-dimension mean, SAEBench's CE/KL scores) are in each module's
+docstring: `evals.reconstruction`, `evals.splice`, `evals.health`, `evals.probing`.
+"""
+
+from evals.cache_pass import CachePassResult, cache_pass
+from evals.contexts import ContextBatch, cache_contexts, corpus_contexts
+from evals.evaluate import EvalConfig, check_fits_cache, check_fits_model, evaluate
+from evals.health import FeatureStats, max_cosine_to_others, weight_stats
+from evals.loading import SAERef, expand_sae_paths, load_for_eval
+from evals.pareto import pareto_plot
+from evals.probing import pooled_from_cache, sparse_probing, topk_by_mean_diff, wiki_vital_labels
+from evals.reconstruction import ReconstructionStats
+from evals.result import EvalResult, comparison_table
+from evals.splice import spliced_losses
+
+__all__ = [
+    "CachePassResult",
+    "ContextBatch",
+    "EvalConfig",
+    "EvalResult",
+    "FeatureStats",
+    "ReconstructionStats",
+    "SAERef",
+    "cache_contexts",
+    "cache_pass",
+    "check_fits_cache",
+    "check_fits_model",
+    "comparison_table",
+    "corpus_contexts",
+    "evaluate",
+    "expand_sae_paths",
+    "load_for_eval",
+    "max_cosine_to_others",
+    "pareto_plot",
+    "pooled_from_cache",
+    "sparse_probing",
+    "spliced_losses",
+    "topk_by_mean_diff",
+    "weight_stats",
+    "wiki_vital_labels",
+]

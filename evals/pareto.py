@@ -1,0 +1,45 @@
+"""Pareto plot of several SAEs: FVU and CE loss score against L0 (PNG, matplotlib)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evals.result import EvalResult
+from workbench.io import atomic_write_bytes
+
+
+def pareto_plot(results: list[EvalResult], path: str | Path) -> Path:
+    """Two panels (FVU vs L0, CE loss score vs L0), one point per SAE, grouped by architecture."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    by_arch: dict[str, list[EvalResult]] = {}
+    for r in results:
+        by_arch.setdefault(str(r.sae.get("architecture", "?")), []).append(r)
+    for arch, rs in sorted(by_arch.items()):
+        rs = sorted(rs, key=lambda r: r.get("l0") or 0)
+        for ax, key in zip(axes, ("fvu", "ce_loss_score")):
+            pts = [(r.get("l0"), r.get(key)) for r in rs if r.get("l0") is not None and r.get(key) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=arch)
+    axes[0].set(xlabel="L0 (active features per token)", ylabel="FVU (lower is better)", xscale="log")
+    axes[1].set(xlabel="L0 (active features per token)", ylabel="CE loss score (higher is better)", xscale="log")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"{len(results)} SAE{'s' if len(results) != 1 else ''}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,179 @@
+"""Sparse probing (as SAEBench does it): do a few SAE features carry the concepts in the data?
+
+Task: the corpus's document labels (wiki-vital's article topics), one-vs-rest per class, balanced
+(as many negatives, drawn at random from the other classes, as positives), split into train and
+test. Each document is represented by its activations mean-pooled over its real-text tokens: raw
+activations, and SAE feature activations (each token encoded, then pooled). On the train split
+the k features with the largest |mean over positives - mean over negatives| are selected and an
+L2-regularised logistic regression (scikit-learn, C = 1, inputs standardised on train) is fitted
+on them; we report test accuracy for k in {1, 2, 5, 20}, next to the same probe on the raw
+activations (all dimensions and top-k dimensions), averaged over classes.
+
+Pooling reads the cache: its rows carry each token's document id, so no model pass is needed.
+Documents are packed into contexts, so a document's later tokens may follow another document's
+tail in the same context (the harvest's packing); SAEBench runs each text alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from harvesting import CacheReader
+from workbench.errors import WorkbenchError
+
+KS = (1, 2, 5, 20)
+
+
+def topk_by_mean_diff(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k columns with the largest |mean(x | y=1) - mean(x | y=0)|."""
+    diff = np.abs(x[y == 1].mean(0) - x[y == 0].mean(0))
+    k = min(k, x.shape[1])
+    return np.argsort(-diff, kind="stable")[:k]
+
+
+def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Test accuracy of a standardised L2 logistic regression (C = 1)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    clf.fit(x_train, y_train)
+    return float(clf.score(x_test, y_test))
+
+
+def balanced_tasks(labels: Sequence[str], *, min_per_class: int = 20, max_per_class: int = 500,
+                   seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per class with enough documents: (row indices, binary labels) of a balanced one-vs-rest set."""
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    tasks = {}
+    for c in sorted(set(labels)):
+        pos = np.flatnonzero(labels_arr == c)
+        neg = np.flatnonzero(labels_arr != c)
+        n = min(len(pos), len(neg), max_per_class)
+        if n < min_per_class:
+            continue
+        pos = rng.choice(pos, n, replace=False)
+        neg = rng.choice(neg, n, replace=False)
+        idx = np.concatenate([pos, neg])
+        y = np.concatenate([np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64)])
+        perm = rng.permutation(2 * n)
+        tasks[c] = (idx[perm], y[perm])
+    return tasks
+
+
+def sparse_probing(raw: np.ndarray, feats: np.ndarray, labels: Sequence[str], *, ks: Sequence[int] = KS,
+                   min_per_class: int = 20, max_per_class: int = 500, test_fraction: float = 0.2,
+                   seed: int = 0) -> dict[str, Any]:
+    """Probe accuracies averaged over classes. `raw [docs, d]` and `feats [docs, F]` are pooled per document."""
+    tasks = balanced_tasks(labels, min_per_class=min_per_class, max_per_class=max_per_class, seed=seed)
+    if not tasks:
+        raise WorkbenchError(f"sparse probing needs a class with at least {min_per_class} documents (and as many "
+                             f"others); got {len(labels)} documents in {len(set(labels))} classes")
+    per_class: dict[str, dict[str, float]] = {}
+    for c, (idx, y) in tasks.items():
+        n_test = max(2, int(round(len(idx) * test_fraction)))
+        tr, te = idx[n_test:], idx[:n_test]
+        ytr, yte = y[n_test:], y[:n_test]
+        row: dict[str, float] = {"raw_full": probe_accuracy(raw[tr], ytr, raw[te], yte)}
+        for k in ks:
+            sel = topk_by_mean_diff(raw[tr], ytr, k)
+            row[f"raw_top{k}"] = probe_accuracy(raw[tr][:, sel], ytr, raw[te][:, sel], yte)
+            sel = topk_by_mean_diff(feats[tr], ytr, k)
+            row[f"sae_top{k}"] = probe_accuracy(feats[tr][:, sel], ytr, feats[te][:, sel], yte)
+            if k == 1:
+                row["sae_top1_feature"] = int(sel[0])
+        per_class[c] = row
+    keys = [k for k in next(iter(per_class.values())) if k != "sae_top1_feature"]
+    mean = {k: float(np.mean([r[k] for r in per_class.values()])) for k in keys}
+    return {"classes": len(per_class), "mean": mean, "per_class": per_class, "ks": list(ks)}
+
+
+class DocPool:
+    """Mean-pooled raw and SAE activations per labelled document, accumulated batch by batch.
+
+    Documents are chosen up front (at most `2 * max_per_class` per label, seeded), so memory is
+    O(chosen documents x (d + F)) whatever the cache size. It rides along a cache pass
+    (`evals.cache_pass(..., pool=...)`) and reuses that pass's codes: no second encode.
+    """
+
+    def __init__(self, doc_labels: dict[int, str], d_in: int, num_features: int, *, max_per_class: int = 500,
+                 seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        by_label: dict[str, list[int]] = {}
+        for doc, lab in sorted(doc_labels.items()):
+            if lab:
+                by_label.setdefault(lab, []).append(doc)
+        chosen: list[int] = []
+        for lab, docs in sorted(by_label.items()):
+            chosen.extend(int(d) for d in rng.choice(docs, min(len(docs), 2 * max_per_class), replace=False))
+        if not chosen:
+            raise WorkbenchError("no labelled documents to probe")
+        self.doc_labels = doc_labels
+        self.chosen = chosen
+        self.lookup = torch.full((max(chosen) + 1,), -1, dtype=torch.long)
+        self.lookup[torch.tensor(chosen)] = torch.arange(len(chosen))
+        n = len(chosen)
+        self.raw_sum = torch.zeros(n, d_in, dtype=torch.float64)
+        self.feat_sum = torch.zeros(n, num_features, dtype=torch.float32)
+        self.count = torch.zeros(n, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, x: Tensor, codes, doc_ids: Tensor) -> None:
+        """Add a batch: activations `x [B, d]`, their SparseCodes, and each row's document id."""
+        doc = doc_ids.long().cpu()
+        inside = (doc >= 0) & (doc < self.lookup.numel())
+        slot = torch.full_like(doc, -1)
+        slot[inside] = self.lookup[doc[inside]]
+        m = slot >= 0
+        if not m.any():
+            return
+        self.raw_sum.index_add_(0, slot[m], x[m.to(x.device)].double().cpu())
+        self.count.index_add_(0, slot[m], torch.ones(int(m.sum()), dtype=torch.float64))
+        entry_slot = slot[codes.rows.cpu()]
+        keep = entry_slot >= 0
+        self.feat_sum.index_put_((entry_slot[keep], codes.cols.cpu()[keep]), codes.vals.detach().float().cpu()[keep],
+                                 accumulate=True)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(raw [docs, d], feats [docs, F], labels) for the chosen documents the cache held."""
+        found = self.count > 0
+        if not found.any():
+            raise WorkbenchError("none of the labelled documents appear in the cache")
+        raw = (self.raw_sum[found] / self.count[found, None]).float().numpy()
+        feats = (self.feat_sum[found] / self.count[found, None].float()).numpy()
+        labels = [self.doc_labels[self.chosen[i]] for i in torch.nonzero(found).flatten().tolist()]
+        return raw, feats, labels
+
+
+def pooled_from_cache(sae, reader: CacheReader, hook: str, doc_labels: dict[int, str], *,
+                      max_per_class: int = 500, seed: int = 0, batch_size: int = 4096,
+                      device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Mean-pooled raw and SAE activations per labelled document of the cache (a pass of its own)."""
+    from evals.cache_pass import cache_pass
+
+    pool = DocPool(doc_labels, sae.d_in, sae.num_features, max_per_class=max_per_class, seed=seed)
+    cache_pass(sae, reader, hook, split="all", batch_size=batch_size, device=device, pool=pool)
+    return pool.result()
+
+
+def wiki_vital_labels() -> dict[int, str]:
+    """Document index -> topic for the offline corpus (indices as `sae harvest` stores them).
+
+    Articles filed as "Uncategorized" are left out: that label names no concept to probe for."""
+    from harvesting import wiki_vital_records
+
+    return {i: r["topic"] for i, r in enumerate(wiki_vital_records()) if r["topic"] not in ("", "Uncategorized")}
+
+
+def cache_labels(reader: CacheReader) -> dict[int, str] | None:
+    """Labels for the cache's documents, when its corpus has them (wiki-vital); else None."""
+    corpus = (reader.manifest.get("corpus") or {}).get("id")
+    return wiki_vital_labels() if corpus == "wiki-vital" else None
+
