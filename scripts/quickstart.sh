@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv, then run the workbench end to end on the offline default model and corpus:
-# harvest -> train (eval and steer join as those capabilities land). Safe to run again: a finished
+# harvest -> train -> eval -> browse -> steer. Safe to run again: a finished
 # harvest is reused, an interrupted one resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +19,9 @@ sae cache verify "$OUT/acts"
 echo "== 2. train: a TopK SAE (8x width, k 32) on blocks.8 of that cache; prints held-out FVU, L0 and dead %"
 sae train --cache "$OUT/acts" --hooks blocks.8.hook_resid_post --arch topk --k 32 --expansion 8 \
   --batch-size 2048 --epochs 3 --out "$OUT/saes"
+
+echo "== 3. eval: spliced CE/KL scores, held-out FVU, L0, dead %, probing -> eval.json + Pareto plot"
+sae eval --sae "$OUT/saes" --cache "$OUT/acts" --ce-contexts 32
+
+echo "== 4. browse: feature dashboards from the cache in one pass, and a static HTML feature browser"
+sae browse --sae "$OUT/saes" --cache "$OUT/acts"
