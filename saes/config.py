@@ -178,6 +178,11 @@ class TrainConfig:
     resume: bool = field(default=True, metadata=_h("continue from the last checkpoint in --out when there is one"))
     eval_tokens: int = field(default=0, metadata=_h("held-out tokens evaluated at the end (0 = the whole held-out split)"))
     progress: bool = field(default=True, metadata=_h("show a progress bar"))
+    verify: bool = field(default=False, metadata=_h("check every shard's checksum before training (as `sae cache verify`); "
+                                                   "sizes and headers are always checked"))
+    deterministic: Literal["auto", "on", "off"] = field(default="auto", metadata=_h(
+        "bit-identical GPU kernels (sorted reductions, no atomics; slower weight gradients): auto = on whenever "
+        "checkpoints are written, so a resumed run equals an uninterrupted one"))
 
     def __post_init__(self) -> None:
         self.hook = tuple(self.hook)
@@ -248,4 +253,5 @@ def sae_name(hook: str, arch: str, k: int, expansion: int) -> str:
 
 # Fields of TrainConfig that may differ between the run that wrote a checkpoint and the one
 # resuming it (they do not change what is computed).
-RESUMABLE_FIELDS = ("resume", "progress", "log_every", "checkpoint_every", "device", "eval_tokens", "out", "cache")
+RESUMABLE_FIELDS = ("resume", "progress", "log_every", "checkpoint_every", "device", "eval_tokens", "out", "cache",
+                    "verify", "deterministic")

@@ -150,8 +150,8 @@ class TensorSource:
             yield out
 
 
-def open_cache(path: str | Path) -> ActivationSource:
-    """The cache reader for `path`, with a clear error when there is no cache there."""
+def open_cache(path: str | Path, verify: bool = False) -> ActivationSource:
+    """The cache reader for `path`, with a clear error when there is no cache there (`verify`: checksums first)."""
     p = Path(path)
     if not str(path):
         raise WorkbenchError("no cache given: pass --cache DIR (a directory written by `sae harvest`)")
@@ -161,4 +161,4 @@ def open_cache(path: str | Path) -> ActivationSource:
         from harvesting import CacheReader  # the one thing saes imports from harvesting
     except ImportError as e:
         raise WorkbenchError(f"the activation cache reader is unavailable ({e})") from None
-    return CacheReader(p)
+    return CacheReader(p, verify=verify)
