@@ -7,9 +7,11 @@ the rows (none lost, none repeated), memory holds at most two windows, and batch
 epoch is a pure function of (seed, epoch, b), so a resumed trainer can skip to `start_batch`
 without reading what it skips. A background thread loads and permutes while the trainer runs.
 
-Held-out rows are the last `heldout_fraction` of the cache's contexts. The harvest shuffles
-documents before packing them, so that tail is a random sample of documents, whole contexts
-never straddle the split, and the split needs no extra index.
+Held-out rows are those of the last ceil(C * heldout_fraction) of the cache's C contexts, with
+the cut then moved forward to the next document boundary (`doc_ids`), so that no document has
+rows on both sides: a document packed across the cut stays whole in the training split. The
+harvest shuffles documents before packing them, so that tail is a random sample of documents,
+and the split needs no extra index. `saes.TensorSource` applies the same rule to its rows.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class CacheReader:
                 f"run the same `sae harvest` command again to finish it"
             )
         self.shards: list[dict[str, Any]] = self.manifest["shards"]
+        self._cuts: dict[float, int] = {}
         if verify:
             from harvesting.inspect_cache import verify_cache
 
@@ -150,27 +153,63 @@ class CacheReader:
             ) from None
 
     # -- splits ----------------------------------------------------------------------------
+    def heldout_start(self, heldout_fraction: float) -> int:
+        """The global row where the held-out split begins (see the module docstring for the rule)."""
+        if not 0.0 <= heldout_fraction < 1.0:
+            raise WorkbenchError(f"heldout_fraction must be in [0, 1); got {heldout_fraction}")
+        if heldout_fraction not in self._cuts:
+            self._cuts[heldout_fraction] = self._heldout_start(heldout_fraction)
+        return self._cuts[heldout_fraction]
+
+    def _heldout_start(self, heldout_fraction: float) -> int:
+        cutoff = self.num_contexts - math.ceil(self.num_contexts * heldout_fraction)
+        total = self.num_tokens
+        start = total
+        for i, s in enumerate(self.shards):  # the first row of context `cutoff`
+            c0, c1 = s["contexts"]
+            if c0 <= cutoff < c1:
+                ctx = self._read(i, "rows", ["context_ids"])["context_ids"]
+                start = s["rows"][0] + int(torch.searchsorted(ctx, torch.tensor(cutoff, dtype=ctx.dtype)))
+                break
+            if c0 >= cutoff:
+                start = s["rows"][0]
+                break
+        if "doc_ids" not in self.manifest.get("row_fields", []) or not 0 < start < total:
+            return start
+        # a document that straddles the cut stays whole on the training side: move the cut past its rows
+        doc = None
+        for i, s in enumerate(self.shards):
+            r0, r1 = s["rows"]
+            if r1 < start or r1 == r0:
+                continue
+            ids = self._read(i, "rows", ["doc_ids"])["doc_ids"]
+            if doc is None:
+                if r0 >= start:  # the cut is a shard boundary: the last row before it is in the previous shard
+                    prev = next(j for j in range(i - 1, -1, -1) if self.shards[j]["rows"][1] > self.shards[j]["rows"][0])
+                    doc = int(self._read(prev, "rows", ["doc_ids"])["doc_ids"][-1])
+                else:
+                    doc = int(ids[start - 1 - r0])
+            lo = max(start, r0) - r0
+            other = torch.nonzero(ids[lo:] != doc)
+            if other.numel():
+                return r0 + lo + int(other[0])
+            start = r1
+        return total
+
     def _pieces(self, split: Split, heldout_fraction: float) -> list[_Piece]:
         if split not in ("train", "heldout", "all"):
             raise choices_error("split", split, ["train", "heldout", "all"])
-        if not 0.0 <= heldout_fraction < 1.0:
-            raise WorkbenchError(f"heldout_fraction must be in [0, 1); got {heldout_fraction}")
-        cutoff = self.num_contexts - math.ceil(self.num_contexts * heldout_fraction)
+        cut = self.heldout_start(heldout_fraction) if split != "all" else 0
         pieces = []
         for i, s in enumerate(self.shards):
-            n = s["rows"][1] - s["rows"][0]
-            c0, c1 = s["contexts"]
+            r0, r1 = s["rows"]
+            n = r1 - r0
             if split == "all":
-                pieces.append(_Piece(i, 0, n))
-                continue
-            if c1 <= cutoff:
-                cut = n
-            elif c0 >= cutoff:
-                cut = 0
-            else:  # the split falls inside this shard: find the first row of context `cutoff`
-                ctx = self._read(i, "rows", ["context_ids"])["context_ids"]
-                cut = int(torch.searchsorted(ctx, torch.tensor(cutoff, dtype=ctx.dtype)))
-            piece = _Piece(i, 0, cut) if split == "train" else _Piece(i, cut, n)
+                piece = _Piece(i, 0, n)
+            elif split == "train":
+                piece = _Piece(i, 0, min(max(cut - r0, 0), n))
+            else:
+                piece = _Piece(i, min(max(cut - r0, 0), n), n)
             if piece.rows:
                 pieces.append(piece)
         return pieces
