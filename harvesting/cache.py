@@ -57,8 +57,8 @@ def rows_file_name(index: int) -> str:
     return f"shard_{index:05d}.rows.safetensors"
 
 
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Load and check a cache's manifest: right format, a version this code reads."""
+def load_manifest_json(path: str | Path) -> dict[str, Any]:
+    """A cache's manifest as JSON, checked for being one (not yet for its version)."""
     path = Path(path)
     mf = path / MANIFEST
     if not mf.is_file():
@@ -67,16 +67,32 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise WorkbenchError(f"{str(path)!r} is not an activation cache: it has no {MANIFEST}")
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WorkbenchError(f"{mf} is not valid JSON ({e}); the cache is damaged") from e
-    if manifest.get("format") != FORMAT_NAME:
-        raise WorkbenchError(f"{mf} is not a {FORMAT_NAME} manifest (format={manifest.get('format')!r})")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise WorkbenchError(f"{mf} is not a {FORMAT_NAME} manifest (format={fmt!r})")
+    return manifest
+
+
+def version_problem(path: str | Path, manifest: dict[str, Any]) -> str | None:
+    """Why this code cannot read a manifest's format version (None when it can)."""
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise WorkbenchError(
-            f"the cache at {str(path)!r} was written in cache format version {version}; this workbench reads "
-            f"version {FORMAT_VERSION} only. Harvest it again with this version (same command, new --out)."
-        )
+    if version == FORMAT_VERSION:
+        return None
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        return (f"the cache at {str(path)!r} was written by a newer workbench (cache format version {version}); "
+                f"this one reads version {FORMAT_VERSION}: upgrade the workbench to read it")
+    return (f"the cache at {str(path)!r} was written in cache format version {version!r}; this workbench reads "
+            f"version {FORMAT_VERSION} only. Harvest it again with this version (same command, new --out).")
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Load and check a cache's manifest: right format, a version this code reads."""
+    manifest = load_manifest_json(path)
+    problem = version_problem(path, manifest)
+    if problem:
+        raise WorkbenchError(problem)
     return manifest
 
 

@@ -70,9 +70,12 @@ def _check_config(cfg: HarvestConfig) -> None:
         raise WorkbenchError("give at least one hook point (--hooks blocks.8.hook_resid_post ...)")
     if len(set(cfg.hooks)) != len(cfg.hooks):
         raise WorkbenchError(f"hook points repeat: {list(cfg.hooks)}")
-    for name in ("tokens", "context_length", "batch_size", "shard_tokens"):
-        if getattr(cfg, name) < 1:
-            raise WorkbenchError(f"{name} must be at least 1; got {getattr(cfg, name)}")
+    for name in ("tokens", "context_length", "batch_size", "shard_tokens", "seed"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool):  # argparse turns `--flag=--` into a list
+            raise WorkbenchError(f"--{name.replace('_', '-')} needs an integer; got {v!r}")
+        if v < 1 and name != "seed":
+            raise WorkbenchError(f"--{name.replace('_', '-')} must be at least 1; got {v}")
     if cfg.dtype not in DTYPES:
         raise WorkbenchError(f"unknown dtype {cfg.dtype!r}; valid choices: {', '.join(DTYPES)}")
 

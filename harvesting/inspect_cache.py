@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harvesting.cache import MANIFEST, read_manifest
-from workbench.io import sha256_file
-
-_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32", "I16": "int16"}
-
+from harvesting.cache import MANIFEST, load_manifest_json, read_manifest, version_problem
+from harvesting.integrity import cache_problems
 
 def cache_summary(path: str | Path) -> dict[str, Any]:
     """The facts a person wants first about a cache, as a dict (also what `sae cache info` prints)."""
@@ -62,68 +58,48 @@ class VerifyReport:
         return not self.problems
 
 
-def _header(path: Path) -> dict[str, Any]:
-    """The safetensors JSON header, read without loading any tensor."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if n <= 0 or n > 100_000_000:
-            raise ValueError("bad header length")
-        raw = f.read(n)
-        if len(raw) != n:
-            raise ValueError("file ends inside its header")
-    return json.loads(raw)
+def _totals_problems(m: dict[str, Any]) -> list[str]:
+    """Totals the manifest states that its shard entries do not add up to."""
+    shards, totals = m["shards"], m.get("totals")
+    if not isinstance(totals, dict):
+        return [f"{MANIFEST}: no totals"]
+    problems = []
+    rows = sum(s["rows"][1] - s["rows"][0] for s in shards)
+    contexts = shards[-1]["contexts"][1] if shards else 0
+    if totals.get("rows") != rows:
+        problems.append(f"{MANIFEST}: totals say {totals.get('rows')} rows, the shards hold {rows}")
+    if totals.get("contexts") != contexts:
+        problems.append(f"{MANIFEST}: totals say {totals.get('contexts')} contexts, the shards hold {contexts}")
+    for h in m["hooks"]:
+        stated = totals.get("norms", {}).get(h, {}).get("mean_norm")
+        try:
+            mean = sum(s["norms"][h]["sum"] for s in shards) / rows if rows else 0.0
+        except (KeyError, TypeError):
+            problems.append(f"{MANIFEST}: a shard entry lacks the norms of hook {h}")
+            continue
+        if not isinstance(stated, (int, float)) or abs(stated - mean) > 1e-6 * max(1.0, abs(mean)):
+            problems.append(f"{MANIFEST}: totals give hook {h} mean norm {stated}, the shards {mean:.6g}")
+    return problems
 
 
 def verify_cache(path: str | Path) -> VerifyReport:
-    """Check every shard file the manifest lists: present, size, checksum, shapes, dtypes, row counts.
+    """Check every shard file the manifest lists: a plain file inside the cache, present, size,
+    checksum, header, shapes, dtypes, row counts; each shard has every hook's file; totals agree.
 
-    Each problem names the shard and file, so a user knows what to re-harvest.
+    Each problem names the shard and file, so a user knows what to re-harvest. A manifest from
+    another format version is one problem (nothing else is read).
     """
     path = Path(path)
-    m = read_manifest(path)
+    m = load_manifest_json(path)
     rep = VerifyReport(str(path))
+    version = version_problem(path, m)
+    if version:
+        rep.problems.append(f"{MANIFEST}: {version}")
+        return rep
     if m["status"] != "complete":
         rep.problems.append(f"{MANIFEST}: status is {m['status']!r}, not 'complete' (the harvest was interrupted; rerun it)")
-    expected_row = 0
-    for s in m["shards"]:
-        n = s["rows"][1] - s["rows"][0]
-        if s["rows"][0] != expected_row:
-            rep.problems.append(f"shard {s['index']}: rows start at {s['rows'][0]}, expected {expected_row}")
-        expected_row = s["rows"][1]
-        for key, info in s["files"].items():
-            rep.files_checked += 1
-            f = path / info["file"]
-            where = f"shard {s['index']} ({info['file']})"
-            if not f.is_file():
-                rep.problems.append(f"{where}: missing")
-                continue
-            size = f.stat().st_size
-            if size != info["bytes"]:
-                rep.problems.append(f"{where}: {size} bytes on disk, manifest says {info['bytes']} (truncated or overwritten)")
-                continue
-            digest = sha256_file(f)
-            if digest != info["sha256"]:
-                rep.problems.append(f"{where}: checksum mismatch (sha256 {digest[:12]}..., manifest {info['sha256'][:12]}...)")
-                continue
-            try:
-                header = _header(f)
-            except (ValueError, json.JSONDecodeError) as e:
-                rep.problems.append(f"{where}: unreadable safetensors header ({e})")
-                continue
-            for name, shape in info["shapes"].items():
-                h = header.get(name)
-                if h is None:
-                    rep.problems.append(f"{where}: tensor {name!r} missing")
-                    continue
-                if h["shape"] != shape or h["shape"][0] != n:
-                    rep.problems.append(f"{where}: tensor {name!r} has shape {h['shape']}, expected {shape} with {n} rows")
-                dt = _ST_DTYPES.get(h["dtype"], h["dtype"])
-                if dt != info["dtypes"][name]:
-                    rep.problems.append(f"{where}: tensor {name!r} has dtype {dt}, expected {info['dtypes'][name]}")
-            if key in m["hooks"]:
-                want = m["hooks"][key]
-                got = info["shapes"].get("acts", [0, 0])
-                if got[1] != want["d_model"] or info["dtypes"].get("acts") != want["dtype"]:
-                    rep.problems.append(f"{where}: acts {got} {info['dtypes'].get('acts')} do not match hook "
-                                        f"{key} (d_model {want['d_model']}, {want['dtype']})")
+    problems, files = cache_problems(path, m, checksum=True)
+    rep.problems += problems
+    rep.files_checked = files
+    rep.problems += _totals_problems(m)
     return rep

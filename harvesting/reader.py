@@ -7,16 +7,16 @@ the rows (none lost, none repeated), memory holds at most two windows, and batch
 epoch is a pure function of (seed, epoch, b), so a resumed trainer can skip to `start_batch`
 without reading what it skips. A background thread loads and permutes while the trainer runs.
 
-Held-out rows are the last `heldout_fraction` of the cache's contexts. The harvest shuffles
-documents before packing them, so that tail is a random sample of documents, whole contexts
-never straddle the split, and the split needs no extra index.
+Held-out rows are those of the last ceil(C * heldout_fraction) of the cache's C contexts, with
+the cut then moved forward to the next document boundary (`doc_ids`), so that no document has
+rows on both sides: a document packed across the cut stays whole in the training split. The
+harvest shuffles documents before packing them, so that tail is a random sample of documents,
+and the split needs no extra index. `saes.TensorSource` applies the same rule to its rows.
 """
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,8 @@ import torch
 from safetensors import safe_open
 
 from harvesting.cache import read_manifest
+from harvesting.integrity import check_opened, entry_path, expected_keys
+from harvesting.prefetch import prefetched
 from workbench.errors import WorkbenchError, choices_error
 
 Split = Literal["train", "heldout", "all"]
@@ -45,9 +47,14 @@ class _Piece:
 
 
 class CacheReader:
-    """Read a finished activation cache (see `harvesting.cache` for the layout)."""
+    """Read a finished activation cache (see `harvesting.cache` for the layout).
 
-    def __init__(self, path: str | Path, allow_incomplete: bool = False) -> None:
+    Opening runs the cheap checks of `harvesting.integrity` (every file a plain file inside the
+    cache, present, with the size and header the manifest states); `verify=True` runs the full
+    `sae cache verify` (checksums) first. Either names the first bad shard in one line.
+    """
+
+    def __init__(self, path: str | Path, allow_incomplete: bool = False, verify: bool = False) -> None:
         self.path = Path(path)
         self.manifest: dict[str, Any] = read_manifest(self.path)
         if self.manifest["status"] != "complete" and not allow_incomplete:
@@ -56,6 +63,19 @@ class CacheReader:
                 f"run the same `sae harvest` command again to finish it"
             )
         self.shards: list[dict[str, Any]] = self.manifest["shards"]
+        self._cuts: dict[float, int] = {}
+        if verify:
+            from harvesting.inspect_cache import verify_cache
+
+            rep = verify_cache(self.path)
+            if not rep.ok:
+                more = f" (and {len(rep.problems) - 1} more)" if len(rep.problems) > 1 else ""
+                raise WorkbenchError(f"the cache at {str(self.path)!r} failed verification: {rep.problems[0]}{more}")
+        else:
+            check_opened(self.path, self.manifest)
+        # every file entry, checked to be a plain file inside the cache (never trust a manifest's paths)
+        self._paths = [{k: entry_path(self.path, s["files"][k]["file"], f"shard {s['index']}")
+                        for k in expected_keys(self.manifest)} for s in self.shards]
 
     # -- what is in it -------------------------------------------------------------------
     @property
@@ -65,6 +85,17 @@ class CacheReader:
     @property
     def model_id(self) -> str:
         return self.manifest["model"]["id"]
+
+    @property
+    def identity(self) -> str:
+        """A hash of the cache's content (hooks and every shard file's checksum): the same path
+        holding other data has another identity, so a trainer can refuse to resume on it."""
+        import hashlib
+        import json
+
+        content = {"hooks": self.manifest["hooks"], "shards": [
+            [s["rows"], s["contexts"], {k: f["sha256"] for k, f in sorted(s["files"].items())}] for s in self.shards]}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     @property
     def num_tokens(self) -> int:
@@ -98,44 +129,87 @@ class CacheReader:
     # -- random access -------------------------------------------------------------------
     def load_shard(self, index: int, hooks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """All rows of one shard: the hooks' activations plus the row id fields."""
-        shard = self.shards[index]
-        out: dict[str, torch.Tensor] = {}
-        with safe_open(self.path / shard["files"]["rows"]["file"], framework="pt") as f:
-            for k in f.keys():
-                out[k] = f.get_tensor(k)
+        out = self._read(index, "rows", None)
         for h in hooks if hooks is not None else self.hooks:
             self._check_hook(h)
-            out[h] = self._load(shard["files"][h]["file"])
+            out[h] = self._load(index, h)
         return out
 
-    def _load(self, name: str) -> torch.Tensor:
+    def _load(self, index: int, hook: str) -> torch.Tensor:
         """A shard's activations, memory-mapped (pages are read when rows are gathered)."""
-        with safe_open(self.path / name, framework="pt") as f:
-            return f.get_tensor("acts")
+        return self._read(index, hook, ["acts"])["acts"]
+
+    def _read(self, index: int, key: str, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
+        """Tensors `names` (None: all) of one shard file; a damaged file is one line naming it."""
+        p = self._paths[index][key]
+        try:
+            with safe_open(p, framework="pt") as f:
+                return {k: f.get_tensor(k) for k in (names if names is not None else list(f.keys()))}
+        except Exception as e:  # safetensors raises its own SafetensorError; OSError for a vanished file
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise WorkbenchError(
+                f"shard {self.shards[index]['index']} of the cache at {str(self.path)!r} ({p.name}) cannot be read "
+                f"({first}); run `sae cache verify {self.path}` and harvest it again"
+            ) from None
 
     # -- splits ----------------------------------------------------------------------------
+    def heldout_start(self, heldout_fraction: float) -> int:
+        """The global row where the held-out split begins (see the module docstring for the rule)."""
+        if not 0.0 <= heldout_fraction < 1.0:
+            raise WorkbenchError(f"heldout_fraction must be in [0, 1); got {heldout_fraction}")
+        if heldout_fraction not in self._cuts:
+            self._cuts[heldout_fraction] = self._heldout_start(heldout_fraction)
+        return self._cuts[heldout_fraction]
+
+    def _heldout_start(self, heldout_fraction: float) -> int:
+        cutoff = self.num_contexts - math.ceil(self.num_contexts * heldout_fraction)
+        total = self.num_tokens
+        start = total
+        for i, s in enumerate(self.shards):  # the first row of context `cutoff`
+            c0, c1 = s["contexts"]
+            if c0 <= cutoff < c1:
+                ctx = self._read(i, "rows", ["context_ids"])["context_ids"]
+                start = s["rows"][0] + int(torch.searchsorted(ctx, torch.tensor(cutoff, dtype=ctx.dtype)))
+                break
+            if c0 >= cutoff:
+                start = s["rows"][0]
+                break
+        if "doc_ids" not in self.manifest.get("row_fields", []) or not 0 < start < total:
+            return start
+        # a document that straddles the cut stays whole on the training side: move the cut past its rows
+        doc = None
+        for i, s in enumerate(self.shards):
+            r0, r1 = s["rows"]
+            if r1 < start or r1 == r0:
+                continue
+            ids = self._read(i, "rows", ["doc_ids"])["doc_ids"]
+            if doc is None:
+                if r0 >= start:  # the cut is a shard boundary: the last row before it is in the previous shard
+                    prev = next(j for j in range(i - 1, -1, -1) if self.shards[j]["rows"][1] > self.shards[j]["rows"][0])
+                    doc = int(self._read(prev, "rows", ["doc_ids"])["doc_ids"][-1])
+                else:
+                    doc = int(ids[start - 1 - r0])
+            lo = max(start, r0) - r0
+            other = torch.nonzero(ids[lo:] != doc)
+            if other.numel():
+                return r0 + lo + int(other[0])
+            start = r1
+        return total
+
     def _pieces(self, split: Split, heldout_fraction: float) -> list[_Piece]:
         if split not in ("train", "heldout", "all"):
             raise choices_error("split", split, ["train", "heldout", "all"])
-        if not 0.0 <= heldout_fraction < 1.0:
-            raise WorkbenchError(f"heldout_fraction must be in [0, 1); got {heldout_fraction}")
-        cutoff = self.num_contexts - math.ceil(self.num_contexts * heldout_fraction)
+        cut = self.heldout_start(heldout_fraction) if split != "all" else 0
         pieces = []
         for i, s in enumerate(self.shards):
-            n = s["rows"][1] - s["rows"][0]
-            c0, c1 = s["contexts"]
+            r0, r1 = s["rows"]
+            n = r1 - r0
             if split == "all":
-                pieces.append(_Piece(i, 0, n))
-                continue
-            if c1 <= cutoff:
-                cut = n
-            elif c0 >= cutoff:
-                cut = 0
-            else:  # the split falls inside this shard: find the first row of context `cutoff`
-                with safe_open(self.path / s["files"]["rows"]["file"], framework="pt") as f:
-                    ctx = f.get_tensor("context_ids")
-                cut = int(torch.searchsorted(ctx, torch.tensor(cutoff, dtype=ctx.dtype)))
-            piece = _Piece(i, 0, cut) if split == "train" else _Piece(i, cut, n)
+                piece = _Piece(i, 0, n)
+            elif split == "train":
+                piece = _Piece(i, 0, min(max(cut - r0, 0), n))
+            else:
+                piece = _Piece(i, min(max(cut - r0, 0), n), n)
             if piece.rows:
                 pieces.append(piece)
         return pieces
@@ -213,7 +287,7 @@ class CacheReader:
                     out[k] = v
                 yield out
 
-        return _prefetched(produce(), prefetch) if prefetch > 0 else produce()
+        return prefetched(produce(), prefetch) if prefetch > 0 else produce()
 
 
 class _Plan:
@@ -238,13 +312,12 @@ class _Plan:
         """Window `w` as memory-mapped shard tensors (nothing copied yet) and its serving order."""
         pieces: dict[str, list[torch.Tensor]] = {k: [] for k in [*hooks, *id_fields]}
         for p in self.windows[w]:
-            files = reader.shards[p.shard]["files"]
             for h in hooks:
-                pieces[h].append(reader._load(files[h]["file"])[p.start:p.stop])
+                pieces[h].append(reader._load(p.shard, h)[p.start:p.stop])
             if id_fields:
-                with safe_open(reader.path / files["rows"]["file"], framework="pt") as f:
-                    for k in id_fields:
-                        pieces[k].append(f.get_tensor(k)[p.start:p.stop])
+                ids = reader._read(p.shard, "rows", id_fields)
+                for k in id_fields:
+                    pieces[k].append(ids[k][p.start:p.stop])
         n = self.window_rows[w]
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(self.seed, self.epoch, w)))
@@ -324,40 +397,3 @@ class _Window:
 def _mix(seed: int, epoch: int, index: int) -> int:
     """One generator seed per (seed, epoch, window), without collisions between small values."""
     return (seed * 1_000_003 + epoch * 10_007 + index + 1) % (2**63 - 1)
-
-
-_DONE = object()
-
-
-def _prefetched(it: Iterator[dict[str, torch.Tensor]], depth: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Run `it` in a background thread, `depth` batches ahead (torch releases the GIL for I/O and copies)."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(_DONE)
-        except BaseException as e:  # surfaced in the consumer
-            q.put(e)
-
-    t = threading.Thread(target=work, daemon=True, name="cache-prefetch")
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()

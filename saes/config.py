@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -178,8 +179,14 @@ class TrainConfig:
     resume: bool = field(default=True, metadata=_h("continue from the last checkpoint in --out when there is one"))
     eval_tokens: int = field(default=0, metadata=_h("held-out tokens evaluated at the end (0 = the whole held-out split)"))
     progress: bool = field(default=True, metadata=_h("show a progress bar"))
+    verify: bool = field(default=False, metadata=_h("check every shard's checksum before training (as `sae cache verify`); "
+                                                   "sizes and headers are always checked"))
+    deterministic: Literal["auto", "on", "off"] = field(default="auto", metadata=_h(
+        "bit-identical GPU kernels (sorted reductions, no atomics; slower weight gradients): auto = on whenever "
+        "checkpoints are written, so a resumed run equals an uninterrupted one"))
 
     def __post_init__(self) -> None:
+        _check_number_types(self)
         self.hook = tuple(self.hook)
         self.arch = tuple(self.arch)
         self.k = tuple(int(v) for v in self.k)
@@ -213,6 +220,9 @@ class TrainConfig:
             "l1_coef": self.l1_coef >= 0,
             "l0_coef": self.l0_coef >= 0,
             "zipf_exponent": self.zipf_exponent > 0,
+            "adam_eps": self.adam_eps > 0,
+            "jumprelu_bandwidth": self.jumprelu_bandwidth > 0,
+            "jumprelu_init_threshold": self.jumprelu_init_threshold >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -241,6 +251,21 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _check_number_types(cfg: object) -> None:
+    """Numbers must be finite numbers of the field's kind: a value of another type (argparse turns
+    `--flag=--` into a list) or a NaN/inf would otherwise fail far from the flag that caused it."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        kind = f.type if isinstance(f.type, type) else {"int": int, "float": float}.get(str(f.type))
+        if kind not in (int, float):
+            continue
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+        if ok and kind is float and not math.isfinite(v):
+            raise WorkbenchError(f"--{f.name.replace('_', '-')} {v!r} is out of range (it must be a finite number)")
+        if not ok:
+            raise WorkbenchError(f"--{f.name.replace('_', '-')} needs {'an integer' if kind is int else 'a number'}; got {v!r}")
+
+
 def sae_name(hook: str, arch: str, k: int, expansion: int) -> str:
     """Directory name of one SAE inside a run: readable and unique within the grid (the class decides)."""
     return sae_class(arch).run_name(hook, k, expansion)
@@ -248,4 +273,5 @@ def sae_name(hook: str, arch: str, k: int, expansion: int) -> str:
 
 # Fields of TrainConfig that may differ between the run that wrote a checkpoint and the one
 # resuming it (they do not change what is computed).
-RESUMABLE_FIELDS = ("resume", "progress", "log_every", "checkpoint_every", "device", "eval_tokens", "out", "cache")
+RESUMABLE_FIELDS = ("resume", "progress", "log_every", "checkpoint_every", "device", "eval_tokens", "out", "cache",
+                    "verify", "deterministic")

@@ -8,7 +8,8 @@ the batches it would have read. `TensorSource` implements the same interface ove
 tensors (benchmarks, tests, notebooks).
 
 Both pick the held-out split by one rule: the rows of the last ceil(C * heldout_fraction) of
-the C contexts, so a context never straddles the split. In a cache every row records its
+the C contexts, the cut then moved to the next document boundary, so neither a context nor a
+document straddles the split. In a cache every row records its
 context (`context_ids`); a `TensorSource` is told its rows' contexts the same way, and without
 them each row is its own context (then the split is the last ceil(N * heldout_fraction) rows).
 """
@@ -42,11 +43,17 @@ class ActivationSource(Protocol):
     def batches(self, hooks: list[str], batch_size: int, **kw: Any) -> Iterator[dict[str, Tensor]]: ...
 
 
-def heldout_start(context_ids: Tensor, num_contexts: int, heldout_fraction: float) -> int:
-    """First held-out row: rows are in context order, held out are those of the last
-    ceil(num_contexts * heldout_fraction) contexts (the cache reader's rule)."""
+def heldout_start(context_ids: Tensor, num_contexts: int, heldout_fraction: float,
+                  doc_ids: Tensor | None = None) -> int:
+    """First held-out row (the cache reader's rule): rows are in context order, held out are those
+    of the last ceil(num_contexts * heldout_fraction) contexts, with the cut moved forward past the
+    document that straddles it (`doc_ids`, one per row), so no document is on both sides."""
     cutoff = num_contexts - math.ceil(num_contexts * heldout_fraction)
-    return int(torch.searchsorted(context_ids, torch.tensor(cutoff, dtype=context_ids.dtype)))
+    start = int(torch.searchsorted(context_ids, torch.tensor(cutoff, dtype=context_ids.dtype)))
+    if doc_ids is None or not 0 < start < doc_ids.numel():
+        return start
+    other = torch.nonzero(doc_ids[start:] != doc_ids[start - 1])
+    return start + int(other[0]) if other.numel() else doc_ids.numel()
 
 
 class TensorSource:
@@ -55,13 +62,14 @@ class TensorSource:
     The held-out split is either given (`heldout=`) or, as in a cache, the rows of the last
     `heldout_fraction` of the contexts: `context_ids [N]` (non-decreasing) says which context
     each row came from, out of `num_contexts` (default: the last id + 1); without them every row
-    is its own context. Batches are drawn from a permutation seeded by (seed, epoch);
+    is its own context. `doc_ids [N]` (a cache's row field) keeps documents whole on one side.
+    Batches are drawn from a permutation seeded by (seed, epoch);
     `rank`/`world_size` give each data-parallel rank its contiguous slice of the same global batch.
     """
 
     def __init__(self, data: Mapping[str, Tensor] | Tensor, *, heldout: Mapping[str, Tensor] | Tensor | None = None,
                  model_id: str = "", hook: str = "x", context_ids: Tensor | None = None,
-                 num_contexts: int | None = None) -> None:
+                 num_contexts: int | None = None, doc_ids: Tensor | None = None) -> None:
         self.data = {hook: data} if isinstance(data, Tensor) else dict(data)
         self.heldout = None if heldout is None else ({hook: heldout} if isinstance(heldout, Tensor) else dict(heldout))
         if not self.data:
@@ -82,6 +90,9 @@ class TensorSource:
         self.num_contexts = last if num_contexts is None else int(num_contexts)
         if self.num_contexts < last:
             raise WorkbenchError(f"num_contexts {self.num_contexts} is below the largest context id + 1 ({last})")
+        self.doc_ids = None if doc_ids is None else torch.as_tensor(doc_ids).flatten().to(torch.int64)
+        if self.doc_ids is not None and self.doc_ids.numel() != self.num_tokens:
+            raise WorkbenchError(f"doc_ids must hold one id per row ({self.num_tokens} rows); got {self.doc_ids.numel()}")
         self._scales: dict[str, float] = {}
 
     def d_model(self, hook: str) -> int:
@@ -99,7 +110,7 @@ class TensorSource:
             if split == "heldout":
                 return self.heldout, 0, next(iter(self.heldout.values())).shape[0]
             return self.data, 0, self.num_tokens
-        cut = heldout_start(self.context_ids, self.num_contexts, heldout_fraction)
+        cut = heldout_start(self.context_ids, self.num_contexts, heldout_fraction, self.doc_ids)
         if split == "train":
             return self.data, 0, cut
         if split == "heldout":
@@ -150,8 +161,8 @@ class TensorSource:
             yield out
 
 
-def open_cache(path: str | Path) -> ActivationSource:
-    """The cache reader for `path`, with a clear error when there is no cache there."""
+def open_cache(path: str | Path, verify: bool = False) -> ActivationSource:
+    """The cache reader for `path`, with a clear error when there is no cache there (`verify`: checksums first)."""
     p = Path(path)
     if not str(path):
         raise WorkbenchError("no cache given: pass --cache DIR (a directory written by `sae harvest`)")
@@ -161,4 +172,4 @@ def open_cache(path: str | Path) -> ActivationSource:
         from harvesting import CacheReader  # the one thing saes imports from harvesting
     except ImportError as e:
         raise WorkbenchError(f"the activation cache reader is unavailable ({e})") from None
-    return CacheReader(p)
+    return CacheReader(p, verify=verify)

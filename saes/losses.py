@@ -129,7 +129,12 @@ def uniform_capacities(num_features: int, total: int, cap: int, step: int, devic
 
 def zipf_capacities(usage: Tensor, total: int, cap: int, exponent: float) -> Tensor:
     """Feature Choice capacities following a Zipf law over the features' usage ranks (Ayonrinde 2024)."""
-    shares = zipf_weights(usage.numel(), exponent, usage.device)[usage_ranks(usage)]
+    return zipf_capacities_from_ranks(usage_ranks(usage), total, cap, exponent)
+
+
+def zipf_capacities_from_ranks(ranks: Tensor, total: int, cap: int, exponent: float) -> Tensor:
+    """Zipf capacities given each feature's 0-based usage rank (what a saved SAE keeps)."""
+    shares = zipf_weights(ranks.numel(), exponent, ranks.device)[ranks.long()]
     return integer_allocation(shares, total, cap)
 
 

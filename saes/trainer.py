@@ -45,8 +45,10 @@ from saes.checkpoint import (
 from saes.config import RESUMABLE_FIELDS, TrainConfig
 from saes.data import ActivationSource, open_cache
 from saes.distributed import DistContext, resolve_device, setup_distributed
-from saes.geometric_median import geometric_median
+from saes.guards import finite_flags, identity_differences, raise_if_not_finite, run_identity
 from saes.heldout import evaluate_heldout
+from saes.kernels import deterministic as deterministic_kernels
+from saes.initialise import init_sample, initialise
 from saes.losses import lr_multiplier, moment_sums, variance_from_sums
 from saes.registry import build_sae, resolve_aux_loss
 from saes.run_plan import plan_run, resolve_matmul_dtype
@@ -87,7 +89,10 @@ class Trainer:
         self.dist: DistContext = setup_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.source = source if source is not None else open_cache(cfg.cache)
+        self.source = source if source is not None else open_cache(cfg.cache, verify=cfg.verify)
+        self.identity = run_identity(self.source, self.device)
+        # Bit-identical kernels whenever the run may be resumed (see TrainConfig.deterministic).
+        self.deterministic = cfg.deterministic == "on" or (cfg.deterministic == "auto" and cfg.checkpoint_every > 0)
         self.plan = plan = plan_run(cfg, self.source, self.dist.world_size)
         self.hooks, self.out, self.scales = plan.hooks, plan.out, plan.scales
         self.steps_per_epoch, self.total_steps = plan.steps_per_epoch, plan.total_steps
@@ -101,7 +106,8 @@ class Trainer:
         self.slots = self._build_slots()
         resumed = self._maybe_resume()
         if not resumed:
-            self._initialise()
+            initialise(self.slots, init_sample(self.source, cfg, self.hooks, self.scales), cfg.init_b_dec,
+                       self.device, self.dist.broadcast_)
         if self.dist.is_main:
             atomic_write_json(self.out / RUN_FILE, self._run_record())
             save_config(cfg, self.out / "train_config.json")
@@ -129,39 +135,6 @@ class Trainer:
     def k_aux_for(self, slot: Slot) -> int:
         return min(self.cfg.k_aux or max(1, slot.sae.d_in // 2), slot.sae.num_features)
 
-    def _init_sample(self) -> dict[str, Tensor]:
-        """The first tokens of epoch 0 (the same on every rank), scaled: b_dec's starting point."""
-        n = self.cfg.init_sample_tokens
-        parts: dict[str, list[Tensor]] = {h: [] for h in self.hooks}
-        got = 0
-        it = self.source.batches(self.hooks, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, epoch=0,
-                                 split="train", heldout_fraction=self.cfg.heldout_fraction)
-        for batch in it:
-            for h in self.hooks:
-                parts[h].append(batch[h].float())
-            got += next(iter(batch.values())).shape[0]
-            if got >= n:
-                break
-        if hasattr(it, "close"):
-            it.close()
-        return {h: torch.cat(v)[:n] * self.scales[h] for h, v in parts.items()}
-
-    @torch.no_grad()
-    def _initialise(self) -> None:
-        how = self.cfg.init_b_dec
-        sample = self._init_sample()
-        if how != "zeros":
-            centres: dict[str, Tensor] = {}
-            for h, x in sample.items():
-                centres[h] = geometric_median(x) if how == "geometric_median" else x.mean(0)
-            for s in self.slots:
-                s.sae.b_dec.copy_(centres[s.hook].to(self.device))
-        for s in self.slots:
-            s.sae.init_from_sample(sample[s.hook].to(self.device))
-        for s in self.slots:  # identical start on every rank, whatever each computed
-            for t in list(s.sae.parameters()) + list(s.sae.buffers()):
-                self.dist.broadcast_(t.data)
-
     # ------------------------------------------------------------------ checkpoints
 
     def _run_record(self) -> dict[str, Any]:
@@ -177,7 +150,7 @@ class Trainer:
         if self.dist.is_main:
             tensors = [pack_slot(s) for s in self.slots]
             state = {"format": STATE_FORMAT, "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
-                     "config": config_to_dict(self.cfg), "saes": [s.name for s in self.slots],
+                     "config": config_to_dict(self.cfg), "saes": [s.name for s in self.slots], "identity": self.identity,
                      # Metric sums of the current logging window, so a resumed run logs the same lines.
                      "windows": [window_to_floats(s.window) for s in self.slots]}
             path = save_checkpoint(self.out, self.step, state, tensors)
@@ -197,6 +170,7 @@ class Trainer:
         shown = config_differences(state["config"], config_to_dict(self.cfg), RESUMABLE_FIELDS)
         if shown:
             raise WorkbenchError(f"cannot resume {self.out}: the run config differs ({shown}); use another --out")
+        identity_differences(state.get("identity"), self.identity, self.out, self.cfg.cache)
         if state["saes"] != [s.name for s in self.slots]:
             raise WorkbenchError(f"cannot resume {self.out}: it trains {state['saes']}, this run {[s.name for s in self.slots]}")
         for s, t in zip(self.slots, tensors):
@@ -221,13 +195,15 @@ class Trainer:
                 split="train", heldout_fraction=self.cfg.heldout_fraction, start_batch=start,
                 rank=self.dist.rank, world_size=self.dist.world_size,
             )
-            for batch in it:
-                yield batch
-                step += 1
-                if step >= self.total_steps or step % self.steps_per_epoch == 0:
-                    break
-            if hasattr(it, "close"):
-                it.close()
+            try:
+                for batch in it:
+                    yield batch
+                    step += 1
+                    if step >= self.total_steps or step % self.steps_per_epoch == 0:
+                        break
+            finally:  # also when the consumer stops early or raises: no prefetch thread outlives it
+                if hasattr(it, "close"):
+                    it.close()
 
     def sparsity_coef(self, sae: SparseAutoencoder) -> float:
         """The penalty coefficient of `sae`'s architecture at this step (0 without a penalty), warm-up applied."""
@@ -251,6 +227,7 @@ class Trainer:
             # every rank holds batch_size / world_size rows (the reader drops partial batches): no host sync
             xs[h], denoms[h], counts[h] = x, variance_from_sums(sums).to(torch.float32), x.shape[0] * self.dist.world_size
         mult = self.lr_factor()
+        losses, norms = [], []
         for s in self.slots:
             n = counts[s.hook]
             ready = self.tokens >= self.dead_tokens
@@ -268,13 +245,18 @@ class Trainer:
             if self.dist.enabled:
                 s.sum_grads(self.dist.reduce)
             s.sae.project_decoder_grad()
+            norm = None
             if self.cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(s.params, self.cfg.grad_clip, foreach=self.device.type != "cpu" or None)
+                norm = torch.nn.utils.clip_grad_norm_(s.params, self.cfg.grad_clip, foreach=self.device.type != "cpu" or None)
+            losses.append(out.loss)
+            norms.append(norm)
             for g in s.opt.param_groups:
                 g["lr"] = s.lr * mult
             s.opt.step()
             s.sae.normalize_decoder()
             s.record(out, n, denoms[s.hook], s.lr * mult, self.usage_decay, self.dist.reduce)
+        raise_if_not_finite(finite_flags(xs, losses, norms), step=self.step + 1, hooks=self.hooks,
+                            saes=[(s.name, s.hook) for s in self.slots], checkpoint=lambda: latest_checkpoint(self.out))
 
     def dead_fraction(self, s: Slot) -> float:
         return s.dead_fraction(self.dead_tokens)
@@ -295,6 +277,10 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         """Train to the end (or continue a resumed run), evaluate, save; returns the summary."""
+        with deterministic_kernels(self.deterministic):
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         b = self.cfg.batch_size
         bar = None
@@ -303,8 +289,9 @@ class Trainer:
                        desc=f"sae train ({len(self.slots)} SAE{'s' if len(self.slots) > 1 else ''})", dynamic_ncols=True)
         t_start = t_log = time.perf_counter()
         tokens_at_log = tokens_at_start = self.tokens
+        batches = self.batches()
         try:
-            for batch in self.batches():
+            for batch in batches:
                 for s in self.slots:
                     s.sae.train()
                 self.train_step(batch)
@@ -324,6 +311,7 @@ class Trainer:
                 if self.callback is not None:
                     self.callback(self, self.step)
         finally:
+            batches.close()
             now = time.perf_counter()
             self.elapsed += now - t_start
             self.session_time += now - t_start

@@ -59,11 +59,26 @@ def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Save tensors as safetensors atomically (safetensors bytes are deterministic for equal input)."""
+    """Save tensors as safetensors atomically; equal input gives equal bytes in any process."""
     from safetensors.torch import save
 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata or {}))
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, canonical_safetensors(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header written in sorted key order.
+
+    safetensors keeps the metadata in a hash map whose order changes from process to process, so
+    equal tensors and metadata saved by two processes (a run and its rerun after a kill) could
+    differ in their header bytes. The tensor data and its offsets are untouched; the header is
+    padded with spaces to a multiple of 8 bytes, as safetensors itself does.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

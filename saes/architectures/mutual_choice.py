@@ -9,21 +9,10 @@ error with each token's k_aux largest pre-activations among them (AuxK's rule).
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from saes.architectures.batchtopk import BatchTopKSAE
+from saes.architectures.feature_choice import zipf_aux_selector
 from saes.base import StepContext
-from saes.kernels import TopK
-from saes.losses import underused_features, zipf_target_rates
-
-
-def zipf_aux_selector(usage: Tensor | None, entitlement: Tensor, ctx: StepContext):
-    if ctx.aux_loss != "zipf" or usage is None or ctx.aux_coef <= 0:
-        return None
-    under = underused_features(usage, entitlement)
-    if under.numel() == 0:
-        return None
-    return TopK(min(ctx.k_aux, int(under.numel())), features=under)
+from saes.losses import zipf_target_rates
 
 
 class MutualChoiceSAE(BatchTopKSAE):

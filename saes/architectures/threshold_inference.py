@@ -70,7 +70,12 @@ def global_min_kept(codes: SparseCodes) -> Tensor:
 
 
 def per_feature_min_kept(codes: SparseCodes) -> Tensor:
-    """Per feature, the smallest value among the places kept for it (inf when it kept none)."""
+    """Per feature, the smallest positive value among the places kept for it (inf when none).
+
+    A kept place whose pre-activation was <= 0 holds a ReLU zero: the feature did not fire there,
+    so it says nothing about where the feature starts firing (counting it drags the threshold to 0).
+    """
     v = codes.vals.detach()
+    pos = v > 0
     out = v.new_full((codes.num_features,), float("inf"))
-    return out.scatter_reduce(0, codes.cols, v, reduce="amin", include_self=True)
+    return out.scatter_reduce(0, codes.cols[pos], v[pos], reduce="amin", include_self=True)

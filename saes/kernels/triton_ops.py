@@ -31,6 +31,12 @@ from saes.kernels.dispatch import is_deterministic
 
 
 @triton.jit
+def _row_start(row, stride):
+    """row * stride as int64: a program id is int32, and segments x d passes 2^31 (F 524288 at d 4096)."""
+    return row.to(tl.int64) * stride
+
+
+@triton.jit
 def _csr_gather_sum(
     table_ptr, stride_t0, stride_t1,
     idx_ptr, w_ptr, offsets_ptr, bias_ptr,
@@ -57,7 +63,7 @@ def _csr_gather_sum(
         acc += tl.sum(tile * w[:, None], axis=0)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + dofs, mask=dmask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + seg * stride_o0 + dofs * stride_o1, acc.to(out_ptr.dtype.element_ty), mask=dmask)
+    tl.store(out_ptr + _row_start(seg, stride_o0) + dofs * stride_o1, acc.to(out_ptr.dtype.element_ty), mask=dmask)
 
 
 @triton.jit

@@ -85,14 +85,21 @@ def test_ranks_take_disjoint_slices_of_the_same_global_batch(cache: Path) -> Non
         next(r.batches("a", 64, world_size=3))
 
 
-def test_heldout_is_whole_contexts_disjoint_from_train(cache: Path) -> None:
+def test_heldout_is_whole_contexts_and_whole_documents_disjoint_from_train(cache: Path) -> None:
     r = CacheReader(cache)
     train = set(_ids(r.batches("a", 7, split="train", heldout_fraction=0.2, drop_last=False)).tolist())
     held = _ids(r.batches("a", 7, split="heldout", heldout_fraction=0.2, shuffle=False, drop_last=False))
     assert not train & set(held.tolist())
     assert len(train) + held.numel() == r.num_tokens
-    assert held.numel() == 24 * T  # the last ceil(0.2 * 120) contexts
-    assert torch.equal(held, torch.arange(r.num_tokens - held.numel(), r.num_tokens))
+    # the last ceil(0.2 * 120) contexts start at row 960, inside document 38 (rows 950-974, doc = row // 25):
+    # that document stays whole on the training side, so the split starts at its end
+    assert held.numel() == r.num_tokens - 975
+    assert torch.equal(held, torch.arange(975, r.num_tokens))
+    train_docs = {i // 25 for i in train}
+    assert not train_docs & {i // 25 for i in held.tolist()}
+    for frac in (0.01, 0.05, 0.3, 0.5):  # documents never straddle, whatever the fraction
+        cut = r.heldout_start(frac)
+        assert cut % 25 == 0 or cut == r.num_tokens, (frac, cut)
 
 
 def test_normalize_gives_mean_norm_sqrt_d(cache: Path) -> None:

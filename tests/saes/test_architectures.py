@@ -241,7 +241,7 @@ def test_batch_level_training_matches_dense_reference(arch):
     if arch == "feature_choice":
         cap = sae.capacities(32, usage, 0)
         z = pre.relu() * mask_feature_choice(pre.detach(), cap)
-        entitlement = cap.double() / 32
+        entitlement = torch.full((F,), K / F, dtype=torch.float64)  # uniform capacities: k/F per token
     else:
         z = pre.relu() * mask_batch_topk(pre.detach(), K)
         from saes.losses import zipf_target_rates
@@ -254,13 +254,9 @@ def test_batch_level_training_matches_dense_reference(arch):
     assert under.numel() > 0
     x_hat = dense_decode(sae, z)
     zaux = torch.zeros_like(pre)
-    if arch == "feature_choice":  # each under-used feature takes its capacity's worth of tokens
-        aux_cap = torch.zeros_like(cap)
-        aux_cap[under] = cap[under]
-        zaux = pre.relu() * mask_feature_choice(pre.detach(), aux_cap)
-    else:  # per token, the k_aux best under-used features
-        kk = min(5, under.numel())
-        zaux[:, under] = pre[:, under].relu() * mask_topk(pre[:, under].detach(), kk)
+    # per token, the k_aux best under-used features (AuxK's rule over them, for both architectures)
+    kk = min(5, under.numel())
+    zaux[:, under] = pre[:, under].relu() * mask_topk(pre[:, under].detach(), kk)
     e = (x - x_hat).detach()
     ref = fvu_loss(x, x_hat, ctx.denom) + 0.5 * fvu_loss(e, dense_decode(sae, zaux, False), ((e - e.mean(0)) ** 2).sum())
     torch.testing.assert_close(out.loss, ref)
@@ -268,7 +264,9 @@ def test_batch_level_training_matches_dense_reference(arch):
     # The running threshold is the smallest kept value (first update takes it as is).
     kept = z.detach()
     if arch == "feature_choice":
-        expect = torch.where(mask_feature_choice(pre.detach(), cap), kept, torch.full_like(kept, math.inf)).min(0).values
+        # the smallest positive kept value per feature: ReLU zeros are not firings
+        fired = mask_feature_choice(pre.detach(), cap) & (kept > 0)
+        expect = torch.where(fired, kept, torch.full_like(kept, math.inf)).min(0).values
     else:
         expect = kept[kept > 0].min().expand(F)
     torch.testing.assert_close(sae.threshold, expect)

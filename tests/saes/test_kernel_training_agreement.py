@@ -25,19 +25,21 @@ STEPS = 6
 LR = 3e-3  # kernel_training_case.py's Adam rate
 
 
-def trace(tmp: Path, name: str, device: str, env_extra: dict[str, str], drop: tuple[str, ...] = ()) -> dict:
+def trace(tmp: Path, name: str, device: str, env_extra: dict[str, str], drop: tuple[str, ...] = (),
+          deterministic: str = "auto") -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     for k in drop:
         env.pop(k, None)
     out = tmp / f"{name}.safetensors"
-    proc = subprocess.run([sys.executable, str(CASE), str(out), device, str(STEPS)], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, str(CASE), str(out), device, str(STEPS), deterministic], env=env, capture_output=True,
                           text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"backend": proc.stdout.split("backend", 1)[1].split()[0], "weights": load_file(str(out))}
 
 
 def compare(a: dict, b: dict) -> None:
-    wa, wb = a["weights"], b["weights"]
+    wa = {k: v for k, v in a["weights"].items() if not k.endswith("/deterministic")}
+    wb = {k: v for k, v in b["weights"].items() if not k.endswith("/deterministic")}
     assert wa.keys() == wb.keys()
     steps = sorted({int(k.split("/")[0]) for k in wa})
     assert steps == list(range(1, STEPS + 1))
@@ -70,6 +72,25 @@ def test_triton_interpreter_and_torch_path_train_alike_on_cpu(tmp_path):
     compare(tri, ref)
 
 
+def _mode(t: dict) -> set[int]:
+    return {int(v) for k, v in t["weights"].items() if k.endswith("/deterministic")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_deterministic_training_equals_atomic_training_and_repeats_bit_for_bit(tmp_path):
+    """TrainConfig.deterministic on the Triton kernels (interpreter): on = sorted reductions, off =
+    fp32 atomics. Both train alike (float tolerance); two deterministic runs are bit-identical."""
+    env = {"SAE_KERNELS": "triton", "TRITON_INTERPRET": "1"}
+    on1 = trace(tmp_path, "on1", "cpu", env, deterministic="on")
+    on2 = trace(tmp_path, "on2", "cpu", env, deterministic="on")
+    off = trace(tmp_path, "off", "cpu", env, deterministic="off")
+    assert _mode(on1) == {1} and _mode(off) == {0}  # the option reached the kernels
+    assert on1["weights"].keys() == on2["weights"].keys()
+    assert all(torch.equal(on1["weights"][k], on2["weights"][k]) for k in on1["weights"])
+    compare(on1, off)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and triton")
 def test_compiled_triton_and_torch_path_train_alike_on_gpu(tmp_path):
@@ -77,3 +98,12 @@ def test_compiled_triton_and_torch_path_train_alike_on_gpu(tmp_path):
     ref = trace(tmp_path, "torch", "cuda", {"SAE_KERNELS": "torch"}, drop=("TRITON_INTERPRET",))
     assert tri["backend"] == "triton" and ref["backend"] == "torch"
     compare(tri, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and triton")
+def test_deterministic_training_repeats_bit_for_bit_on_gpu(tmp_path):
+    on = [trace(tmp_path, f"on{i}", "cuda", {}, drop=("SAE_KERNELS", "TRITON_INTERPRET"), deterministic="on")
+          for i in range(2)]
+    assert _mode(on[0]) == {1}
+    assert all(torch.equal(on[0]["weights"][k], on[1]["weights"][k]) for k in on[0]["weights"])

@@ -194,3 +194,14 @@ def test_auxk_revives_dead_features(tmp_path):
     without = train(base_cfg(tmp_path / "b", aux_loss="none", **kw), TensorSource(x))
     assert without["saes"][0]["dead_features"] >= 4, "setup should produce dead features without AuxK"
     assert with_aux["saes"][0]["dead_features"] <= without["saes"][0]["dead_features"] // 2
+
+
+@pytest.mark.parametrize("mode,every,expect", [("auto", 2, True), ("auto", 0, False), ("on", 0, True), ("off", 2, False)])
+def test_deterministic_kernels_whenever_the_run_may_be_resumed(tmp_path, mode, every, expect):
+    from saes.kernels import is_deterministic
+
+    seen = set()
+    train(base_cfg(tmp_path, deterministic=mode, checkpoint_every=every, max_tokens=128 * 4),
+          TensorSource(X), callback=lambda t, step: seen.add(is_deterministic()))
+    assert seen == {expect}
+    assert not is_deterministic()  # restored after the run

@@ -12,10 +12,13 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from saes.kernels import BatchTopK, FeatureChoice, SparseCodes, Threshold, TopK, deterministic, encode, sparse_decode
 from saes.kernels import torch_ops as R
 from saes.kernels import triton_ops as T
+from saes.kernels.triton_ops import _row_start
 
 DEVICE = os.environ.get("SAE_TEST_DEVICE", "cpu")
 if DEVICE == "cuda":
@@ -189,3 +192,21 @@ def test_empty_aux_selection_on_triton(monkeypatch):
     assert aux.nnz == 0 and out.shape == (b, d) and not out.any()
     (sparse_decode(main, Wd).pow(2).sum() + out.sum()).backward()
     assert torch.isfinite(W.grad).all() and W.grad.any() and torch.isfinite(Wd.grad).all()
+
+
+@triton.jit
+def _row_start_probe(rows_ptr, out_ptr, stride, N: tl.constexpr):
+    i = tl.arange(0, N)
+    row = tl.load(rows_ptr + i)  # int32, as a program id is
+    tl.store(out_ptr + i, _row_start(row, stride))
+
+
+def test_output_row_offsets_are_int64_past_2_to_the_31():
+    """The output offset of `_csr_gather_sum` (segment x row stride) at segments x d >= 2^31, e.g.
+    F 524288 at d 4096, without allocating such an output: the offset helper the kernel uses, run
+    on int32 row ids as the kernel's program ids are."""
+    rows = torch.tensor([0, 1, 524287, 524288, 2**31 // 4096 + 5, 2**31 - 1, 7, 3], dtype=torch.int32, device=DEVICE)
+    for stride in (4096, 3, 65536):
+        out = torch.zeros(8, dtype=torch.int64, device=DEVICE)
+        _row_start_probe[(1,)](rows, out, stride, N=8)
+        assert out.tolist() == [int(r) * stride for r in rows.tolist()], stride
