@@ -14,7 +14,3 @@ def one_thread():
     yield
     torch.set_num_threads(old)
 
-
-def pytest_configure(config):
-    # Until pyproject registers it: real processes killed and rerun, interpreter kernel runs (minutes in all).
-    config.addinivalue_line("markers", "slow: real-process fault tests and interpreter training runs (run by .ci/run too)")
