@@ -72,7 +72,8 @@ def _steer(args: argparse.Namespace) -> int:
     from steering.generation import generate
     from steering.interventions import add_direction, add_feature, check_feature, clamp_features, unit_scale
     from steering.positions import Positions
-    from steering.setup import load_for_steering
+    from saes import load_sae
+    from steering.setup import load_model_for
     from steering.stats import measure_stats
     from steering.sweep import SweepConfig, concept_directions
 
@@ -80,9 +81,10 @@ def _steer(args: argparse.Namespace) -> int:
     if any(not p.strip() for p in args.prompt):
         raise WorkbenchError("a prompt is empty; every prompt needs some text")
     concept = load_concept(args.concept) if args.concept else None
-    lm, sae = load_for_steering(args.model, args.sae, args.device)
+    sae = load_sae(args.sae, device=args.device)
     for f in args.feature or []:
-        check_feature(sae, f)
+        check_feature(sae, f)  # before the model loads: bad input fails fast
+    lm = load_model_for(sae, args.model, args.device)
     hook = sae.cfg.hook
     stats = measure_stats(lm, neutral_texts(8), hook, sae)
     if concept is not None:

@@ -32,13 +32,18 @@ def check_fit(lm: Any, sae: Any) -> None:
 def load_for_steering(model: str, sae_dir: str, device: str = "cpu") -> tuple[Any, Any]:
     """The model (its name from the SAE's cfg.json when `model` is empty) and the SAE, checked to fit."""
     from saes import load_sae
-    from workbench.models import load_model
 
     sae = load_sae(sae_dir, device=device)
-    name = model or _model_of(sae)
-    lm = load_model(name, device=device)
+    return load_model_for(sae, model, device), sae
+
+
+def load_model_for(sae: Any, model: str = "", device: str = "cpu") -> Any:
+    """The model an SAE belongs to (or `model`), checked to fit it."""
+    from workbench.models import load_model
+
+    lm = load_model(model or _model_of(sae), device=device)
     check_fit(lm, sae)
-    return lm, sae
+    return lm
 
 
 def _model_of(sae: Any) -> str:

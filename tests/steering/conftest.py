@@ -13,14 +13,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 HOOK = "blocks.1.hook_resid_post"
 
 
-@pytest.fixture(scope="session")
-def tiny_lm():
+def _tiny_hf():
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from workbench.models import offline_path
-    from workbench.models import from_hf_model
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(offline_path("minilm-l6")))
     tok.bos_token = "[CLS]"
@@ -28,7 +25,15 @@ def tiny_lm():
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return from_hf_model(LlamaForCausalLM(cfg), tok, model_id="tiny-llama")
+    return LlamaForCausalLM(cfg), tok
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    from workbench.models import from_hf_model
+
+    torch.set_num_threads(1)
+    return from_hf_model(*_tiny_hf(), model_id="tiny-llama")
 
 
 @pytest.fixture(scope="session")
@@ -49,15 +54,15 @@ def prompts():
 
 
 @pytest.fixture(scope="session")
-def saved_tiny(tmp_path_factory, tiny_lm, tiny_sae):
+def saved_tiny(tmp_path_factory):
     """The tiny model saved as a model directory and SAEs naming it: one that fits, and misfits."""
     from saes import SAEConfig, build_sae, save_sae
 
     root = tmp_path_factory.mktemp("steer_cli")
     model_dir = root / "model"
-    hf = tiny_lm.bridge.original_model
+    hf, tok = _tiny_hf()
     hf.save_pretrained(model_dir)
-    tiny_lm.tokenizer.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
     good = root / "sae_good"
     save_sae(build_sae(SAEConfig("topk", d_in=32, num_features=64, k=6, hook=HOOK, model_id=str(model_dir))), good)
     bad_hook = root / "sae_bad_hook"
