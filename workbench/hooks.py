@@ -32,11 +32,16 @@ Both context managers validate every hook name first (WorkbenchError naming the 
 the valid ones, before anything runs), apply to every forward pass of `lm.bridge` inside the
 block (`__call__`, `run_with_cache`, `run_with_hooks`, each generation step), and remove their
 hooks on exit, also when the body raises. They nest; inner hooks run after outer ones.
+A function that returns something other than a tensor of the activation's shape (None is
+allowed for `editing` only) raises ValueError naming the hook; the activation's dtype and device
+are the model's, so build replacements with `torch.zeros_like(act)`, `act + v.to(act)`, ...
 
 How positions are known: TransformerBridge.generate calls the bridge once with the prompt,
 then with only the last token plus `past_key_values` (an HF cache). Every path ends in the
 wrapped HF model's forward, so a forward-pre-hook on that module reads the cache length (or
 `cache_position` when given) before the step runs: that is the offset of the step's first token.
+(workbench.models makes the cache reach TransformerLens 4.3's attention under transformers 5.2x,
+which renamed the keyword; without that, cached generation silently ignored the prompt.)
 """
 
 from __future__ import annotations
@@ -79,35 +84,14 @@ def capture(lm: LoadedModel, inputs: Any, hooks: list[str] | tuple[str, ...], st
 @contextmanager
 def replacing(lm: LoadedModel, hooks: Hooks, fn: HookFn | None = None) -> Iterator[LoadedModel]:
     """For the block, the activation at each hook is whatever its fn(act, site) returns."""
-    fns = _as_mapping(hooks, fn)
-
-    def wrap(name: str, f: HookFn, site_of: Callable[[str, Tensor], HookSite]) -> Callable:
-        def hook(act: Tensor, hook: Any = None) -> Tensor:
-            out = f(act, site_of(name, act))
-            if not isinstance(out, Tensor) or out.shape != act.shape:
-                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-                raise ValueError(f"replacement at {name} must be a tensor of shape {tuple(act.shape)}; got {got}")
-            return out
-
-        return hook
-
-    with _intervening(lm, fns, wrap):
+    with _intervening(lm, _as_mapping(hooks, fn), must_return=True):
         yield lm
 
 
 @contextmanager
 def editing(lm: LoadedModel, hooks: Hooks, fn: HookFn | None = None) -> Iterator[LoadedModel]:
     """For the block, fn(act, site) edits each hook's activation in place (or returns a replacement)."""
-    fns = _as_mapping(hooks, fn)
-
-    def wrap(name: str, f: HookFn, site_of: Callable[[str, Tensor], HookSite]) -> Callable:
-        def hook(act: Tensor, hook: Any = None) -> Tensor:
-            out = f(act, site_of(name, act))
-            return act if out is None else out
-
-        return hook
-
-    with _intervening(lm, fns, wrap):
+    with _intervening(lm, _as_mapping(hooks, fn), must_return=False):
         yield lm
 
 
@@ -143,8 +127,7 @@ def _offset(args: tuple, kwargs: dict) -> int:
 
     Read from `cache_position` when given, else the KV cache's length, else the attention mask
     (generate passes one covering every token so far, while the input holds only the new one).
-    The mask is needed: with transformers 5.2x, TransformerLens 4.3's generate hands the model a
-    cache its attention bridges never filled (get_seq_length() == 0), so that length reads 0.
+    The mask covers a cache that holds nothing (a bridge whose attention ignores the cache).
     """
     cache_position = kwargs.get("cache_position")
     if isinstance(cache_position, Tensor) and cache_position.numel():
@@ -168,13 +151,26 @@ def _hf_module(bridge: Any) -> torch.nn.Module:
     return bridge
 
 
+def _tl_hook(name: str, fn: HookFn, counter: _PassCounter, must_return: bool) -> Callable:
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        out = fn(act, counter.site(name, act))
+        if out is None and not must_return:
+            return act
+        if not isinstance(out, Tensor) or out.shape != act.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the function at {name} must return a tensor of shape {tuple(act.shape)}; got {got}")
+        return out
+
+    return hook
+
+
 @contextmanager
-def _intervening(lm: LoadedModel, fns: dict[str, HookFn], wrap: Callable) -> Iterator[None]:
+def _intervening(lm: LoadedModel, fns: dict[str, HookFn], must_return: bool) -> Iterator[None]:
     lm.check_hooks(list(fns))
     counter = _PassCounter()
     with ExitStack() as stack:
         handle = _hf_module(lm.bridge).register_forward_pre_hook(counter.before_forward, with_kwargs=True)
         stack.callback(handle.remove)
-        fwd = [(name, wrap(name, f, counter.site)) for name, f in fns.items()]
+        fwd = [(name, _tl_hook(name, f, counter, must_return)) for name, f in fns.items()]
         stack.enter_context(lm.bridge.hooks(fwd_hooks=fwd))
         yield

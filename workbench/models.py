@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,12 +52,19 @@ class LoadedModel:
     separator_id: int | None = None  # between packed documents (EOS or SEP); stored
     pad_id: int = 0
     source: str = ""
+    _valid_hooks: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def hook_names(self) -> list[str]:
-        return sorted(self.bridge.hook_dict.keys(), key=_natural)
+        return sorted(self._hook_set(), key=_natural)
+
+    def _hook_set(self) -> frozenset[str]:
+        """The bridge rebuilds hook_dict on every access (ms on big models); capture checks each batch."""
+        if self._valid_hooks is None:
+            self._valid_hooks = frozenset(self.bridge.hook_dict.keys())
+        return self._valid_hooks
 
     def check_hooks(self, hooks: list[str]) -> None:
-        valid = set(self.bridge.hook_dict.keys())
+        valid = self._hook_set()
         bad = [h for h in hooks if h not in valid]
         if bad:
             raise WorkbenchError(
@@ -218,11 +225,36 @@ def _tl_version() -> str:
 
 def from_hf_model(hf_model: Any, tokenizer: Any = None, image_processor: Any = None, model_id: str | None = None,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Bridge an already-loaded Hugging Face model (notebooks, tests, quantised models)."""
+    """Bridge an already-loaded Hugging Face model (notebooks, tests, quantised models).
+
+    Give text models their tokenizer: without one TransformerLens fetches it from the hub by id.
+    """
     mtype = getattr(hf_model.config, "model_type", "")
     modality: Modality = "vision" if mtype in VISION_TYPES | CLIP_TYPES else "text"
     mid = model_id or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
     return _bridge(hf_model, tokenizer, image_processor, mid, None, device, dtype, modality, mid)
+
+
+def _hand_kv_cache_to_attention(bridge: Any) -> None:
+    """Make generate's KV cache reach TransformerLens' attention bridges under transformers >= 5.2x.
+
+    Newer transformers pass the cache to attention as `cache=`; TransformerLens 4.3's attention
+    bridges read `past_key_values=` only, so the cache stayed empty and every cached generation
+    step attended to its own token alone (Llama-style models; cached and uncached greedy
+    generations differed). Renaming the keyword on the way in is exactly the call older
+    transformers made; it does nothing when the keyword is already `past_key_values`.
+    """
+    from transformer_lens.model_bridge.generalized_components import AttentionBridge
+
+    def rename(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kwargs.get("cache") is not None and "past_key_values" not in kwargs:
+            kwargs["past_key_values"] = kwargs.pop("cache")
+            return args, kwargs
+        return None
+
+    for module in bridge.modules():
+        if isinstance(module, AttentionBridge):
+            module.register_forward_pre_hook(rename, with_kwargs=True)
 
 
 def _bridge(hf, tok, proc, model_id: str, revision, device, dtype, modality: Modality, source: str) -> LoadedModel:
@@ -240,6 +272,7 @@ def _bridge(hf, tok, proc, model_id: str, revision, device, dtype, modality: Mod
     except ValueError as e:
         raise WorkbenchError(f"TransformerLens {_tl_version()} cannot bridge {model_id!r}: {str(e)[:300]}") from e
     bridge.eval()
+    _hand_kv_cache_to_attention(bridge)
     cfg = bridge.cfg
     lm = LoadedModel(bridge=bridge, model_id=model_id, revision=revision, modality=modality,
                      n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), tokenizer=tok,

@@ -192,3 +192,34 @@ def test_unembed_and_special_ids(lm) -> None:
     tok = lm.tokenizer
     assert {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id} <= lm.special_ids
     assert tok.convert_tokens_to_ids("the") not in lm.special_ids
+
+
+def test_a_replacement_of_the_wrong_shape_is_refused_and_leaves_no_hooks(lm, tokens) -> None:
+    with pytest.raises(ValueError, match=r"blocks\.1\.hook_resid_post must return a tensor of shape \(2, 7, 32\); got NoneType"):
+        with replacing(lm, HOOK, lambda a, s: None):
+            _logits(lm, tokens)
+    with pytest.raises(ValueError, match=r"got \(2, 7, 16\)"):
+        with editing(lm, HOOK, lambda a, s: a[..., :16]):
+            _logits(lm, tokens)
+    assert _no_hooks_left(lm)
+
+
+def test_nested_blocks_run_outer_then_inner_and_count_their_own_calls(lm, tokens) -> None:
+    calls: list[tuple[str, int]] = []
+
+    def outer(a, s):
+        calls.append(("outer", s.call))
+        return a + 1
+
+    def inner(a, s):
+        calls.append(("inner", s.call))
+        return a * 0
+
+    with replacing(lm, HOOK, outer):
+        _logits(lm, tokens)
+        with replacing(lm, HOOK, inner), replacing(lm, "blocks.1.hook_mlp_out", lambda a, s: a):
+            with torch.no_grad():
+                _, cache = lm.bridge.run_with_cache(tokens, names_filter=[HOOK])
+    assert torch.count_nonzero(cache[HOOK]) == 0  # outer's +1, then inner's *0
+    assert calls == [("outer", 0), ("outer", 1), ("inner", 0)]
+    assert _no_hooks_left(lm)
