@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--concept", help="built-in concept (ocean, food, music, space, sports) or a .json file")
     p.add_argument("--method", choices=METHODS, default="sae", help="with --concept: which direction (default: sae, "
                    "the concept's most contrastive feature)")
-    p.add_argument("--coeff", type=float, default=8.0, help="coefficient (default: 8)")
+    p.add_argument("--coeff", type=float, required=True, help="coefficient, in --unit")
     p.add_argument("--unit", choices=UNITS, default="mean_active",
                    help="unit of --coeff: raw (coeff * W_dec[f]); max or mean_active (times the feature's max or "
                    "mean-when-active activation on neutral text); norm (times the hook's mean norm, unit direction). "

@@ -66,14 +66,15 @@ def _one_line_exit_2(r: subprocess.CompletedProcess, needle: str) -> None:
     ("bad_width", ["--feature", "1"], "SAE width 24 does not fit blocks.1.hook_resid_post"),
 ])
 def test_steer_bad_input_is_one_line_exit_2(saved_tiny, which, args, needle):
-    r = _sae("steer", "--sae", str(saved_tiny[which]), "--prompt", "hello there", *args)
+    r = _sae("steer", "--sae", str(saved_tiny[which]), "--prompt", "hello there", "--coeff", "1", *args)
     _one_line_exit_2(r, needle)
 
 
 def test_steer_empty_prompt_sets_are_one_line_exit_2(saved_tiny, tmp_path):
-    r = _sae("steer", "--sae", str(saved_tiny["good"]), "--concept", _concept(tmp_path, positive=()), "--prompt", "hi")
+    r = _sae("steer", "--sae", str(saved_tiny["good"]), "--concept", _concept(tmp_path, positive=()), "--prompt", "hi",
+             "--coeff", "1")
     _one_line_exit_2(r, "empty prompt set")
-    r = _sae("steer", "--sae", str(saved_tiny["good"]), "--feature", "1", "--prompt", " ")
+    r = _sae("steer", "--sae", str(saved_tiny["good"]), "--feature", "1", "--prompt", " ", "--coeff", "1")
     _one_line_exit_2(r, "a prompt is empty")
 
 
