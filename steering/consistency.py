@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ TEMPLATES = [
     "The government of {x} sits in its capital,",
     "Everyone knows that the capital of {x} is the city of",
 ]
+log = logging.getLogger(__name__)
 FACTS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Japan", "Tokyo"), ("Spain", "Madrid"),
          ("England", "London"), ("Russia", "Moscow"), ("China", "Beijing"), ("Egypt", "Cairo"),
          ("Greece", "Athens"), ("Canada", "Ottawa"), ("Ireland", "Dublin")]
@@ -131,6 +133,7 @@ def run_consistency(cfg: ConsistencyConfig, lm: Any = None, sae: Any = None) -> 
                        cfg.max_new_tokens)
         raw += [{**r, "split": "train", "alpha": a} for r in rows]
         c = consistency(rows)["consistency"]
+        log.info("alpha %g: training consistency %.3f", a, c)
         if c > best:
             best_alpha, best = a, c
     iv = shift_features(sae, {f: best_alpha * v for f, v in shift.items()}, positions=last)

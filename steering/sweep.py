@@ -136,6 +136,8 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
                                        positions=Positions.parse(cfg.positions), label=method)
                     g = generate(lm, prompts, [iv], **gen_kw)
                     texts, scores, cost = g.texts, score_generation(lm, g, judge), kl([iv])
+                    log.info("  %s x %g: %s=%.3g, KL %.3g", method, c, cfg.select_by,
+                             mean_scores(scores)[cfg.select_by], cost)
                 rows += _rows(concept.name, method, c, prompts, split, texts, scores, cost)
         chosen = select(rows, concept.name, cfg)
         summary["concepts"][concept.name] = {**found, "methods": chosen, "examples": _examples(rows, concept.name, chosen)}
