@@ -48,6 +48,13 @@ class Judge:
         return sorted(ids)
 
 
+def target_pattern(words: tuple[str, ...]) -> re.Pattern | None:
+    """Whole target words, plural allowed ("wave" matches "waves", "sea" does not match "search")."""
+    if not words:
+        return None
+    return re.compile(r"\b(" + "|".join(re.escape(w.strip()) for w in words) + r")(s|es)?\b", re.I)
+
+
 def _nanmean(xs: list[float]) -> float:
     ok = [x for x in xs if not math.isnan(x)]
     return sum(ok) / len(ok) if ok else float("nan")
@@ -57,8 +64,7 @@ def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 1
     """Per prompt: feature, probe, target_logprob, target_hit, ppl, n_new (NaN where nothing was generated)."""
     rows = [p + n for p, n in zip(gen.prompt_ids, gen.new_ids)]
     targets = torch.tensor(judge.target_ids(lm), dtype=torch.long) if judge.target_words else None
-    pattern = (re.compile(r"\b(" + "|".join(re.escape(w.strip()) for w in judge.target_words) + r")", re.I)
-               if judge.target_words else None)
+    pattern = target_pattern(judge.target_words)
     out: list[dict[str, float]] = []
     for sl in chunks(len(rows), batch_size):
         b = pad_batch(lm, rows[sl], "right")

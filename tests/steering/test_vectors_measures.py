@@ -123,3 +123,11 @@ def test_kl_on_neutral_text(tiny_lm, tiny_sae):
         count += ids.shape[1]
     assert got == pytest.approx(total / count, rel=1e-4)
     assert got > 0
+
+
+def test_target_words_match_whole_words_and_plurals():
+    from steering.measures import target_pattern
+
+    p = target_pattern(("sea", "wave", "beach"))
+    assert [bool(p.search(t)) for t in ["the sea.", "Waves!", "beaches", "search", "seat", "microwave"]] == \
+        [True, True, True, False, False, False]
