@@ -119,6 +119,30 @@ class NeutralKL:
             logits = self.lm.bridge(b.tokens.to(_device(self.lm)))
         return F.log_softmax(logits.float(), -1).cpu()
 
+    def many(self, hook: str, vectors: Tensor, positions: Any = None, rows_per_pass: int = 8) -> list[float]:
+        """KL for each of K additive vectors `[K, d]` at `hook`, several settings per forward pass.
+
+        Each row of a pass carries its own vector (AddVector broadcasts a `[rows, 1, d]` vector),
+        so a sweep pays for a few wide passes instead of one pass per setting.
+        """
+        from steering.interventions import AddVector
+        from steering.positions import Positions
+
+        k_all = vectors.shape[0]
+        total = torch.zeros(k_all, dtype=torch.float64)
+        count = 0
+        for b, base in zip(self.batches, self.base):
+            n = b.tokens.shape[0]
+            count += int(b.mask.sum())
+            for ks in chunks(k_all, max(1, rows_per_pass // n)):
+                k = ks.stop - ks.start
+                rows = TokenBatch(b.tokens.repeat(k, 1), b.mask.repeat(k, 1), b.left_pad.repeat(k))
+                vec = vectors[ks].repeat_interleave(n, 0).unsqueeze(1)
+                new = self._logprobs(rows, [AddVector(hook, vec, 1.0, positions or Positions())])
+                kl = (base.exp() * (base - new.view(k, *base.shape))).sum(-1)  # [k, n, S]
+                total[ks] += (kl * b.mask).sum((1, 2)).double()
+        return (total / max(count, 1)).tolist()
+
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> float:
         total, count = 0.0, 0
         for b, base in zip(self.batches, self.base):

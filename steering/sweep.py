@@ -27,7 +27,7 @@ import torch
 
 from steering.concepts import STEER_PROMPTS, Concept, load_concept, neutral_texts
 from steering.generation import generate
-from steering.interventions import add_direction
+from steering.interventions import AddVector
 from steering.measures import Judge, NeutralKL, mean_scores, score_generation
 from steering.positions import Positions
 from steering.reading import hook_activations
@@ -127,18 +127,29 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
         log.info("concept %s: SAE feature %d (rise %.3g)", concept.name, found["feature"], found["feature_rise"])
         base_scores = score_generation(lm, base_gen, judge)
         rows += _rows(concept.name, "none", 0.0, prompts, split, base_gen.texts, base_scores, 0.0)
-        for method, v in dirs.items():
+        # Every (method, coeff) at once: one generation over prompts x settings, each row with its own
+        # vector, so the sweep costs a few wide forward passes instead of one run per setting.
+        settings = [(m, c) for m in dirs for c in cfg.coeffs if c != 0]
+        pos = Positions.parse(cfg.positions)
+        n = len(prompts)
+        results: dict[tuple[str, float], tuple] = {}
+        if settings:
+            # the same push as add_direction(..., unit="norm"): coeff * mean_norm * unit direction
+            vecs = torch.stack([c * stats.mean_norm * dirs[m] / dirs[m].norm().clamp_min(1e-12) for m, c in settings])
+            iv = AddVector(sae.cfg.hook, vecs.repeat_interleave(n, 0).unsqueeze(1), 1.0, pos, label="sweep")
+            g = generate(lm, prompts * len(settings), [iv], batch_size=n * len(settings), **gen_kw)
+            scores = score_generation(lm, g, judge)
+            costs = kl.many(sae.cfg.hook, vecs, pos)
+            for j, (m, c) in enumerate(settings):
+                sl = slice(j * n, (j + 1) * n)
+                results[(m, c)] = (g.texts[sl], scores[sl], costs[j])
+                log.info("  %s x %g: %s=%.3g, KL %.3g", m, c, cfg.select_by,
+                         mean_scores(scores[sl])[cfg.select_by], costs[j])
+        for method in dirs:
             for c in cfg.coeffs:
-                if c == 0:
-                    texts, scores, cost = base_gen.texts, base_scores, 0.0  # coefficient 0 is exactly no steering
-                else:
-                    iv = add_direction(sae.cfg.hook, v, c, unit="norm", stats=stats,
-                                       positions=Positions.parse(cfg.positions), label=method)
-                    g = generate(lm, prompts, [iv], **gen_kw)
-                    texts, scores, cost = g.texts, score_generation(lm, g, judge), kl([iv])
-                    log.info("  %s x %g: %s=%.3g, KL %.3g", method, c, cfg.select_by,
-                             mean_scores(scores)[cfg.select_by], cost)
-                rows += _rows(concept.name, method, c, prompts, split, texts, scores, cost)
+                # coefficient 0 is exactly no steering (tested), so it reuses the unsteered run
+                texts, scores_c, cost = (base_gen.texts, base_scores, 0.0) if c == 0 else results[(method, c)]
+                rows += _rows(concept.name, method, c, prompts, split, texts, scores_c, cost)
         chosen = select(rows, concept.name, cfg)
         summary["concepts"][concept.name] = {**found, "methods": chosen, "examples": _examples(rows, concept.name, chosen)}
     _write_jsonl(out / "rows.jsonl", rows)

@@ -197,3 +197,12 @@ def test_greedy_generation_equals_a_loop_without_cache(tiny_lm, tiny_sae, prompt
                 nxt = int(tiny_lm.bridge(seq)[0, -1].argmax())
             assert nxt == want
             seq = torch.cat([seq, torch.tensor([[nxt]])], 1)
+
+
+def test_rowwise_vectors_steer_each_row_as_if_alone(tiny_lm, prompts):
+    """A `[rows, 1, d]` vector gives every row its own push (how a sweep runs all settings in one batch)."""
+    vecs = torch.randn(len(prompts), 32, generator=torch.Generator().manual_seed(5)) * 3
+    together = generate(tiny_lm, prompts, [AddVector(HOOK, vecs.unsqueeze(1), 1.0)], max_new_tokens=4)
+    alone = [generate(tiny_lm, [p], [AddVector(HOOK, v, 1.0)], max_new_tokens=4).new_ids[0]
+             for p, v in zip(prompts, vecs)]
+    assert together.new_ids == alone

@@ -131,3 +131,14 @@ def test_target_words_match_whole_words_and_plurals():
     p = target_pattern(("sea", "wave", "beach"))
     assert [bool(p.search(t)) for t in ["the sea.", "Waves!", "beaches", "search", "seat", "microwave"]] == \
         [True, True, True, False, False, False]
+
+
+def test_kl_of_many_settings_in_one_pass_equals_one_at_a_time(tiny_lm):
+    kl = NeutralKL(tiny_lm, ["the committee met on tuesday", "a letter", "he fixed the broken chair with glue"],
+                   batch_size=2)
+    vecs = torch.randn(5, 32, generator=torch.Generator().manual_seed(3))
+    vecs[2] = 0
+    many = kl.many(HOOK, vecs, rows_per_pass=4)
+    one = [kl([AddVector(HOOK, v, 1.0)]) for v in vecs]
+    assert many == pytest.approx(one, rel=1e-4, abs=1e-7)
+    assert many[2] == 0.0
