@@ -59,7 +59,7 @@ class SweepConfig:
     read: Literal["mean", "last"] = field(default="mean", metadata={"help": "concept prompts read at the mean or last token"})
     select_by: Literal["target_logprob", "probe", "feature", "target_hit"] = field(
         default="target_logprob", metadata={"help": "concept score that picks the coefficient"})
-    max_ppl_ratio: float = field(default=2.0, metadata={"help": "coefficients whose perplexity exceeds this times "
+    max_ppl_ratio: float = field(default=4.0, metadata={"help": "coefficients whose perplexity exceeds this times "
                                                                 "the unsteered one are not chosen"})
     neutral: int = field(default=8, metadata={"help": "neutral texts for the KL cost and activation statistics"})
     sae_top: int = field(default=0, metadata={"help": "diffmean_sae keeps this many features (0: all)"})
