@@ -12,6 +12,7 @@ The run directory keeps config.json, rows.jsonl (every generation), summary.json
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import shlex
@@ -29,6 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_args(parser, SweepConfig)
     cfg = config_from_args(SweepConfig, parser.parse_args())
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.time()
     summary = run_sweep(cfg)
     wall = time.time() - start

@@ -150,6 +150,7 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
                 # coefficient 0 is exactly no steering (tested), so it reuses the unsteered run
                 texts, scores_c, cost = (base_gen.texts, base_scores, 0.0) if c == 0 else results[(method, c)]
                 rows += _rows(concept.name, method, c, prompts, split, texts, scores_c, cost)
+        _write_jsonl(out / "rows.jsonl", rows)  # after every concept: a long sweep keeps what it finished
         chosen = select(rows, concept.name, cfg)
         summary["concepts"][concept.name] = {**found, "methods": chosen, "examples": _examples(rows, concept.name, chosen)}
     _write_jsonl(out / "rows.jsonl", rows)
