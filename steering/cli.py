@@ -1,0 +1,168 @@
+"""`sae steer` (base and steered text side by side), `sae steer-sweep` and `sae steer-consistency`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from pathlib import Path
+
+from workbench.config import add_config_args, config_from_args, load_config
+from workbench.errors import WorkbenchError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this package's verbs to the root `sae` command."""
+    from steering.consistency import ConsistencyConfig
+    from steering.interventions import UNITS
+    from steering.sweep import METHODS, SweepConfig
+
+    p = sub.add_parser("steer", help="generate with and without steering; print both side by side",
+                       description="Steer with SAE features (add a decoder direction, or clamp) or with a concept's "
+                       "direction (DiffMean, PCA, DiffMean through the SAE) and print base and steered text side by side.")
+    p.add_argument("--sae", required=True, help="SAE directory (its hook point is where the model is steered)")
+    p.add_argument("--model", default="", help="model (default: the one the SAE was trained on)")
+    p.add_argument("--prompt", nargs="+", required=True, help="one or more prompts")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--feature", type=int, nargs="+", help="SAE feature index(es)")
+    what.add_argument("--concept", help="built-in concept (ocean, food, music, space, sports) or a .json file")
+    p.add_argument("--method", choices=METHODS, default="sae", help="with --concept: which direction (default: sae, "
+                   "the concept's most contrastive feature)")
+    p.add_argument("--coeff", type=float, required=True, help="coefficient, in --unit")
+    p.add_argument("--unit", choices=UNITS, default="mean_active",
+                   help="unit of --coeff: raw (coeff * W_dec[f]); max or mean_active (times the feature's max or "
+                   "mean-when-active activation on neutral text); norm (times the hook's mean norm, unit direction). "
+                   "DiffMean-type directions take raw or norm; a feature unit falls back to norm for them "
+                   "(default: mean_active)")
+    p.add_argument("--clamp", action="store_true", help="clamp the feature(s) to coeff (in --unit) instead of adding")
+    p.add_argument("--positions", default="all", help="all, prompt, generated, last, or a token range A:B (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate (default: 24)")
+    p.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy decoding")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--device", default="cpu", help="device (default: cpu)")
+    p.set_defaults(func=_steer)
+
+    s = sub.add_parser("steer-sweep", help="coefficient sweep: SAE features vs DiffMean vs PCA, effect against cost",
+                       description="For each concept and method, generate at every coefficient, judge concept presence, "
+                       "fluency and KL cost with the unsteered model, choose the coefficient on half the prompts and "
+                       "report the other half. Writes config.json, rows.jsonl, summary.json, table.md, plot.png.")
+    s.add_argument("--config", help="rerun from a saved config.json (other flags are then ignored)")
+    add_config_args(s, SweepConfig)
+    _optional(s, "sae")
+    s.set_defaults(func=_sweep)
+
+    c = sub.add_parser("steer-consistency", help="LF-Steering: shift SAE features so paraphrased questions agree",
+                       description="Find features whose activations differ between paraphrases answered right and wrong, "
+                       "shift them, and report answer consistency on held-out paraphrases and locality.")
+    c.add_argument("--config", help="rerun from a saved config.json (other flags are then ignored)")
+    add_config_args(c, ConsistencyConfig)
+    _optional(c, "sae")
+    c.set_defaults(func=_consistency)
+
+
+def _optional(parser: argparse.ArgumentParser, dest: str) -> None:
+    """--config makes every other flag optional; the required check moves to the handler."""
+    for a in parser._actions:
+        if a.dest == dest:
+            a.required = False
+
+
+def _steer(args: argparse.Namespace) -> int:
+    from steering.concepts import load_concept, neutral_texts
+    from steering.generation import generate
+    from steering.interventions import add_direction, add_feature, check_feature, clamp_features, unit_scale
+    from steering.positions import Positions
+    from saes import load_sae
+    from steering.setup import load_model_for
+    from steering.stats import measure_stats
+    from steering.sweep import SweepConfig, concept_directions
+
+    positions = Positions.parse(args.positions)
+    if any(not p.strip() for p in args.prompt):
+        raise WorkbenchError("a prompt is empty; every prompt needs some text")
+    concept = load_concept(args.concept) if args.concept else None
+    sae = load_sae(args.sae, device=args.device)
+    for f in args.feature or []:
+        check_feature(sae, f)  # before the model loads: bad input fails fast
+    lm = load_model_for(sae, args.model, args.device)
+    hook = sae.cfg.hook
+    stats = measure_stats(lm, neutral_texts(8), hook, sae)
+    if concept is not None:
+        cfg = SweepConfig(sae=args.sae, methods=(args.method,), concepts=(args.concept,))
+        dirs, judge, found = concept_directions(lm, sae, concept, cfg)
+        print(f"concept {concept.name!r}: most contrastive SAE feature {found['feature']}")
+        if args.method == "sae":
+            features = [found["feature"]]
+        else:
+            unit = args.unit if args.unit in ("raw", "norm") else "norm"
+            iv = add_direction(hook, dirs[args.method], args.coeff, unit=unit, stats=stats, positions=positions,
+                               label=args.method)
+            ivs, what = [iv], f"{args.method} direction x {args.coeff:g} ({unit})"
+            features = []
+    else:
+        features = list(args.feature)
+    if features:
+        if args.clamp:
+            vals = {f: args.coeff * unit_scale(args.unit, sae.W_dec[f], stats, f) for f in features}
+            ivs = [clamp_features(sae, vals, positions=positions)]
+            what = "clamp " + ", ".join(f"feature {f} to {v:.3g}" for f, v in vals.items())
+        else:
+            ivs = [add_feature(sae, f, args.coeff, unit=args.unit, stats=stats, positions=positions) for f in features]
+            what = "add " + ", ".join(f"feature {iv.label.split()[-1]} x {iv.coeff:.3g}" for iv in ivs)
+            what += f" ({args.coeff:g} x {args.unit})"
+    kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
+    base, steered = generate(lm, args.prompt, [], **kw), generate(lm, args.prompt, ivs, **kw)
+    print(f"{lm.model_id} at {hook} (mean norm {stats.mean_norm:.3g}): {what}, positions {args.positions}")
+    for prompt, a, b in zip(args.prompt, base.texts, steered.texts):
+        print(side_by_side(prompt, a, b))
+    return 0
+
+
+def side_by_side(prompt: str, base: str, steered: str, width: int = 44) -> str:
+    left = textwrap.wrap(base.replace("\n", " ") or "(nothing)", width)
+    right = textwrap.wrap(steered.replace("\n", " ") or "(nothing)", width)
+    n = max(len(left), len(right))
+    left += [""] * (n - len(left))
+    right += [""] * (n - len(right))
+    lines = [f"prompt: {prompt!r}", f"  {'base':<{width}} | steered", f"  {'-' * width} | {'-' * width}"]
+    lines += [f"  {a:<{width}} | {b}" for a, b in zip(left, right)]
+    return "\n".join(lines)
+
+
+def _load(cls: type, args: argparse.Namespace):
+    if args.config:
+        if not Path(args.config).is_file():
+            raise WorkbenchError(f"config file {args.config!r} does not exist")
+        try:
+            return load_config(cls, args.config)
+        except json.JSONDecodeError as e:
+            raise WorkbenchError(f"{args.config} is not valid JSON: {e}") from None
+    if not args.sae:
+        raise WorkbenchError("give --sae DIR (or --config a saved config.json)")
+    return config_from_args(cls, args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from steering.sweep import SweepConfig, format_table, run_sweep
+
+    cfg = _load(SweepConfig, args)
+    summary = run_sweep(cfg)
+    for name, c in summary["concepts"].items():
+        ex = c["examples"]
+        base = next((e for e in ex if e["method"] == "none"), None)
+        for e in ex:
+            if base is not None and e["method"] != "none":
+                print(f"[{name}] {e['method']} at its chosen coefficient {e['coeff']:g}:")
+                print(side_by_side(e["prompt"], base["text"], e["text"]))
+    print(format_table(summary))
+    print(f"wrote {cfg.out}/config.json, rows.jsonl, summary.json, table.md, plot.png")
+    return 0
+
+
+def _consistency(args: argparse.Namespace) -> int:
+    from steering.consistency import ConsistencyConfig, format_summary, run_consistency
+
+    cfg = _load(ConsistencyConfig, args)
+    print(format_summary(run_consistency(cfg)))
+    print(f"wrote {cfg.out}/config.json, rows.jsonl, summary.json, plot.png")
+    return 0

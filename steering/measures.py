@@ -1,0 +1,154 @@
+"""Effect and cost of steering, judged by the unsteered model itself (no LLM judge offline).
+
+- Concept presence on generated text re-read by the unsteered model: the target SAE feature's
+  mean activation over the generated tokens, the DiffMean probe (projection on the unit DiffMean
+  direction), the log-probability that a target word comes next (averaged over generated
+  positions), and whether a target word appears at all.
+- Fluency: perplexity of the generated tokens under the unsteered model, given the prompt.
+- Cost: KL(unsteered || steered) per token on neutral text, with the intervention at every token.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from steering.generation import Generation
+from steering.interventions import Intervention, feature_values, steering
+from steering.positions import RunState
+from steering.reading import TokenBatch, _device, chunks, encode_texts, pad_batch, token_ids
+from workbench.hooks import editing
+
+
+@dataclass
+class Judge:
+    """What concept presence is read against: the hook, and optionally SAE feature, probe, words."""
+
+    hook: str
+    sae: Any = None
+    feature: int | None = None
+    probe: Tensor | None = None  # unit DiffMean direction [d]
+    target_words: tuple[str, ...] = ()
+
+    def target_ids(self, lm: Any) -> list[int]:
+        """First token of each target word, with and without a leading space (how it starts a word)."""
+        ids: set[int] = set()
+        for w in self.target_words:
+            for v in (" " + w.strip(), w.strip(), " " + w.strip().capitalize()):
+                t = token_ids(lm, v)
+                if t:
+                    ids.add(t[0])
+        return sorted(ids)
+
+
+def target_pattern(words: tuple[str, ...]) -> re.Pattern | None:
+    """Whole target words, plural allowed ("wave" matches "waves", "sea" does not match "search")."""
+    if not words:
+        return None
+    return re.compile(r"\b(" + "|".join(re.escape(w.strip()) for w in words) + r")(s|es)?\b", re.I)
+
+
+def _nanmean(xs: list[float]) -> float:
+    ok = [x for x in xs if not math.isnan(x)]
+    return sum(ok) / len(ok) if ok else float("nan")
+
+
+def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 16) -> list[dict[str, float]]:
+    """Per prompt: feature, probe, target_logprob, target_hit, ppl, n_new (NaN where nothing was generated)."""
+    rows = [p + n for p, n in zip(gen.prompt_ids, gen.new_ids)]
+    targets = torch.tensor(judge.target_ids(lm), dtype=torch.long) if judge.target_words else None
+    pattern = target_pattern(judge.target_words)
+    out: list[dict[str, float]] = []
+    for sl in chunks(len(rows), batch_size):
+        b = pad_batch(lm, rows[sl], "right")
+        acts: dict[str, Tensor] = {}
+
+        def keep(act: Tensor, site: Any) -> None:
+            acts["x"] = act.detach().float().cpu()
+
+        with torch.no_grad(), editing(lm, judge.hook, keep):
+            logits = lm.bridge(b.tokens.to(_device(lm)))
+        lp = F.log_softmax(logits.float(), -1).cpu()
+        for i, k in enumerate(range(sl.start, sl.stop)):
+            p, n = len(gen.prompt_ids[k]), len(gen.new_ids[k])
+            r = {"n_new": float(n), "feature": math.nan, "probe": math.nan, "target_logprob": math.nan,
+                 "ppl": math.nan,
+                 "target_hit": float(bool(pattern.search(gen.texts[k]))) if pattern else math.nan}
+            if n > 0:
+                x = acts["x"][i, p: p + n]
+                if judge.sae is not None and judge.feature is not None:
+                    w = judge.sae.W_dec
+                    codes = judge.sae.encode(x.to(device=w.device, dtype=w.dtype))
+                    r["feature"] = float(feature_values(codes, torch.tensor([judge.feature], device=w.device)).mean())
+                if judge.probe is not None:
+                    r["probe"] = float((x @ judge.probe.float()).mean())
+                pred = lp[i, p - 1: p + n - 1]
+                tok = b.tokens[i, p: p + n]
+                r["ppl"] = float(torch.exp(-pred.gather(1, tok.view(-1, 1)).mean()))
+                if targets is not None and targets.numel():
+                    r["target_logprob"] = float(torch.logsumexp(pred[:, targets], dim=1).mean())
+            out.append(r)
+    return out
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = rows[0].keys() if rows else []
+    return {k: _nanmean([r[k] for r in rows]) for k in keys}
+
+
+class NeutralKL:
+    """KL(unsteered || steered) per token on fixed neutral text; the unsteered side is computed once."""
+
+    def __init__(self, lm: Any, texts: list[str], max_tokens: int = 64, batch_size: int = 8) -> None:
+        self.lm = lm
+        self.batches: list[TokenBatch] = [encode_texts(lm, texts[sl], "right", max_tokens)
+                                          for sl in chunks(len(texts), batch_size)]
+        self.base = [self._logprobs(b, []) for b in self.batches]
+
+    def _logprobs(self, b: TokenBatch, ivs: Any) -> Tensor:
+        # Neutral text stands for text the model goes on reading or writing: every token counts as
+        # "generated" for interventions restricted to positions.
+        with torch.no_grad(), steering(self.lm, ivs, state=RunState(prompt_len=0, left_pad=b.left_pad)):
+            logits = self.lm.bridge(b.tokens.to(_device(self.lm)))
+        return F.log_softmax(logits.float(), -1).cpu()
+
+    def many(self, hook: str, vectors: Tensor, positions: Any = None, rows_per_pass: int = 8) -> list[float]:
+        """KL for each of K additive vectors `[K, d]` at `hook`, several settings per forward pass.
+
+        Each row of a pass carries its own vector (AddVector broadcasts a `[rows, 1, d]` vector),
+        so a sweep pays for a few wide passes instead of one pass per setting.
+        """
+        from steering.interventions import AddVector
+        from steering.positions import Positions
+
+        k_all = vectors.shape[0]
+        total = torch.zeros(k_all, dtype=torch.float64)
+        count = 0
+        for b, base in zip(self.batches, self.base):
+            n = b.tokens.shape[0]
+            count += int(b.mask.sum())
+            for ks in chunks(k_all, max(1, rows_per_pass // n)):
+                k = ks.stop - ks.start
+                rows = TokenBatch(b.tokens.repeat(k, 1), b.mask.repeat(k, 1), b.left_pad.repeat(k))
+                vec = vectors[ks].repeat_interleave(n, 0).unsqueeze(1)
+                new = self._logprobs(rows, [AddVector(hook, vec, 1.0, positions or Positions())])
+                kl = (base.exp() * (base - new.view(k, *base.shape))).sum(-1)  # [k, n, S]
+                total[ks] += (kl * b.mask).sum((1, 2)).double()
+        return (total / max(count, 1)).tolist()
+
+    def __call__(self, interventions: Intervention | Iterable[Intervention]) -> float:
+        total, count = 0.0, 0
+        for b, base in zip(self.batches, self.base):
+            new = self._logprobs(b, interventions)
+            kl = (base.exp() * (base - new)).sum(-1)  # [B, S]
+            m = b.mask
+            total += float(kl[m].sum())
+            count += int(m.sum())
+        return total / max(count, 1)

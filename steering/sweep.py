@@ -1,0 +1,227 @@
+"""Coefficient sweep per method, with the coefficient chosen on half the prompts and reported on the other.
+
+For each concept, every method gives one direction at the SAE's hook: `sae` (the concept's
+feature's decoder row), `diffmean`, `pca` (of paired differences) and `diffmean_sae` (DiffMean
+through the SAE's features). All are added as `coeff * mean_norm * unit(direction)` so one grid of
+coefficients means the same push for every method. Each (method, coeff) generates from every
+prompt and is judged by the unsteered model (steering.measures); the KL on neutral text is its
+cost. Selection, with no peeking: on the even-numbered prompts, the coefficient with the best
+`select_by` score among those whose perplexity stays within `max_ppl_ratio` of the unsteered
+model's; the table reports the odd-numbered prompts at that coefficient.
+
+Everything lands in `out`: config.json (resolved; `sae steer-sweep --config out/config.json`
+reruns it), rows.jsonl (one line per prompt and setting, with the text), summary.json, table.md,
+plot.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from steering.concepts import STEER_PROMPTS, Concept, load_concept, neutral_texts
+from steering.generation import generate
+from steering.interventions import AddVector
+from steering.measures import Judge, NeutralKL, mean_scores, score_generation
+from steering.positions import Positions
+from steering.reading import hook_activations
+from steering.stats import measure_stats
+from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff
+from workbench.config import save_config
+from workbench.errors import WorkbenchError, choices_error
+from workbench.io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+METHODS = ("sae", "diffmean", "pca", "diffmean_sae")
+SCORES = ("target_logprob", "probe", "feature", "target_hit")
+
+
+@dataclass
+class SweepConfig:
+    sae: str = field(metadata={"help": "SAE directory (its hook point is where every method steers)"})
+    out: str = field(default="cache/steer/sweep", metadata={"help": "output directory"})
+    model: str = field(default="", metadata={"help": "model (default: the one the SAE was trained on)"})
+    concepts: tuple[str, ...] = field(default=("ocean",), metadata={"help": "built-in concept names or .json files"})
+    methods: tuple[str, ...] = field(default=METHODS, metadata={"help": f"steering methods, of {', '.join(METHODS)}"})
+    coeffs: tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 1.0, 2.0),
+                                      metadata={"help": "coefficients, in units of the hook's mean norm"})
+    positions: str = field(default="all", metadata={"help": "all, prompt, generated, or a token range A:B"})
+    prompts: int = field(default=12, metadata={"help": "number of built-in steering prompts (even: select, odd: report)"})
+    max_new_tokens: int = field(default=20, metadata={"help": "tokens generated per prompt"})
+    sample: bool = field(default=False, metadata={"help": "sample (seeded) instead of greedy decoding"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    read: Literal["mean", "last"] = field(default="mean", metadata={"help": "concept prompts read at the mean or last token"})
+    select_by: Literal["target_logprob", "probe", "feature", "target_hit"] = field(
+        default="target_logprob", metadata={"help": "concept score that picks the coefficient"})
+    max_ppl_ratio: float = field(default=4.0, metadata={"help": "coefficients whose perplexity exceeds this times "
+                                                                "the unsteered one are not chosen"})
+    neutral: int = field(default=8, metadata={"help": "neutral texts for the KL cost and activation statistics"})
+    sae_top: int = field(default=0, metadata={"help": "diffmean_sae keeps this many features (0: all)"})
+    device: str = field(default="cpu", metadata={"help": "device"})
+
+    def __post_init__(self) -> None:
+        for m in self.methods:
+            if m not in METHODS:
+                raise choices_error("steering method", m, METHODS)
+        if not self.concepts:
+            raise WorkbenchError("give at least one concept")
+        if not self.coeffs:
+            raise WorkbenchError("give at least one coefficient")
+        if not 2 <= self.prompts <= len(STEER_PROMPTS):
+            raise WorkbenchError(f"prompts must be 2..{len(STEER_PROMPTS)} (half select, half report); got {self.prompts}")
+        Positions.parse(self.positions)
+
+
+def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig) -> tuple[dict[str, torch.Tensor], Judge, dict]:
+    """Each method's direction for one concept, the judge reading its presence, and what was found."""
+    hook = sae.cfg.hook
+    pos = hook_activations(lm, concept.positive, hook, read=cfg.read)
+    neg = hook_activations(lm, concept.negative, hook, read=cfg.read)
+    feat, rise = concept_feature(sae, pos, neg)
+    dm = diffmean(pos, neg)
+    dirs: dict[str, torch.Tensor] = {}
+    for m in cfg.methods:
+        if m == "sae":
+            dirs[m] = sae.W_dec[feat].detach().float().cpu()
+        elif m == "diffmean":
+            dirs[m] = dm
+        elif m == "pca":
+            dirs[m] = pca_diff(pos[: min(len(pos), len(neg))], neg[: min(len(pos), len(neg))])
+        else:
+            dirs[m] = diffmean_sae(sae, pos, neg, top=cfg.sae_top or None).float()
+    judge = Judge(hook, sae=sae, feature=feat, probe=dm / dm.norm().clamp_min(1e-12),
+                  target_words=tuple(concept.target_words))
+    cos = {m: float(torch.nn.functional.cosine_similarity(v, dm, dim=0)) for m, v in dirs.items()}
+    return dirs, judge, {"feature": feat, "feature_rise": rise, "cos_to_diffmean": cos}
+
+
+def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, Any]:
+    """Run the whole sweep; returns the summary (also written to cfg.out)."""
+    from steering.setup import check_fit, load_for_steering
+
+    if lm is None or sae is None:
+        lm, sae = load_for_steering(cfg.model, cfg.sae, cfg.device)
+    else:
+        check_fit(lm, sae)
+    concepts = [load_concept(c) for c in cfg.concepts]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    prompts = STEER_PROMPTS[: cfg.prompts]
+    split = ["select" if i % 2 == 0 else "report" for i in range(len(prompts))]
+    neutral = neutral_texts(cfg.neutral)
+    stats = measure_stats(lm, neutral, sae.cfg.hook, None)
+    kl = NeutralKL(lm, neutral)
+    gen_kw = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sample, seed=cfg.seed)
+    base_gen = generate(lm, prompts, [], **gen_kw)
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"mean_norm": stats.mean_norm, "concepts": {}}
+    for concept in concepts:
+        dirs, judge, found = concept_directions(lm, sae, concept, cfg)
+        log.info("concept %s: SAE feature %d (rise %.3g)", concept.name, found["feature"], found["feature_rise"])
+        base_scores = score_generation(lm, base_gen, judge)
+        rows += _rows(concept.name, "none", 0.0, prompts, split, base_gen.texts, base_scores, 0.0)
+        # Every (method, coeff) at once: one generation over prompts x settings, each row with its own
+        # vector, so the sweep costs a few wide forward passes instead of one run per setting.
+        settings = [(m, c) for m in dirs for c in cfg.coeffs if c != 0]
+        pos = Positions.parse(cfg.positions)
+        n = len(prompts)
+        results: dict[tuple[str, float], tuple] = {}
+        if settings:
+            # the same push as add_direction(..., unit="norm"): coeff * mean_norm * unit direction
+            vecs = torch.stack([c * stats.mean_norm * dirs[m] / dirs[m].norm().clamp_min(1e-12) for m, c in settings])
+            iv = AddVector(sae.cfg.hook, vecs.repeat_interleave(n, 0).unsqueeze(1), 1.0, pos, label="sweep")
+            g = generate(lm, prompts * len(settings), [iv], batch_size=n * len(settings), **gen_kw)
+            scores = score_generation(lm, g, judge)
+            costs = kl.many(sae.cfg.hook, vecs, pos)
+            for j, (m, c) in enumerate(settings):
+                sl = slice(j * n, (j + 1) * n)
+                results[(m, c)] = (g.texts[sl], scores[sl], costs[j])
+                log.info("  %s x %g: %s=%.3g, KL %.3g", m, c, cfg.select_by,
+                         mean_scores(scores[sl])[cfg.select_by], costs[j])
+        for method in dirs:
+            for c in cfg.coeffs:
+                # coefficient 0 is exactly no steering (tested), so it reuses the unsteered run
+                texts, scores_c, cost = (base_gen.texts, base_scores, 0.0) if c == 0 else results[(method, c)]
+                rows += _rows(concept.name, method, c, prompts, split, texts, scores_c, cost)
+        _write_jsonl(out / "rows.jsonl", rows)  # after every concept: a long sweep keeps what it finished
+        chosen = select(rows, concept.name, cfg)
+        summary["concepts"][concept.name] = {**found, "methods": chosen, "examples": _examples(rows, concept.name, chosen)}
+    _write_jsonl(out / "rows.jsonl", rows)
+    atomic_write_json(out / "summary.json", summary)
+    table = format_table(summary)
+    atomic_write_bytes(out / "table.md", (table + "\n").encode())
+    from steering.plot import plot_sweep
+
+    plot_sweep(rows, cfg, out / "plot.png")
+    return summary
+
+
+def _rows(concept: str, method: str, coeff: float, prompts: list[str], split: list[str], texts: list[str],
+          scores: list[dict[str, float]], kl: float) -> list[dict[str, Any]]:
+    return [{"concept": concept, "method": method, "coeff": coeff, "prompt_index": i, "split": split[i],
+             "prompt": prompts[i], "text": texts[i], **scores[i], "kl": kl} for i in range(len(prompts))]
+
+
+def _means(rows: list[dict[str, Any]], split: str | None) -> dict[str, float]:
+    keep = [r for r in rows if split is None or r["split"] == split]
+    m = mean_scores([{k: r[k] for k in ("feature", "probe", "target_logprob", "target_hit", "ppl")} for r in keep])
+    m["kl"] = keep[0]["kl"] if keep else math.nan
+    return m
+
+
+def select(rows: list[dict[str, Any]], concept: str, cfg: SweepConfig) -> dict[str, Any]:
+    """Per method: the coefficient chosen on the select half, and the report half's scores there."""
+    mine = [r for r in rows if r["concept"] == concept]
+    base_sel = _means([r for r in mine if r["method"] == "none"], "select")
+    out: dict[str, Any] = {"none": {"coeff": 0.0, **_means([r for r in mine if r["method"] == "none"], "report")}}
+    for method in cfg.methods:
+        best, best_score = 0.0, -math.inf
+        for c in cfg.coeffs:
+            sel = _means([r for r in mine if r["method"] == method and r["coeff"] == c], "select")
+            fluent = not (sel["ppl"] > cfg.max_ppl_ratio * base_sel["ppl"])  # NaN ppl (no text) is not fluent
+            fluent = fluent and not math.isnan(sel["ppl"])
+            score = sel[cfg.select_by]
+            if fluent and not math.isnan(score) and score > best_score:
+                best, best_score = c, score
+        rep = _means([r for r in mine if r["method"] == method and r["coeff"] == best], "report")
+        out[method] = {"coeff": best, **rep}
+    return out
+
+
+def _examples(rows: list[dict[str, Any]], concept: str, chosen: dict[str, Any]) -> list[dict[str, Any]]:
+    """The first held-out prompt's text per method at its chosen coefficient (what the table's row reads)."""
+    out = []
+    for method, r in chosen.items():
+        hit = [x for x in rows if x["concept"] == concept and x["method"] == method and x["coeff"] == r["coeff"]
+               and x["split"] == "report"]
+        if hit:
+            out.append({"method": method, "coeff": r["coeff"], "prompt": hit[0]["prompt"], "text": hit[0]["text"]})
+    return out
+
+
+COLUMNS = ("coeff", "feature", "probe", "target_logprob", "target_hit", "ppl", "kl")
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Markdown: one row per concept and method (held-out prompts, at the chosen coefficient)."""
+    lines = ["| concept | method | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, c in summary["concepts"].items():
+        for method, r in c["methods"].items():
+            label = f"sae (feature {c['feature']})" if method == "sae" else method
+            lines.append(f"| {name} | {label} | " + " | ".join(_fmt(r[k]) for k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return "nan" if isinstance(x, float) and math.isnan(x) else f"{x:.3g}"
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
