@@ -59,11 +59,18 @@ def cache_contexts(reader: CacheReader, hook: str, *, split: str = "heldout", he
 
     rows = reader.batches(hook, 8192, shuffle=False, split=split, heldout_fraction=heldout_fraction,
                           drop_last=False, with_ids=True, prefetch=0, window_shards=1)
+    first = True
     for batch in rows:
         ctx_ids = batch["context_ids"]
         for c in torch.unique_consecutive(ctx_ids).tolist():
             sel = ctx_ids == c
             ids, pos = batch["token_ids"][sel].long(), batch["positions"][sel].long()
+            if first:
+                first = False
+                if int(pos.min()) > len(prefix):
+                    # the held-out split starts at a document boundary, which may fall inside a context:
+                    # its earlier tokens are on the training side, so that context is not rebuilt
+                    continue
             if c in pending:  # a context split across two reader batches
                 ids = torch.cat([pending[c][0], ids])
                 pos = torch.cat([pending[c][1], pos])

@@ -121,9 +121,8 @@ def build_features(sae_dir: str | Path, cache: str | Path, out: str | Path | Non
     dev = torch.device(device)
     for i in range(start, len(reader.shards)):
         shard = reader.shards[i]
-        with safe_open(reader.path / shard["files"]["rows"]["file"], framework="pt") as f:
-            ids = {k: f.get_tensor(k) for k in f.keys()}
-        acts = reader._load(shard["files"][hook]["file"])
+        ids = reader.load_shard(i, [hook])  # the reader checks each file stays inside the cache
+        acts = ids.pop(hook)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
         col.consume(sae, acts, ids, shard["rows"][0], gen, dev)
         del acts

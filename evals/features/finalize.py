@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from evals.features.collect import FeatureCollector
@@ -61,13 +60,13 @@ def sample_windows(reader: CacheReader, rows: Tensor, context: int, field: str =
     flat = rows.reshape(-1)
     out = torch.full((flat.numel(), 2 * context + 1), -1, dtype=torch.int32)
     d = torch.arange(-context, context + 1)
-    for s in reader.shards:
+    for i, s in enumerate(reader.shards):
         r0, r1 = s["rows"]
         sel = ((flat >= r0) & (flat < r1)).nonzero().squeeze(1)
         if sel.numel() == 0:
             continue
-        with safe_open(reader.path / s["files"]["rows"]["file"], framework="pt") as f:
-            tok, ctx = f.get_tensor(field), f.get_tensor("context_ids")
+        ids = reader.load_shard(i, [])  # the row id fields; the reader checks paths stay inside the cache
+        tok, ctx = ids[field], ids["context_ids"]
         lr = flat[sel] - r0
         rr = lr[:, None] + d[None, :]
         rc = rr.clamp(0, r1 - r0 - 1)
