@@ -7,6 +7,7 @@ import json
 import textwrap
 from pathlib import Path
 
+from workbench.cli import add_verb
 from workbench.config import add_config_args, config_from_args, load_config
 from workbench.errors import WorkbenchError
 
@@ -17,47 +18,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     from steering.interventions import UNITS
     from steering.sweep import METHODS, SweepConfig
 
-    p = sub.add_parser("steer", help="generate with and without steering; print both side by side",
-                       description="Steer with SAE features (add a decoder direction, or clamp) or with a concept's "
-                       "direction (DiffMean, PCA, DiffMean through the SAE) and print base and steered text side by side.")
+    p = add_verb(sub, "steer", _steer, help="generate with and without steering; print both side by side",
+                 description="Steer with SAE features (add a decoder direction, or clamp) or with a concept's "
+                 "direction (DiffMean, PCA, DiffMean through the SAE) and print base and steered text side by side.")
     p.add_argument("--sae", required=True, help="SAE directory (its hook point is where the model is steered)")
     p.add_argument("--model", default="", help="model (default: the one the SAE was trained on)")
     p.add_argument("--prompt", nargs="+", required=True, help="one or more prompts")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--feature", type=int, nargs="+", help="SAE feature index(es)")
     what.add_argument("--concept", help="built-in concept (ocean, food, music, space, sports) or a .json file")
-    p.add_argument("--method", choices=METHODS, default="sae", help="with --concept: which direction (default: sae, "
-                   "the concept's most contrastive feature)")
+    p.add_argument("--method", choices=METHODS, default="sae", metavar="METHOD",
+                   help="with --concept: which direction; sae = the concept's most contrastive feature "
+                   f"(choices: {', '.join(METHODS)}; default: sae)")
     p.add_argument("--coeff", type=float, required=True, help="coefficient, in --unit")
-    p.add_argument("--unit", choices=UNITS, default="mean_active",
+    p.add_argument("--unit", choices=UNITS, default="mean_active", metavar="UNIT",
                    help="unit of --coeff: raw (coeff * W_dec[f]); max or mean_active (times the feature's max or "
                    "mean-when-active activation on neutral text); norm (times the hook's mean norm, unit direction). "
                    "DiffMean-type directions take raw or norm; a feature unit falls back to norm for them "
-                   "(default: mean_active)")
+                   f"(choices: {', '.join(UNITS)}; default: mean_active)")
     p.add_argument("--clamp", action="store_true", help="clamp the feature(s) to coeff (in --unit) instead of adding")
     p.add_argument("--positions", default="all", help="all, prompt, generated, last, or a token range A:B (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate (default: 24)")
     p.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy decoding")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
-    p.set_defaults(func=_steer)
 
-    s = sub.add_parser("steer-sweep", help="coefficient sweep: SAE features vs DiffMean vs PCA, effect against cost",
-                       description="For each concept and method, generate at every coefficient, judge concept presence, "
-                       "fluency and KL cost with the unsteered model, choose the coefficient on half the prompts and "
-                       "report the other half. Writes config.json, rows.jsonl, summary.json, table.md, plot.png.")
+    s = add_verb(sub, "steer-sweep", _sweep, help="coefficient sweep: SAE features vs DiffMean vs PCA, effect against cost",
+                 description="For each concept and method, generate at every coefficient, judge concept presence, "
+                 "fluency and KL cost with the unsteered model, choose the coefficient on half the prompts and "
+                 "report the other half. Writes config.json, rows.jsonl, summary.json, table.md, plot.png.")
     s.add_argument("--config", help="rerun from a saved config.json (other flags are then ignored)")
     add_config_args(s, SweepConfig)
     _optional(s, "sae")
-    s.set_defaults(func=_sweep)
 
-    c = sub.add_parser("steer-consistency", help="LF-Steering: shift SAE features so paraphrased questions agree",
-                       description="Find features whose activations differ between paraphrases answered right and wrong, "
-                       "shift them, and report answer consistency on held-out paraphrases and locality.")
+    c = add_verb(sub, "steer-consistency", _consistency,
+                 help="consistency steering (LF-Steering): shift SAE features so paraphrased questions agree",
+                 description="Find features whose activations differ between paraphrases answered right and wrong, "
+                 "shift them, and report answer consistency on held-out paraphrases and locality.")
     c.add_argument("--config", help="rerun from a saved config.json (other flags are then ignored)")
     add_config_args(c, ConsistencyConfig)
     _optional(c, "sae")
-    c.set_defaults(func=_consistency)
 
 
 def _optional(parser: argparse.ArgumentParser, dest: str) -> None:

@@ -35,6 +35,13 @@ class HelpFormatter(argparse.HelpFormatter):
         kwargs.setdefault("max_help_position", 30)
         super().__init__(prog, **kwargs)
 
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):  # argparse measures verbs one indent short
+            for sub in action._get_subactions():
+                width = len(self._format_action_invocation(sub)) + self._current_indent + 4
+                self._action_max_length = max(self._action_max_length, width)
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "\n".join(
             indent + line if line[:1].isspace() or not line
