@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from evals.result import EvalResult
-from workbench.io import atomic_write_bytes
+from workbench.io import atomic_save_figure
 
 
 def pareto_plot(results: list[EvalResult], path: str | Path) -> Path:
     """Two panels (FVU vs L0, CE loss score vs L0), one point per SAE, grouped by architecture."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,9 +35,4 @@ def pareto_plot(results: list[EvalResult], path: str | Path) -> Path:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"{len(results)} SAE{'s' if len(results) != 1 else ''}")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return atomic_save_figure(fig, path, dpi=120)

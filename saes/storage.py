@@ -47,8 +47,8 @@ def find_sae_dirs(directory: str | Path) -> list[Path]:
     return sorted(p.parent for p in d.rglob(CFG_FILE) if "checkpoint" not in p.relative_to(d).parts)
 
 
-def load_sae(directory: str | Path, *, device: torch.device | str = "cpu") -> SparseAutoencoder:
-    """Load a saved SAE (or the one SAE of a run directory) onto `device`, ready for inference."""
+def resolve_sae_dir(directory: str | Path) -> Path:
+    """The one SAE directory at or below `directory` (a run directory may hold one), else one clear line."""
     d = Path(directory)
     if not d.exists():
         raise WorkbenchError(f"no SAE at {str(d)!r}: the directory does not exist")
@@ -58,7 +58,12 @@ def load_sae(directory: str | Path, *, device: torch.device | str = "cpu") -> Sp
     if len(dirs) > 1:
         names = ", ".join(str(p.relative_to(d)) for p in dirs)
         raise WorkbenchError(f"{str(d)!r} holds {len(dirs)} SAEs; load one of: {names}")
-    d = dirs[0]
+    return dirs[0]
+
+
+def load_sae(directory: str | Path, *, device: torch.device | str = "cpu") -> SparseAutoencoder:
+    """Load a saved SAE (or the one SAE of a run directory) onto `device`, ready for inference."""
+    d = resolve_sae_dir(directory)
     try:
         raw = json.loads((d / CFG_FILE).read_text())
     except json.JSONDecodeError as e:

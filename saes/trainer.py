@@ -44,7 +44,7 @@ from saes.checkpoint import (
 )
 from saes.config import RESUMABLE_FIELDS, TrainConfig
 from saes.data import ActivationSource, open_cache
-from saes.distributed import DistContext, resolve_device, setup_distributed
+from saes.distributed import DistContext, setup_distributed
 from saes.guards import finite_flags, identity_differences, raise_if_not_finite, run_identity
 from saes.heldout import evaluate_heldout
 from saes.kernels import deterministic as deterministic_kernels
@@ -65,6 +65,7 @@ from saes.run_log import (
 from saes.slot import Slot, make_adam, width_scaled_lr
 from saes.storage import save_sae
 from workbench.config import config_to_dict, save_config
+from workbench.device import resolve_device
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_write_json
 

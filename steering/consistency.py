@@ -34,7 +34,7 @@ from steering.reading import hook_activations
 from steering.vectors import sae_code_means
 from workbench.config import save_config
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_write_bytes, atomic_write_json
+from workbench.io import atomic_save_figure, atomic_write_bytes, atomic_write_json
 
 TEMPLATES = [
     "The capital of {x} is",
@@ -158,8 +158,6 @@ def run_consistency(cfg: ConsistencyConfig, lm: Any = None, sae: Any = None) -> 
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -176,10 +174,7 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_title("held-out paraphrases")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save_figure(fig, path, dpi=110)
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
 
-from workbench.io import atomic_write_bytes
+from workbench.io import atomic_save_figure
 
 
 def plot_sweep(rows: list[dict[str, Any]], cfg: Any, path: Path) -> None:
@@ -39,7 +38,4 @@ def plot_sweep(rows: list[dict[str, Any]], cfg: Any, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_save_figure(fig, path, dpi=110)

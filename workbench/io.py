@@ -48,6 +48,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """A matplotlib figure as a PNG, written atomically, and the figure closed (plots in loops leak otherwise)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically, with sorted keys so equal content gives equal bytes."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"

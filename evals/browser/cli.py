@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_browse(args: argparse.Namespace) -> int:
     from evals.browser.site import build_browser
-    from evals.features.build import build_features, resolve_sae_dir
+    from evals.features.build import build_features
+    from saes.storage import resolve_sae_dir
 
     sae_dir = resolve_sae_dir(args.sae)
     cache = args.cache

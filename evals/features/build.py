@@ -30,7 +30,7 @@ from evals.features.finalize import finalize
 from evals.features.store import DATA_FILE, META_FILE
 from harvesting.reader import CacheReader
 from saes.base import SparseAutoencoder
-from saes.storage import find_sae_dirs, load_sae, load_stats
+from saes.storage import load_sae, load_stats, resolve_sae_dir
 from workbench.config import config_to_dict
 from workbench.errors import WorkbenchError
 
@@ -39,17 +39,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "pass_checkpoint.safetensors"
 
 
-def resolve_sae_dir(path: str | Path) -> Path:
-    """The one SAE directory at or below `path`, with a one-line error otherwise."""
-    p = Path(path)
-    if not p.exists():
-        raise WorkbenchError(f"no SAE at {str(p)!r}: the directory does not exist")
-    dirs = find_sae_dirs(p)
-    if not dirs:
-        raise WorkbenchError(f"no SAE at {str(p)!r}: no cfg.json in it or below it")
-    if len(dirs) > 1:
-        raise WorkbenchError(f"{str(p)!r} holds {len(dirs)} SAEs; pass one of: {', '.join(str(d) for d in dirs)}")
-    return dirs[0]
 
 
 def check_compatible(sae: SparseAutoencoder, reader: CacheReader) -> str:

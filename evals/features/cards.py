@@ -180,7 +180,8 @@ def features(sae: Any, cache: str | Path | None = None, out: str | Path | None =
     one pass over `cache` (default: the cache the SAE was trained on) and saved next to the SAE;
     later calls load them. A loaded SAE without a known directory needs `out`.
     """
-    from evals.features.build import build_features, resolve_sae_dir
+    from evals.features.build import build_features
+    from saes.storage import resolve_sae_dir
     from saes.storage import load_sae
 
     if isinstance(sae, (str, Path)):
