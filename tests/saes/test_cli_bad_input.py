@@ -1,5 +1,5 @@
-"""Property-based bad input for every verb of `sae harvest|cache|hooks|train|sae`: wrong types, out
-of range and unknown values give one line naming the flag or the value, exit 2, never a traceback.
+"""Property-based bad input for every `sae` verb: wrong types, out of range and unknown values give
+one line naming the flag or the value, exit 2, never a traceback.
 
 The flags are read from the parsers themselves (a new flag is covered without editing this
 file). `train` gets a real tiny cache, so a value that slipped through a check would start a
@@ -23,8 +23,11 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+import evals.browser.cli  # noqa: E402
+import evals.cli  # noqa: E402
 import harvesting.cli  # noqa: E402
 import saes.cli  # noqa: E402
+import steering.cli  # noqa: E402
 from harvesting import CacheWriter  # noqa: E402
 from workbench.cli import build_parser, main  # noqa: E402
 
@@ -55,7 +58,8 @@ def _leaves(parser: argparse.ArgumentParser, prefix: list[str]):
             yield from _leaves(sp, prefix + [name])
 
 
-PARSER = build_parser([harvesting.cli.register, saes.cli.register])
+PARSER = build_parser([harvesting.cli.register, saes.cli.register, evals.cli.register, evals.browser.cli.register,
+                       steering.cli.register])
 VERBS = {" ".join(argv): sp for argv, sp in _leaves(PARSER, [])}
 
 
@@ -76,6 +80,11 @@ def _base(verb: str) -> list[str]:
         "hooks": ["hooks", "no-such-model-here"],
         "sae info": ["sae", "info", str(TMP / "no-sae")],
         "sae export": ["sae", "export", str(TMP / "no-sae"), "--to", "saelens", "--out", out],
+        "eval": ["eval", "--sae", str(TMP / "no-sae"), "--cache", str(_tiny_cache())],
+        "browse": ["browse", "--sae", str(TMP / "no-sae"), "--cache", str(_tiny_cache())],
+        "steer": ["steer", "--sae", str(TMP / "no-sae"), "--prompt", "x", "--feature", "1", "--coeff", "1"],
+        "steer-sweep": ["steer-sweep", "--sae", str(TMP / "no-sae"), "--out", out],
+        "steer-consistency": ["steer-consistency", "--sae", str(TMP / "no-sae"), "--out", out],
     }[verb]
 
 
@@ -98,7 +107,8 @@ def assert_one_line_exit_2(argv: list[str], *must_name: str) -> None:
 
 
 def test_every_verb_is_covered() -> None:
-    assert set(VERBS) == {"harvest", "cache info", "cache verify", "hooks", "train", "sae info", "sae export"}
+    assert set(VERBS) == {"harvest", "cache info", "cache verify", "hooks", "train", "sae info", "sae export", "eval",
+                          "browse", "steer", "steer-sweep", "steer-consistency"}
 
 
 not_an_int = st.one_of(st.sampled_from(["abc", "1.5", "", "1e3", "0x10"]),
@@ -162,6 +172,9 @@ CLOSED_SETS = [("train", "--inference"), ("train", "--capacity"), ("train", "--i
                ("train", "--precision"), ("train", "--aux-loss"), ("train", "--arch"), ("train", "--deterministic"),
                ("train", "--device"), ("harvest", "--dtype"), ("harvest", "--model-dtype"), ("harvest", "--device"),
                ("sae export", "--to")]
+CLOSED_SETS += sorted((verb, a.option_strings[0]) for verb, sp in VERBS.items() for a in sp._actions
+                      if verb in ("eval", "browse", "steer", "steer-sweep", "steer-consistency")
+                      and a.option_strings and a.choices)  # the later verbs' closed sets, read from their parsers
 unknown = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=10).map(lambda s: "zz" + s)
 
 
