@@ -59,7 +59,9 @@ MAIN = (Run("workbench", None, "train_ours.py", "auto", False),
         Run("SAELens", "saelens", "train_saelens.py", "normalized", True))
 EXTRAS = {"ours-float32": Run("workbench, fp32 selection", None, "train_ours.py", "float32", False),
           "sparsify-signum": Run("sparsify, its default optimiser", "sparsify", "train_sparsify.py", "signum", False),
-          "saelens-raw": Run("SAELens, no input scaling (its default)", "saelens", "train_saelens.py", "raw", False)}
+          "saelens-raw": Run("SAELens, no input scaling (its default)", "saelens", "train_saelens.py", "raw", False),
+          "saelens-short-window": Run("SAELens, dead after 10% of the steps", "saelens", "train_saelens.py",
+                                      "short-window", False)}
 
 
 def log(msg: str) -> None:

@@ -27,7 +27,7 @@ NORM_BATCHES = 16
 
 
 def main() -> None:
-    args, data = worker_io.start("SAELens", variants=("normalized", "raw"))
+    args, data = worker_io.start("SAELens", variants=("normalized", "raw", "short-window"))
     import importlib.metadata as md
 
     from sae_lens import LoggingConfig, TopKTrainingSAE, TopKTrainingSAEConfig
@@ -36,12 +36,16 @@ def main() -> None:
 
     p = data.params
     d, f, lr = data.rows.shape[1], p["num_features"], p["lr"]
-    norm = "expected_average_only_in" if args.variant == "normalized" else "none"
+    norm = "none" if args.variant == "raw" else "expected_average_only_in"
+    # "short-window": features count as dead (and AuxK revives them) after 10% of the run's steps, the
+    # workbench's rule, instead of after its default 1000 steps (longer than this whole run)
+    window = max(1, data.num_batches // 10) if args.variant == "short-window" else None
     torch.manual_seed(p["seed"])
     sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=f, k=p["k"], normalize_activations=norm,
                                                 device="cpu", dtype="float32"))
     cfg = SAETrainerConfig(total_training_samples=data.tokens, train_batch_size_samples=data.batch_size, lr=lr,
-                           lr_end=lr / 10, device="cpu", logger=LoggingConfig(log_to_wandb=False))
+                           lr_end=lr / 10, device="cpu", logger=LoggingConfig(log_to_wandb=False),
+                           **({"dead_feature_window": window} if window else {}))
     trainer = SAETrainer(cfg, sae, data_provider=iter(data))
     if norm != "none":
         trainer.activation_scaler.estimate_scaling_factor(d, iter(data.batch(b) for b in range(NORM_BATCHES)),
