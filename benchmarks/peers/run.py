@@ -203,14 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(ROOT / "cache/peers/run"), help="batches file and per-run outputs")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
-        raise SystemExit("--rounds and --threads must be >= 1")
+        ap.error(f"--rounds ({args.rounds}) and --threads ({args.threads}) must be >= 1")
+    try:  # a bad --cache / --hook: one line and exit 2, like every workbench command
+        cache = cache_export.find_cache(ROOT, args.cache)
+        d = cache_export.d_model(cache, args.hook)
+    except SystemExit as e:
+        ap.error(str(e))
     runs = list(MAIN) + [EXTRAS[e] for e in args.extras]
     pythons = {r.name: Path(sys.executable) if r.venv is None else venvs.ensure(Path(args.venvs), r.venv, log)
                for r in runs}
 
-    cache = cache_export.find_cache(ROOT, args.cache)
     work = Path(args.work)
-    d = cache_export.d_model(cache, args.hook)
     f = args.expansion * d
     lr = args.lr or 2e-4 / (f / 2**14) ** 0.5
     steps = args.tokens // args.batch_size

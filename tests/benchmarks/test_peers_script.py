@@ -161,3 +161,10 @@ def test_the_workbench_worker_trains_on_the_file_and_converts_exactly(tmp_path):
     w = load_file(str(tmp_path / "out" / "weights.safetensors"))
     assert common_form.check_weights(w) == (D, 32)
     assert 0 < common_form.fvu(w, held, 4) < 1
+
+
+def test_a_bad_cache_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(PEERS / "run.py"), "--cache", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "is not an activation cache" in proc.stderr and "Traceback" not in proc.stderr
