@@ -168,3 +168,12 @@ def test_a_bad_cache_is_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "is not an activation cache" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_faster_peer_configuration_among_the_extras_is_the_one_compared():
+    runs = list(driver.MAIN) + [driver.EXTRAS["sparsify-signum"], driver.EXTRAS["ours-float32"]]
+    s = driver.summarize({"workbench": _results(30_000, 0.25), "sparsify": _results(10_000, 0.4),
+                          "SAELens": _results(5_000, 0.5), runs[3].name: _results(16_000, 0.3),
+                          runs[4].name: _results(90_000, 0.25)})  # our own extra row is never "the peer"
+    lines = driver.goals(s, runs, 32_000)
+    assert f"Faster peer: {runs[3].name}; workbench 1.88x" in lines[0] and "**not met**" in lines[0]
