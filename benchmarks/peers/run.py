@@ -119,7 +119,10 @@ def run_worker(run: Run, python: Path, data: Path, out: Path, threads: int) -> d
     if proc.returncode:
         raise SystemExit(f"{run.name} worker failed (exit {proc.returncode}): {' '.join(cmd)}\n"
                          f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads((out / "result.json").read_text())
+    result = json.loads((out / "result.json").read_text())
+    if result["threads"] != threads:
+        raise SystemExit(f"{run.name} ran with {result['threads']} torch threads instead of {threads}")
+    return result
 
 
 def score(weights: Path, held: torch.Tensor, last: torch.Tensor, k: int) -> tuple[float, float]:
