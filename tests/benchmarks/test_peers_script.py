@@ -58,19 +58,20 @@ def test_feed_order_passes_are_permutations():
 
 
 def test_export_keeps_heldout_out_of_training_and_feeds_every_row(cache, tmp_path):
-    # 60 contexts, 10% held out = the last 6 contexts = rows 540..599; 540 training rows.
+    # 60 contexts, 10% held out = the last 6 contexts from row 540, moved to the next document boundary
+    # (documents are 25 rows): rows 550..599 held out, 550 training rows.
     path, what = cache_export.export(cache, "h", tmp_path / "b.safetensors", tokens=1280, batch_size=64,
                                      heldout_fraction=0.1, heldout_tokens=1000, seed=0, params={"k": 2})
     data = batches_file.read(path)
     ids = data.rows[:, 0].long()
-    assert ids.numel() == 540 and torch.equal(ids.sort().values, torch.arange(540))
-    assert torch.equal(data.heldout[:, 0].long(), torch.arange(540, 600))  # the held-out split, in order
+    assert ids.numel() == 550 and torch.equal(ids.sort().values, torch.arange(550))
+    assert torch.equal(data.heldout[:, 0].long(), torch.arange(550, 600))  # the held-out split, in order
     assert data.num_batches == 20 and data.tokens == 1280 and data.params["k"] == 2
     fed = torch.cat(list(data))[:, 0].long()
     assert fed.numel() == 1280
-    assert torch.equal(fed[:540].sort().values, torch.arange(540))  # the first pass sees every row once
+    assert torch.equal(fed[:550].sort().values, torch.arange(550))  # the first pass sees every row once
     assert torch.equal(data.last_rows(128), torch.cat([data.batch(18), data.batch(19)]))
-    assert "2.37 pass(es)" in what
+    assert "2.33 pass(es)" in what
 
 
 def test_export_takes_a_subset_when_the_cache_is_larger(cache, tmp_path):
@@ -78,7 +79,7 @@ def test_export_takes_a_subset_when_the_cache_is_larger(cache, tmp_path):
                                   heldout_fraction=0.1, heldout_tokens=20, seed=1, params={})
     data = batches_file.read(path)
     ids = data.rows[:, 0].long()
-    assert ids.numel() == 256 and ids.unique().numel() == 256 and int(ids.max()) < 540
+    assert ids.numel() == 256 and ids.unique().numel() == 256 and int(ids.max()) < 550
     assert torch.equal(data.order.sort().values, torch.arange(256))
     assert data.heldout.shape == (20, D)
 
