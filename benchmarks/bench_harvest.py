@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,18 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from harvesting import CacheReader, CacheWriter, HarvestConfig, harvest, load_model  # noqa: E402
 from harvesting.corpus import open_documents, pack_contexts  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:

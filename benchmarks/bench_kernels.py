@@ -37,6 +37,7 @@ from saes.kernels import (
     sparse_decode,
 )
 from saes.kernels import torch_ops
+from machine_info import bf16_units, cpu_model
 
 # ------------------------------------------------------------------------------------------------ timing
 
@@ -57,18 +58,8 @@ def bench(fn: Callable[[], object], repeats: int, device: str = "cpu") -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    bf16 = "avx512_bf16" if "avx512_bf16" in open("/proc/cpuinfo").read() else "no avx512_bf16"
     return (
-        f"{cpu}, {os.cpu_count()} cores ({bf16}), torch {torch.__version__}, "
+        f"{cpu_model()}, {os.cpu_count()} cores ({bf16_units()}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.python_implementation()} {platform.python_version()}"
     )
 

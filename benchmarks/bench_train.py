@@ -34,23 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from saes import TensorSource, TrainConfig, Trainer
+from machine_info import bf16_units, cpu_model
 from saes.losses import lr_multiplier, moment_sums, variance_from_sums
 
 # ------------------------------------------------------------------------------------------------ machine
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = "avx512_bf16" if "avx512_bf16" in text else "no avx512_bf16"
-    except OSError:
-        pass
+    cpu, flags = cpu_model(), bf16_units()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} cores ({flags}), torch {torch.__version__}, {torch.get_num_threads()} threads"
             f"{gpu}, Python {platform.python_version()}")
