@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Iterator
@@ -10,6 +11,21 @@ import torch
 
 
 _DONE = object()
+# (stop, thread) of every running prefetcher: stopped and joined at interpreter exit, because a
+# daemon thread still inside a torch op when the interpreter tears down aborts the process
+# ("terminate called without an active exception", exit 134) after a script takes a few batches.
+_LIVE: set[tuple[threading.Event, threading.Thread]] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+@atexit.register
+def _stop_all() -> None:
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for stop, _ in live:
+        stop.set()
+    for _, thread in live:
+        thread.join(timeout=10)
 
 
 class _Prefetched:
@@ -27,6 +43,8 @@ class _Prefetched:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=_prefetch_work, args=(it, self._q, self._stop), daemon=True,
                                         name="cache-prefetch")
+        with _LIVE_LOCK:
+            _LIVE.add((self._stop, self._thread))
         self._thread.start()
 
     def __iter__(self) -> "_Prefetched":
@@ -94,6 +112,8 @@ def _prefetch_work(it: Iterator[dict[str, torch.Tensor]], q: queue.Queue, stop: 
         close = getattr(it, "close", None)
         if close is not None:
             close()
+        with _LIVE_LOCK:
+            _LIVE.discard((stop, threading.current_thread()))
 
 
 def prefetched(it: Iterator[dict[str, torch.Tensor]], depth: int) -> _Prefetched:
