@@ -17,6 +17,7 @@ and the split needs no extra index. `saes.TensorSource` applies the same rule to
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,29 @@ class CacheReader:
     def _load(self, index: int, hook: str) -> torch.Tensor:
         """A shard's activations, memory-mapped (pages are read when rows are gathered)."""
         return self._read(index, hook, ["acts"])["acts"]
+
+    def _will_need(self, pieces: Sequence[_Piece], hooks: Sequence[str]) -> None:
+        """Ask the kernel to read these shards' files ahead, asynchronously and sequentially.
+
+        A cache larger than memory is mostly not in the page cache: gathering shuffled rows from
+        a cold memory map would fault in scattered pages one at a time. The advice turns that into
+        sequential read-ahead of the whole window while the previous one is served (a no-op for
+        files already cached, and on systems without posix_fadvise).
+        """
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for p in pieces:
+            for h in hooks:
+                try:
+                    fd = os.open(self._paths[p.shard][h], os.O_RDONLY)
+                except OSError:
+                    continue  # reading it will name the problem
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
 
     def _read(self, index: int, key: str, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
         """Tensors `names` (None: all) of one shard file; a damaged file is one line naming it."""
@@ -329,34 +353,44 @@ class _Plan:
                 start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
         """Batches gathered straight from the memory-mapped shards into fresh tensors: no copy
         of the window is ever made, and nothing keeps a window alive after its last batch."""
-        pos = start_batch * self.batch_size  # position in the epoch's virtual row order
+        bs = self.batch_size
+        pos = start_batch * bs  # position in the epoch's virtual row order
         w, w0 = 0, 0
         while w < len(self.windows) and w0 + self.window_rows[w] <= pos:
             w0 += self.window_rows[w]
             w += 1
         skip = pos - w0
         carry: dict[str, torch.Tensor] | None = None  # fewer than batch_size rows from the previous window
+        if w < len(self.windows):
+            reader._will_need(self.windows[w], hooks)
         while pos < self.total and w < len(self.windows):
             win = self._window(reader, w, hooks, id_fields)
-            order = win.order[skip:]
-            skip = 0
+            if w + 1 < len(self.windows):  # the kernel reads the next window ahead while this one is served
+                reader._will_need(self.windows[w + 1], hooks)
             w += 1
-            i = 0
-            while pos < self.total and i < order.numel():
-                need = min(self.batch_size, self.total - pos)
-                have = 0 if carry is None else next(iter(carry.values())).shape[0]
-                take = min(need - have, order.numel() - i)
-                rows = win.gather(order[i:i + take])
-                i += take
+            # the window's chunks: the rest of a carried batch, then whole batches, then a carry or the end
+            have = 0 if carry is None else next(iter(carry.values())).shape[0]
+            sizes, p, left = [], pos, win.order.numel() - skip
+            while p < self.total and left > 0:
+                take = min(min(bs, self.total - p) - (have if not sizes else 0), left)
+                sizes.append(take)
+                left -= take
+                p += take + (have if len(sizes) == 1 else 0)
+            chunks = win.chunks(skip, sizes)
+            skip = 0
+            for c, take in enumerate(sizes):
+                need = min(bs, self.total - pos)
+                rows = chunks.gather(c)
                 if carry is not None:
                     rows = {k: torch.cat([carry[k], rows[k]]) for k in rows}
                     carry = None
                 if have + take < need:  # window exhausted mid-batch: carry into the next one
                     carry = rows
                     break
+                have = 0
                 yield rows
                 pos += need
-            del win, order
+            del win, chunks
         if carry is not None and pos < self.total:  # only reachable with drop_last=False
             yield carry
 
@@ -367,29 +401,44 @@ class _Window:
     def __init__(self, pieces: dict[str, list[torch.Tensor]], sizes: list[int], order: torch.Tensor) -> None:
         self.pieces = pieces
         self.bounds = torch.tensor(sizes).cumsum(0)
-        self.starts = [0, *self.bounds[:-1].tolist()]
+        self.starts = torch.tensor([0, *self.bounds[:-1].tolist()])
         self.order = order
 
-    def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rows `idx` of the window, grouped by shard piece (one sequential gather per piece).
+    def chunks(self, skip: int, sizes: list[int]) -> "_Chunks":
+        """Rows order[skip:] cut into consecutive chunks of `sizes`, each grouped by shard piece.
 
-        Within a batch, rows come piece by piece, each piece's rows in `idx` order: the batch
-        is the same set of rows, and the order stays a pure function of (seed, epoch, batch).
+        Within a chunk, rows come piece by piece, each piece's rows in `order`: the chunk is the
+        same set of rows, and its order stays a pure function of (seed, epoch, batch). The
+        grouping is one stable sort per window instead of one per batch.
         """
-        if len(self.starts) == 1:
-            return {k: v[0].index_select(0, idx) for k, v in self.pieces.items()}
+        idx = self.order[skip:skip + sum(sizes)]
         piece = torch.bucketize(idx, self.bounds, right=True)
-        piece, perm = torch.sort(piece, stable=True)
-        idx = idx[perm]
-        counts = torch.bincount(piece, minlength=len(self.starts)).tolist()
+        n_pieces = len(self.bounds)
+        chunk = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
+        key = chunk * n_pieces + piece
+        key, perm = torch.sort(key, stable=True)
+        local = idx[perm] - self.starts[key % n_pieces]
+        counts = torch.bincount(key, minlength=len(sizes) * n_pieces).view(len(sizes), n_pieces).tolist()
+        return _Chunks(self.pieces, local, counts, [0, *torch.tensor(sizes).cumsum(0).tolist()])
+
+
+class _Chunks:
+    """A window's serving order, precomputed: chunk `c` is one sequential gather per shard piece."""
+
+    def __init__(self, pieces: dict[str, list[torch.Tensor]], local: torch.Tensor, counts: list[list[int]],
+                 offsets: list[int]) -> None:
+        self.pieces, self.local, self.counts, self.offsets = pieces, local, counts, offsets
+
+    def gather(self, c: int) -> dict[str, torch.Tensor]:
+        lo, hi = self.offsets[c], self.offsets[c + 1]
         out = {}
         for k, parts in self.pieces.items():
-            o = torch.empty((idx.numel(), *parts[0].shape[1:]), dtype=parts[0].dtype)
+            o = torch.empty((hi - lo, *parts[0].shape[1:]), dtype=parts[0].dtype)
             a = 0
-            for p, c in enumerate(counts):
-                if c:
-                    torch.index_select(parts[p], 0, idx[a:a + c] - self.starts[p], out=o[a:a + c])
-                    a += c
+            for p, n in enumerate(self.counts[c]):
+                if n:
+                    torch.index_select(parts[p], 0, self.local[lo + a:lo + a + n], out=o[a:a + n])
+                    a += n
             out[k] = o
         return out
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harvesting import CacheReader, CacheWriter
+from harvesting.reader import _mix
 from workbench.errors import WorkbenchError
 
 D = 8
@@ -123,3 +124,34 @@ def test_an_unfinished_cache_is_refused_unless_asked(tmp_path: Path) -> None:
     with pytest.raises(WorkbenchError, match="unfinished .* run the same `sae harvest` command again"):
         CacheReader(tmp_path / "u")
     assert CacheReader(tmp_path / "u", allow_incomplete=True).num_tokens == 5
+
+
+def _reference_epoch(r: CacheReader, batch: int, seed: int, epoch: int, window: int, split: str,
+                     frac: float) -> list[list[int]]:
+    """The documented order, written plainly: shards permuted, grouped into windows, each
+    window's rows permuted, the epoch's rows cut into batches (drop_last)."""
+    pieces = r._pieces(split, frac)  # (shard, start, stop) of the split
+    order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(_mix(seed, epoch, -1))).tolist()
+    rows: list[int] = []
+    for w, j in enumerate(range(0, len(order), window)):
+        ids = [r.shards[p.shard]["rows"][0] + i for p in (pieces[q] for q in order[j:j + window])
+               for i in range(p.start, p.stop)]
+        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(_mix(seed, epoch, w))).tolist()
+        rows += [ids[i] for i in perm]
+    return [sorted(rows[i:i + batch]) for i in range(0, len(rows) - batch + 1, batch)]
+
+
+@pytest.mark.parametrize("batch,window,split", [(64, 4, "train"), (37, 2, "all"), (200, 3, "train"), (7, 1, "heldout")])
+def test_batches_hold_the_rows_a_plain_reference_gives(cache: Path, batch: int, window: int, split: str) -> None:
+    # the reader precomputes each window's gathers; every batch must still be exactly the
+    # reference's rows, including batches that span two windows
+    r = CacheReader(cache)
+    for seed, epoch in ((0, 0), (5, 3)):
+        ref = _reference_epoch(r, batch, seed, epoch, window, split, 0.1)
+        got = [sorted(b["a"][:, 0].long().tolist()) for b in
+               r.batches("a", batch, seed=seed, epoch=epoch, window_shards=window, split=split, heldout_fraction=0.1)]
+        assert got == ref
+        tail = [sorted(b["a"][:, 0].long().tolist()) for b in
+                r.batches("a", batch, seed=seed, epoch=epoch, window_shards=window, split=split, heldout_fraction=0.1,
+                          start_batch=len(ref) // 2)]
+        assert tail == ref[len(ref) // 2:]
