@@ -173,7 +173,7 @@ def _run_plan(lm: LoadedModel, cfg: HarvestConfig, device: torch.device, writer:
     batches = _image_batches(lm, cfg, device) if lm.modality == "vision" else _text_batches(lm, cfg)
     acts: dict[str, list[torch.Tensor]] = {}
     ids: dict[str, list[torch.Tensor]] = {}
-    shards = rows = 0
+    shards = rows = written = 0
     for step in plan_shards(batches, cfg.tokens, cfg.shard_tokens, positions="positions" in writer.row_fields):
         if isinstance(step, ShardEnd):
             shards, rows = step.index + 1, step.rows[1]
@@ -181,6 +181,7 @@ def _run_plan(lm: LoadedModel, cfg: HarvestConfig, device: torch.device, writer:
                 _check_finished(finished[step.index], step, writer.path)
             elif owner(step.index, dist.world_size) == dist.rank:
                 writer.record(writer.write_shard(step.index, step.rows, step.contexts, acts, ids))
+                written += 1
                 if dist.is_main:
                     writer.absorb()
                 acts, ids = {}, {}
@@ -198,6 +199,8 @@ def _run_plan(lm: LoadedModel, cfg: HarvestConfig, device: torch.device, writer:
             acts.setdefault(h, []).append(a[mask].to("cpu", writer.dtype))
         for k, v in step.ids.items():
             ids.setdefault(k, []).append(v[step.keep].to(torch.int64 if k == "context_ids" else torch.int32))
+    if dist.enabled:
+        log.info("rank %d of %d wrote %d of %d shards", dist.rank, dist.world_size, written, shards)
     return shards, rows
 
 
