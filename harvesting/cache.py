@@ -19,8 +19,8 @@ uninterrupted one.
 
 A harvest may finish shards out of order (several processes, each writing its own shards):
 each finished shard's entry is first written as its own small record (`*.done.json`), and the
-main process absorbs records into the manifest as soon as they extend its contiguous prefix,
-deleting them. A finished shard is therefore one listed in the manifest or one with a record;
+main process, after each shard of its own and at the end, moves the records that extend the
+manifest's contiguous prefix into it and deletes them. A finished shard is therefore one listed in the manifest or one with a record;
 a complete cache holds no records.
 """
 
