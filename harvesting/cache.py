@@ -6,6 +6,8 @@ Layout of one cache directory::
     shard_00000.rows.safetensors        per-row ids: token_ids, doc_ids, context_ids, positions
                                         (vision: image_ids, patch_ids, context_ids, positions)
     shard_00000.<hook>.safetensors      tensor "acts" [rows, d_model] for that hook point
+    shard_00000.done.json               only while a harvest runs: that shard's manifest entry,
+                                        written (atomically) after its files; see below
 
 Only rows a SAE should train on are stored: positions the harvest excludes (BOS, CLS/SEP,
 padding) never reach disk, so a reader needs no masks. Every shard file is written to a
@@ -14,6 +16,12 @@ atomically; a killed harvest therefore resumes after the last listed shard, and 
 always end on a forward-pass boundary the resumed run recomputes exactly the same batches.
 No timestamps are stored, so an interrupted-then-resumed cache is byte-identical to an
 uninterrupted one.
+
+A harvest may finish shards out of order (several processes, each writing its own shards):
+each finished shard's entry is first written as its own small record (`*.done.json`), and the
+main process, after each shard of its own and at the end, moves the records that extend the
+manifest's contiguous prefix into it and deletes them. A finished shard is therefore one listed in the manifest or one with a record;
+a complete cache holds no records.
 """
 
 from __future__ import annotations
@@ -55,6 +63,19 @@ def hook_file_name(index: int, hook: str) -> str:
 
 def rows_file_name(index: int) -> str:
     return f"shard_{index:05d}.rows.safetensors"
+
+
+def record_file_name(index: int) -> str:
+    return f"shard_{index:05d}.done.json"
+
+
+def shard_is_full(rows: int, shard_tokens: int) -> bool:
+    """The one flush rule: a shard ends after the forward pass that brings it to `shard_tokens` rows.
+
+    Shards thus end on forward-pass boundaries, which is what lets a resumed or multi-process
+    harvest recompute exactly the batches of an uninterrupted one.
+    """
+    return rows >= shard_tokens
 
 
 def load_manifest_json(path: str | Path) -> dict[str, Any]:
@@ -129,6 +150,7 @@ class CacheWriter:
         shard_tokens: int = 1 << 16,
         header: dict[str, Any] | None = None,
         row_fields: tuple[str, ...] = ("token_ids", "doc_ids", "context_ids", "positions"),
+        prepare: bool = True,
     ) -> None:
         self.path = Path(path)
         self.dtype_name = dtype
@@ -149,10 +171,17 @@ class CacheWriter:
         self.shards: list[dict[str, Any]] = []
         self.status = "in_progress"
         self._pending = _Pending()
-        self._open()
+        self.check()
+        if prepare:
+            self.prepare()
 
     # -- lifecycle -----------------------------------------------------------------------
-    def _open(self) -> None:
+    def check(self) -> None:
+        """Read the directory's state, refusing a different harvest or a foreign directory; writes nothing.
+
+        Every process of a multi-process harvest runs this, so a refusal is raised on all alike;
+        `prepare` (one process) then creates or tidies the directory.
+        """
         mf = self.path / MANIFEST
         if mf.exists():
             old = read_manifest(self.path)
@@ -166,27 +195,62 @@ class CacheWriter:
                 )
             self.shards = list(old["shards"])
             self.status = old["status"]
+        elif self.path.is_dir() and any(self.path.iterdir()):
+            raise WorkbenchError(
+                f"{str(self.path)!r} exists, is not empty and holds no cache manifest; refusing to write a "
+                f"cache into it. Choose an empty or new --out directory."
+            )
+
+    def prepare(self) -> None:
+        """Create the directory and manifest, or absorb a killed run's records and delete its orphans."""
+        if (self.path / MANIFEST).exists():
+            self.absorb()
             self._remove_orphans()
-        else:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise WorkbenchError(f"cannot create the cache directory {str(self.path)!r}: {e}") from e
-            if any(self.path.iterdir()):
-                raise WorkbenchError(
-                    f"{str(self.path)!r} exists, is not empty and holds no cache manifest; refusing to write a "
-                    f"cache into it. Choose an empty or new --out directory."
-                )
-            self._write_manifest()
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WorkbenchError(f"cannot create the cache directory {str(self.path)!r}: {e}") from e
+        self._write_manifest()
 
     def _remove_orphans(self) -> None:
-        """Delete shard files a killed run wrote after its last manifest update."""
-        listed = {f["file"] for s in self.shards for f in s["files"].values()}
-        for p in self.path.glob("shard_*.safetensors"):
+        """Delete shard files a killed run wrote without finishing (no manifest entry, no record)."""
+        finished = self.finished()
+        listed = {f["file"] for s in finished.values() for f in s["files"].values()}
+        listed |= {record_file_name(i) for i in finished}
+        for p in [*self.path.glob("shard_*.safetensors"), *self.path.glob("shard_*.done.json")]:
             if p.name not in listed:
                 p.unlink()
         for p in self.path.glob(".*.tmp"):
             p.unlink()
+
+    def _records(self) -> dict[int, dict[str, Any]]:
+        out = {}
+        for p in sorted(self.path.glob("shard_*.done.json")):
+            try:
+                entry = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                continue  # written atomically, so only a hand-damaged record lands here: redo that shard
+            if isinstance(entry, dict) and record_file_name(entry.get("index", -1)) == p.name:
+                out[entry["index"]] = entry
+        return out
+
+    def finished(self) -> dict[int, dict[str, Any]]:
+        """Every finished shard's manifest entry by index: those in the manifest and those with a record."""
+        return {**self._records(), **{s["index"]: s for s in self.shards}}
+
+    def absorb(self) -> None:
+        """Move records that extend the manifest's contiguous prefix into it (one process only)."""
+        records = self._records()
+        start = n = len(self.shards)
+        while n in records:
+            self.shards.append(records[n])
+            n += 1
+        if n > start:
+            self._write_manifest()
+        for i in records:
+            if i < n:
+                (self.path / record_file_name(i)).unlink(missing_ok=True)
 
     @property
     def resumed_contexts(self) -> int:
@@ -216,38 +280,52 @@ class CacheWriter:
             self._pending.ids.setdefault(k, []).append(v.detach().cpu())
         self._pending.rows += n
         self._pending.contexts += contexts
-        if self._pending.rows >= self.shard_tokens:
+        if shard_is_full(self._pending.rows, self.shard_tokens):
             self.flush()
 
     def flush(self) -> None:
-        """Write whatever is pending as one shard (no-op when nothing is pending)."""
+        """Write whatever is pending as the next shard (no-op when nothing is pending)."""
         p = self._pending
         if p.contexts == 0:
             return
-        index = len(self.shards)
         row0, ctx0 = self.resumed_rows, self.resumed_contexts
+        entry = self.write_shard(len(self.shards), (row0, row0 + p.rows), (ctx0, ctx0 + p.contexts), p.acts, p.ids)
+        self.shards.append(entry)
+        self._write_manifest()
+        self._pending = _Pending()
+
+    def write_shard(self, index: int, rows: tuple[int, int], contexts: tuple[int, int],
+                    acts: dict[str, list[torch.Tensor]], ids: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
+        """Write shard `index`'s files (rows already filtered and in order); returns its manifest entry."""
         entry: dict[str, Any] = {
             "index": index,
-            "rows": [row0, row0 + p.rows],
-            "contexts": [ctx0, ctx0 + p.contexts],
+            "rows": list(rows),
+            "contexts": list(contexts),
             "files": {},
             "norms": {},
         }
         try:
-            rows = {k: torch.cat(v) for k, v in p.ids.items()}
-            entry["files"]["rows"] = self._write(rows_file_name(index), rows)
+            row_ids = {k: torch.cat(v) for k, v in ids.items()}
+            entry["files"]["rows"] = self._write(rows_file_name(index), row_ids)
             for h in self.hooks:
-                a = torch.cat(p.acts[h]) if p.acts.get(h) else torch.empty(0, self.hooks[h], dtype=self.dtype)
+                a = torch.cat(acts[h]).to(self.dtype) if acts.get(h) else torch.empty(0, self.hooks[h], dtype=self.dtype)
                 norms = a.float().norm(dim=1).double()
                 entry["norms"][h] = {"sum": float(norms.sum()), "sum_sq": float((norms * norms).sum())}
                 entry["files"][h] = self._write(hook_file_name(index, h), {"acts": a})
-            self.shards.append(entry)
-            self._write_manifest()
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise _disk_full(self.path, e, len(self.shards)) from e
             raise
-        self._pending = _Pending()
+        return entry
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Mark a shard written by `write_shard` finished, whatever the order shards finish in."""
+        try:
+            atomic_write_json(self.path / record_file_name(entry["index"]), entry)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _disk_full(self.path, e, len(self.shards)) from e
+            raise
 
     def _write(self, name: str, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         data = st_save({k: v.contiguous() for k, v in tensors.items()})
@@ -260,9 +338,19 @@ class CacheWriter:
             "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()},
         }
 
-    def finish(self) -> dict[str, Any]:
-        """Flush the last shard and mark the cache complete; returns the manifest."""
+    def finish(self, shards: int | None = None) -> dict[str, Any]:
+        """Flush the last shard and mark the cache complete; returns the manifest.
+
+        With `shards`, first absorb every record and refuse to finish unless exactly that many
+        shards are then listed (a multi-process harvest's last step, on its main process).
+        """
         self.flush()
+        if shards is not None:
+            self.absorb()
+            if len(self.shards) != shards:
+                missing = sorted(set(range(shards)) - {s["index"] for s in self.shards})[:5]
+                raise WorkbenchError(f"cannot finish {str(self.path)!r}: shard(s) {missing} of {shards} are not "
+                                     f"written; run the same command again to write them")
         self.status = "complete"
         self._write_manifest()
         return self.manifest()

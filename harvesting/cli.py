@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_verb(sub, "harvest", _harvest, help="capture activations of a model over a corpus into an on-disk cache",
                  description="Run a model over a corpus and store the activations at the given hook points "
                  "(one forward pass, stopped after the deepest hooked block).\nRun the same command again "
-                 "to resume an interrupted harvest.")
+                 "to resume an interrupted harvest.\nUnder torchrun each process runs its share of the shards "
+                 "and the result is the one cache a single process writes:\n"
+                 "  torchrun --nproc-per-node 4 -m workbench.cli harvest ...")
     add_config_args(p, HarvestConfig)
 
     cache = add_noun(sub, "cache", help="inspect or check an activation cache")
@@ -35,10 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _harvest(args: argparse.Namespace) -> int:
     from harvesting.harvest import HarvestConfig, harvest
     from harvesting.inspect_cache import cache_summary, format_summary
+    from workbench.distributed import is_main_process
 
     cfg = config_from_args(HarvestConfig, args)
+    main = is_main_process()  # asked before harvest() leaves the process group
     out = harvest(cfg)
-    print(format_summary(cache_summary(out)))
+    if main:
+        print(format_summary(cache_summary(out)))
     return 0
 
 

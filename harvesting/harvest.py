@@ -3,8 +3,9 @@
 The forward pass stops after the deepest hooked block (`workbench.hooks.capture`), so harvesting layer 8
 of a 30-layer model costs 9 layers, not 30. Resuming relies on determinism: the context stream
 is a pure function of the config, shards end on batch boundaries, and the manifest lists
-finished shards only, so a rerun skips the contexts already stored and recomputes the very
-same batches.
+finished shards only, so a rerun skips the shards already stored and recomputes the very
+same batches. `harvesting.plan` decides which batches make which shard, which is also what lets
+several processes (torchrun) each write their share of one cache.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from tqdm.auto import tqdm
 
 from harvesting.cache import DTYPES, MANIFEST, CacheWriter, read_manifest
 from harvesting.corpus import Context, open_documents, pack_contexts
+from harvesting.plan import Batch, ShardEnd, owner, plan_shards
 from workbench.config import config_to_dict
 from workbench.device import resolve_device
+from workbench.distributed import DistContext, is_main_process, setup_distributed
 from workbench.errors import WorkbenchError
 from workbench.hooks import capture
 from workbench.models import LoadedModel, load_model
@@ -95,7 +98,12 @@ def _check_disk(out: Path, cfg: HarvestConfig, d_models: dict[str, int], done_ro
 
 
 def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
-    """Run (or resume, or confirm finished) the harvest `cfg` describes; returns the cache directory."""
+    """Run (or resume, or confirm finished) the harvest `cfg` describes; returns the cache directory.
+
+    Under `torchrun` (or inside an initialised process group) every rank calls this: each runs
+    the shards `harvesting.plan` gives it, rank 0 writes the one manifest, and all return once
+    the cache is complete.
+    """
     _check_config(cfg)
     out = Path(cfg.out)
     identity = cfg.identity()
@@ -106,11 +114,28 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
         if {**HarvestConfig().identity(), **stored} == identity:
             identity = stored
             if m["status"] == "complete":
-                log.info("%s is already complete (%s tokens); nothing to do", out, f"{m['totals']['rows']:,}")
+                if is_main_process():
+                    log.info("%s is already complete (%s tokens); nothing to do", out, f"{m['totals']['rows']:,}")
                 return out
     device = resolve_device(cfg.device)
-    lm = model or load_model(cfg.model, device=device, dtype=DTYPES[cfg.model_dtype], revision=cfg.revision)
-    lm.check_hooks(list(cfg.hooks))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist = setup_distributed(device)
+    try:
+        return _harvest(cfg, model, out, identity, device, dist)
+    finally:
+        dist.close()
+
+
+def _harvest(cfg: HarvestConfig, model: LoadedModel | None, out: Path, identity: dict[str, Any],
+             device: torch.device, dist: DistContext) -> Path:
+    def load() -> LoadedModel:
+        lm = model or load_model(cfg.model, device=device, dtype=DTYPES[cfg.model_dtype], revision=cfg.revision)
+        lm.check_hooks(list(cfg.hooks))
+        return lm
+
+    # Each step that may fail runs under `together`: a failure on one rank is raised on every rank.
+    lm = dist.together(load)
     d_models = {h: lm.d_model for h in cfg.hooks}
     header = {
         "config": identity,
@@ -121,58 +146,72 @@ def harvest(cfg: HarvestConfig, model: LoadedModel | None = None) -> Path:
         "tokenizer": _tokenizer_info(lm),
     }
     rows = VISION_ROWS if lm.modality == "vision" else TEXT_ROWS
-    writer = CacheWriter(out, d_models, cfg.dtype, cfg.shard_tokens, header, rows)
+    # Every rank checks the directory (reads only); then rank 0 alone creates or tidies it.
+    writer = dist.together(lambda: CacheWriter(out, d_models, cfg.dtype, cfg.shard_tokens, header, rows, prepare=False))
     if writer.complete:
         return out
-    _check_disk(out, cfg, d_models, writer.resumed_rows)
-    if lm.modality == "vision":
-        batches = _image_batches(lm, cfg, writer.resumed_contexts)
-    else:
-        batches = _text_batches(lm, cfg, writer.resumed_contexts)
-    done = writer.resumed_rows
-    ctx_index = writer.resumed_contexts
-    bar = tqdm(total=cfg.tokens, initial=min(done, cfg.tokens), unit="tok", unit_scale=True,
-               desc=f"harvest {lm.model_id}", disable=not cfg.progress, smoothing=0.1)
+    dist.together(lambda: writer.prepare() if dist.is_main else None)
+    finished = writer.finished()
+    done = sum(s["rows"][1] - s["rows"][0] for s in finished.values())
+    dist.together(lambda: _check_disk(out, cfg, d_models, done))
+    bar = tqdm(total=cfg.tokens, initial=min(done, cfg.tokens), unit="tok", unit_scale=True, smoothing=0.1,
+               desc=f"harvest {lm.model_id}" + (f" ({dist.world_size} processes)" if dist.enabled else ""),
+               disable=not (cfg.progress and dist.is_main))
     try:
-        for inputs, keep, ids in batches:
-            if done >= cfg.tokens:
-                break
-            if keep is not None:  # text: trim the last batch before running it
-                n_ctx = _contexts_needed(keep, cfg.tokens - done)
-                inputs, keep, ids = inputs[:n_ctx], keep[:n_ctx], {k: v[:n_ctx] for k, v in ids.items()}
-            acts = _forward(lm, inputs.to(device), list(cfg.hooks))
-            if keep is None:  # vision: every CLS/patch row is kept; the model says how many per image
-                b, t = next(iter(acts.values())).shape[:2]
-                keep = torch.ones(b, t, dtype=torch.bool)
-                ids = {"image_ids": ids["image_ids"].unsqueeze(1).expand(b, t),
-                       "patch_ids": torch.arange(t).unsqueeze(0).expand(b, t)}
-                n_ctx = _contexts_needed(keep, cfg.tokens - done)
-                acts = {h: a[:n_ctx] for h, a in acts.items()}
-                keep, ids = keep[:n_ctx], {k: v[:n_ctx] for k, v in ids.items()}
-            mask = keep.to(device)
-            b, t = keep.shape
-            ids["context_ids"] = (torch.arange(ctx_index, ctx_index + b).unsqueeze(1).expand(b, t))
-            if "positions" in rows:
-                ids["positions"] = torch.arange(t).unsqueeze(0).expand(b, t)
-            kept = {h: a[mask] for h, a in acts.items()}
-            row_ids = {k: v[keep].to(torch.int64 if k == "context_ids" else torch.int32) for k, v in ids.items()}
-            writer.add(kept, row_ids, contexts=b)
-            n = int(keep.sum())
-            done += n
-            ctx_index += b
-            bar.update(min(n, cfg.tokens - bar.n))
+        shards, planned_rows = dist.together(lambda: _run_plan(lm, cfg, device, writer, finished, dist, bar))
     finally:
         bar.close()
-    writer.finish()
-    if done < cfg.tokens:
-        log.warning("the corpus ran out after %s tokens (budget %s)", f"{done:,}", f"{cfg.tokens:,}")
+    dist.together(lambda: writer.finish(shards) if dist.is_main else None)
+    if planned_rows < cfg.tokens and dist.is_main:
+        log.warning("the corpus ran out after %s tokens (budget %s)", f"{planned_rows:,}", f"{cfg.tokens:,}")
     return out
 
 
-def _contexts_needed(keep: torch.Tensor, remaining: int) -> int:
-    """How many leading contexts of a batch fill the rest of the budget (the cache never holds a batch more)."""
-    per_ctx = keep.sum(1).cumsum(0)
-    return min(int(torch.searchsorted(per_ctx, torch.tensor(remaining), right=False)) + 1, keep.shape[0])
+def _run_plan(lm: LoadedModel, cfg: HarvestConfig, device: torch.device, writer: CacheWriter,
+              finished: dict[int, dict[str, Any]], dist: DistContext, bar: tqdm) -> tuple[int, int]:
+    """Run this rank's unfinished shards of the plan, recording each; returns (shards, rows) of the whole plan."""
+    batches = _image_batches(lm, cfg, device) if lm.modality == "vision" else _text_batches(lm, cfg)
+    acts: dict[str, list[torch.Tensor]] = {}
+    ids: dict[str, list[torch.Tensor]] = {}
+    shards = rows = written = 0
+    for step in plan_shards(batches, cfg.tokens, cfg.shard_tokens, positions="positions" in writer.row_fields):
+        if isinstance(step, ShardEnd):
+            shards, rows = step.index + 1, step.rows[1]
+            if step.index in finished:
+                _check_finished(finished[step.index], step, writer.path)
+            elif owner(step.index, dist.world_size) == dist.rank:
+                writer.record(writer.write_shard(step.index, step.rows, step.contexts, acts, ids))
+                written += 1
+                if dist.is_main:
+                    writer.absorb()
+                acts, ids = {}, {}
+            bar.update(max(min(step.rows[1], cfg.tokens) - bar.n, 0))
+            continue
+        if step.shard in finished or owner(step.shard, dist.world_size) != dist.rank:
+            continue
+        out = _forward(lm, step.load_inputs().to(device), list(cfg.hooks))
+        got = tuple(next(iter(out.values())).shape[:2])
+        if got != tuple(step.keep.shape):
+            raise WorkbenchError(f"{lm.model_id} gave {got[1]} positions per input at {cfg.hooks[0]}; the plan expected "
+                                 f"{step.keep.shape[1]} (every input of a harvest must have the same size)")
+        mask = step.keep.to(device)
+        for h, a in out.items():
+            acts.setdefault(h, []).append(a[mask].to("cpu", writer.dtype))
+        for k, v in step.ids.items():
+            ids.setdefault(k, []).append(v[step.keep].to(torch.int64 if k == "context_ids" else torch.int32))
+    if dist.enabled:
+        log.info("rank %d of %d wrote %d of %d shards", dist.rank, dist.world_size, written, shards)
+    return shards, rows
+
+
+def _check_finished(entry: dict[str, Any], step: ShardEnd, path: Path) -> None:
+    """A shard found finished must be the one this plan writes; otherwise the corpus changed under the cache."""
+    if tuple(entry["rows"]) != step.rows or tuple(entry["contexts"]) != step.contexts:
+        raise WorkbenchError(
+            f"shard {step.index} of {str(path)!r} holds rows {entry['rows']} of contexts {entry['contexts']}, but this "
+            f"corpus and config give rows {list(step.rows)} of contexts {list(step.contexts)}: the corpus changed "
+            f"since the harvest began. Use another --out, or delete that directory to start over."
+        )
 
 
 def _tokenizer_info(lm: LoadedModel) -> dict[str, Any] | None:
@@ -187,12 +226,11 @@ def _forward(lm: LoadedModel, inputs: torch.Tensor, hooks: list[str]) -> dict[st
     return capture(lm, inputs, hooks, stop=True)
 
 
-def _text_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+def _text_batches(lm: LoadedModel, cfg: HarvestConfig) -> Iterator[Batch]:
     docs = open_documents(cfg.corpus, split=cfg.split, field=cfg.text_field, seed=cfg.seed, revision=None,
                           subset=cfg.subset, modality="text", streaming=cfg.streaming)
     contexts: Iterator[Context] = pack_contexts(docs, lm.tokenizer, cfg.context_length, lm.prefix_ids,
                                                 lm.suffix_ids, lm.separator_id, lm.pad_id)
-    contexts = itertools.islice(contexts, skip, None)
     while True:
         chunk = list(itertools.islice(contexts, cfg.batch_size))
         if not chunk:
@@ -201,17 +239,29 @@ def _text_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tu
         yield ids, torch.stack([c.keep for c in chunk]), {"token_ids": ids, "doc_ids": torch.stack([c.doc_ids for c in chunk])}
 
 
-def _image_batches(lm: LoadedModel, cfg: HarvestConfig, skip: int) -> Iterator[tuple[torch.Tensor, None, dict]]:
-    """Preprocessed images; the rows per image (CLS [+ distillation] + patches) come from the forward."""
+def _image_batches(lm: LoadedModel, cfg: HarvestConfig, device: torch.device) -> Iterator[Batch]:
+    """Images, preprocessed only when a batch runs (a process skipping it never pays for that).
+
+    Every CLS [+ distillation] + patch row is kept; how many rows an image gives is the model's
+    business, so one image is run once to ask it, and every batch is planned with that count.
+    """
     if lm.image_processor is None:
         raise WorkbenchError(f"{lm.model_id} has no image processor; cannot preprocess images for it")
     docs = open_documents(cfg.corpus, split=cfg.split, field=cfg.text_field, seed=cfg.seed, subset=cfg.subset,
                           modality="vision", streaming=cfg.streaming)
-    docs = itertools.islice(docs, skip, None)
+
+    def pixels(chunk: list) -> torch.Tensor:
+        images = [d.image.convert("RGB") if hasattr(d.image, "convert") else d.image for d in chunk]
+        return lm.image_processor(images=images, return_tensors="pt")["pixel_values"].to(DTYPES[cfg.model_dtype])
+
+    t = None
     while True:
         chunk = list(itertools.islice(docs, cfg.batch_size))
         if not chunk:
             return
-        images = [d.image.convert("RGB") if hasattr(d.image, "convert") else d.image for d in chunk]
-        px = lm.image_processor(images=images, return_tensors="pt")["pixel_values"].to(DTYPES[cfg.model_dtype])
-        yield px, None, {"image_ids": torch.tensor([d.index for d in chunk])}
+        if t is None:
+            t = next(iter(_forward(lm, pixels(chunk[:1]).to(device), [cfg.hooks[0]]).values())).shape[1]
+        b = len(chunk)
+        image_ids = torch.tensor([d.index for d in chunk])
+        yield (lambda c=chunk: pixels(c)), torch.ones(b, t, dtype=torch.bool), {
+            "image_ids": image_ids.unsqueeze(1).expand(b, t), "patch_ids": torch.arange(t).unsqueeze(0).expand(b, t)}
