@@ -142,16 +142,35 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
             n += 1
         return n / (time.perf_counter() - t0)
 
-    runs: dict[str, list[float]] = {"seq": [], "shuf": [], "shuf0": []}
+    def floor() -> float:
+        """Random rows from pages already mapped: no page faults, no bookkeeping, no thread. What
+        any row-level shuffle of these files pays at least, on this machine."""
+        maps = [r._load(i, "h") for i in range(len(r.shards))]
+        for m in maps:
+            m.sum()  # map every page first
+        g = torch.Generator().manual_seed(0)
+        idx = [[torch.randint(0, m.shape[0], (batch // len(maps[:4]),), generator=g) for m in maps[:4]] for _ in range(32)]
+        out = torch.empty(batch, d)
+        t0 = time.perf_counter()
+        for parts in idx:
+            a = 0
+            for m, i in zip(maps, parts):
+                torch.index_select(m, 0, i, out=out[a:a + i.numel()])
+                a += i.numel()
+        return len(idx) / (time.perf_counter() - t0)
+
+    runs: dict[str, list[float]] = {"seq": [], "shuf": [], "shuf0": [], "floor": []}
     sequential(), shuffled(2)  # page cache warm for both
     for _ in range(reps):
         runs["seq"].append(sequential())
         runs["shuf"].append(shuffled(2))
         runs["shuf0"].append(shuffled(0))
+        runs["floor"].append(floor())
     med = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
     names = {"seq": "sequential: one mmap slice per batch, copied once (no shuffle)",
              "shuf": "CacheReader.batches(shuffle=True), background thread (default)",
-             "shuf0": "CacheReader.batches(shuffle=True, prefetch=0), same thread"}
+             "shuf0": "CacheReader.batches(shuffle=True, prefetch=0), same thread",
+             "floor": "floor: index_select of random rows from pages already mapped"}
     table(f"2. reader: {rows:,} rows x d {d} float32 in shards of 65,536, batches of {batch}, median of {reps} "
           f"alternating runs (files in the page cache); shuffle: rows permuted within windows of 4 shards "
           f"(262,144 rows), window order permuted; an epoch is an exact permutation",
