@@ -231,8 +231,9 @@ class CacheWriter:
                 entry = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                 continue  # written atomically, so only a hand-damaged record lands here: redo that shard
-            if isinstance(entry, dict) and record_file_name(entry.get("index", -1)) == p.name:
-                out[entry["index"]] = entry
+            index = entry.get("index") if isinstance(entry, dict) else None
+            if isinstance(index, int) and not isinstance(index, bool) and record_file_name(index) == p.name:
+                out[index] = entry
         return out
 
     def finished(self) -> dict[int, dict[str, Any]]:

@@ -143,3 +143,23 @@ def test_verify_reports_a_manifest_from_a_newer_version(copy) -> None:
     assert res.returncode == 1 and "upgrade the workbench" in res.stdout and "Traceback" not in res.stderr
     with pytest.raises(WorkbenchError, match="newer workbench"):
         CacheReader(copy)
+
+
+def test_damaged_or_foreign_shard_records_are_ignored_and_removed_on_resume(tmp_path) -> None:
+    # A multi-process harvest marks each finished shard with a record; a resumed harvest reads them.
+    # Records that are not valid JSON, name another shard or a non-integer index are not trusted:
+    # the resume keeps only the good one, deletes the rest, and those shards are written again.
+    header = {"model": {"id": "synthetic"}, "context_length": 5}
+    path = tmp_path / "acts"
+    w = CacheWriter(path, {"h": D}, "float32", shard_tokens=10, header=header)
+    ids = torch.arange(10)
+    fields = {"token_ids": [ids.int()], "doc_ids": [ids.int()], "context_ids": [ids // 5], "positions": [(ids % 5).int()]}
+    w.record(w.write_shard(0, (0, 10), (0, 2), {"h": [torch.randn(10, D)]}, fields))
+    (path / "shard_00001.done.json").write_text("{not json")
+    (path / "shard_00002.done.json").write_text(json.dumps({"index": "2", "files": {}}))
+    (path / "shard_00003.done.json").write_text(json.dumps({"index": 5, "files": {}}))
+    (path / "shard_00004.done.json").write_text(json.dumps(["index", 4]))
+    resumed = CacheWriter(path, {"h": D}, "float32", shard_tokens=10, header=header)
+    assert [s["index"] for s in resumed.shards] == [0]
+    assert sorted(p.name for p in path.glob("*.done.json")) == []
+    assert resumed.resumed_rows == 10 and resumed.resumed_contexts == 2
