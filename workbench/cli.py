@@ -134,6 +134,13 @@ def build_parser(registrars: "list[Callable[[argparse._SubParsersAction], None]]
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for a in argv:
+        if a == "--":
+            break
+        if a.startswith("--") and a.endswith("=--"):  # argparse turns this value into [], whatever the flag's type
+            print(f"sae: error: {a[:-3]} got '--' as its value; give the value itself", file=sys.stderr)
+            return 2
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a one-line usage error (2): a code, never a traceback

@@ -153,3 +153,13 @@ def test_packages_can_share_a_noun_and_keep_old_spellings_hidden(capsys: pytest.
     report = subparsers(parser).choices["report"]  # type: ignore[union-attr]
     assert "build a report" in report.format_help() and "open a report" in report.format_help()
     assert "build or open reports" in parser.format_help()
+
+
+@pytest.mark.parametrize("argv", [["browse", "--sae=--", "--cache", "x"], ["eval", "--sae=--"], ["harvest", "--tokens=--"],
+                                  ["cache", "info", "--json=--", "x"]])
+def test_a_double_dash_value_is_one_line_and_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse hands `--flag=--` to the verb as [] (a path flag then failed with a TypeError traceback)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    flag = next(a for a in argv if a.endswith("=--"))[:-3]
+    assert err.count("\n") == 0 and f"{flag} got '--' as its value" in err
