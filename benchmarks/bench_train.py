@@ -4,15 +4,19 @@
     python benchmarks/bench_train.py --tokens 0 --archs topk batchtopk feature_choice feature_choice/zipf \
         mutual_choice                                                  # acceptance: every training token
     python benchmarks/bench_train.py --synthetic                       # no cache needed
+    python benchmarks/bench_train.py --reference recipe                # dense loop with the trainer's recipe
 
 Every run trains on the same in-memory batches in the same order from the same initial weights
-(W_dec random unit rows, W_enc = W_dec^T, b_dec = geometric median), with the same Adam, rate
-schedule, clipping, decoder-norm constraint and AuxK. The reference is written here in plain
-torch: dense codes, a dense decoder matmul, autograd's dense gradients. The workbench trainer
-uses the sparse kernels (and, with --precision auto on a CPU with bf16 units, chooses features
-on a bf16 encoder matmul while computing their values in fp32). Throughput is the training
-steps only (tokens / seconds spent in each run's steps; the runs are interleaved step by step so
-load from other jobs hits all of them alike), FVU is measured on held-out tokens of the cache.
+(W_dec random unit rows, W_enc = W_dec^T, b_dec = geometric median). The reference is written
+here in plain torch: dense codes, a dense decoder matmul, autograd's dense gradients, Adam at a
+constant rate with no gradient clipping (`--reference plain`, the default), so that what the
+trainer's recipe (warm-up, decay, clipping) costs or gains shows up as an FVU difference;
+`--reference recipe` gives it the trainer's schedule and clipping instead, so that only the
+kernels differ. Both keep the decoder-norm constraint and AuxK. The workbench trainer uses the
+sparse kernels (and, with --precision auto on a CPU with bf16 units, chooses features on a bf16
+encoder matmul while computing their values in fp32). Throughput is the training steps only
+(tokens / seconds spent in each run's steps; the runs are interleaved step by step so load from
+other jobs hits all of them alike), FVU is measured on held-out tokens of the cache.
 Anchor (benchmarks/RESULTS.md): d_model 576, 4608 features, k 32, batch 4096, one pass over
 368,640 tokens of SmolLM2 blocks.8.hook_resid_post.
 """
@@ -84,9 +88,12 @@ def synthetic(tokens: int, heldout_tokens: int, d: int) -> tuple[torch.Tensor, t
 
 
 class DenseTopK:
-    """The plain dense reference: dense codes, dense decoder, autograd, the same recipe as the trainer."""
+    """The dense reference: dense codes, dense decoder, autograd; the trainer's init and AuxK.
 
-    def __init__(self, trainer: Trainer) -> None:
+    `recipe=False` (plain): Adam at a constant rate, no clipping. `recipe=True`: the trainer's
+    warm-up, decay and clipping too."""
+
+    def __init__(self, trainer: Trainer, recipe: bool = False) -> None:
         slot = trainer.slots[0]
         sae = slot.sae
         self.k = sae.cfg.k
@@ -101,11 +108,13 @@ class DenseTopK:
         cfg = trainer.cfg
         self.lr = slot.lr
         self.opt = torch.optim.Adam(self.params, lr=self.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps)
-        self.clip = cfg.grad_clip
+        self.clip = cfg.grad_clip if recipe else 0.0
         self.device = sae.W_dec.device
         self.since_fired = torch.zeros(sae.num_features, dtype=torch.long, device=self.device)
-        self.total, self.warm = trainer.total_steps, int(round(cfg.warmup_fraction * trainer.total_steps))
-        self.decay_steps, self.decay = int(round(cfg.decay_fraction * trainer.total_steps)), cfg.decay
+        self.total = trainer.total_steps
+        self.warm = int(round(cfg.warmup_fraction * trainer.total_steps)) if recipe else 0
+        self.decay_steps = int(round(cfg.decay_fraction * trainer.total_steps)) if recipe else 0
+        self.decay = cfg.decay if recipe else "none"
 
     def step(self, x: torch.Tensor, step: int) -> None:
         x = x.to(self.device)
@@ -150,23 +159,25 @@ class DenseTopK:
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def config(args: argparse.Namespace, arch: str, out: str, precision: str) -> TrainConfig:
-    """`arch` may carry a Feature Choice capacity rule: "feature_choice/zipf"."""
+def config(args: argparse.Namespace, arch: str, out: str, precision: str, **overrides) -> TrainConfig:
+    """`arch` may carry a Feature Choice capacity rule: "feature_choice/zipf"; `overrides` are
+    further TrainConfig fields (a schedule under test)."""
     arch, _, capacity = arch.partition("/")
-    return TrainConfig(arch=(arch,), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch_size,
-                       epochs=args.epochs, out=out, progress=False, checkpoint_every=0, log_every=10,
-                       precision=precision, seed=args.seed, heldout_fraction=0.0, resume=False, device=args.device,
-                       capacity=capacity or "uniform", lr=args.lr)
+    fields = dict(arch=(arch,), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch_size,
+                  epochs=args.epochs, out=out, progress=False, checkpoint_every=0, log_every=10,
+                  precision=precision, seed=args.seed, heldout_fraction=0.0, resume=False, device=args.device,
+                  capacity=capacity or "uniform", lr=args.lr)
+    return TrainConfig(**{**fields, **overrides})
 
 
 class TrainerRun:
     """The workbench trainer, stepped by the benchmark so every run sees the same batch in turn."""
 
-    def __init__(self, args, src: TensorSource, arch: str, precision: str) -> None:
+    def __init__(self, args, src: TensorSource, arch: str, precision: str, name: str = "", **overrides) -> None:
         self.out = tempfile.mkdtemp(prefix="bench_train_")
-        self.trainer = Trainer(config(args, arch, self.out, precision), src)
+        self.trainer = Trainer(config(args, arch, self.out, precision, **overrides), src)
         base, _, cap = arch.partition("/")
-        self.name = f"workbench {base}" + (f" ({cap or 'uniform'} capacity)" if base == "feature_choice" else "") + \
+        self.name = name or f"workbench {base}" + (f" ({cap or 'uniform'} capacity)" if base == "feature_choice" else "") + \
             f", precision {precision}"
         self.seconds = 0.0
 
@@ -189,16 +200,17 @@ class TrainerRun:
 
 
 class DenseRun:
-    def __init__(self, args, src: TensorSource, held: torch.Tensor) -> None:
+    def __init__(self, args, src: TensorSource, held: torch.Tensor, recipe: bool = False) -> None:
         out = tempfile.mkdtemp(prefix="bench_train_dense_")
-        try:  # same init and resolved recipe as the workbench TopK run
+        try:  # same init (and, with `recipe`, the same resolved schedule) as the workbench TopK run
             t = Trainer(config(args, "topk", out, "float32"), src)
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        self.ref = DenseTopK(t)
+        self.ref = DenseTopK(t, recipe)
         self.scale = t.scales["x"]
         self.held = held
-        self.name = "plain dense TopK reference (fp32)"
+        self.name = ("dense TopK reference, trainer's schedule + clipping (fp32)" if recipe
+                     else "plain dense TopK reference: constant rate, no clipping (fp32)")
         self.seconds = 0.0
 
     def step(self, x: torch.Tensor, step: int) -> None:
@@ -258,6 +270,8 @@ def main() -> int:
     ap.add_argument("--archs", nargs="+", default=["topk"],
                     help="workbench architectures to train (feature_choice/zipf: Zipf capacities)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense reference")
+    ap.add_argument("--reference", choices=["plain", "recipe"], default="plain",
+                    help="dense reference: constant rate without clipping, or the trainer's schedule and clipping")
     ap.add_argument("--no-fp32", action="store_true", help="skip the workbench fp32-selection run")
     ap.add_argument("--lr", type=float, default=0.0, help="Adam rate (0 = the trainer's width-scaled default)")
     args = ap.parse_args()
@@ -279,7 +293,7 @@ def main() -> int:
         runs.append(TrainerRun(args, src, arch, "auto"))
         if arch == "topk" and not args.no_fp32:
             runs.append(TrainerRun(args, src, arch, "float32"))
-    dense = None if args.no_dense else DenseRun(args, src, held)
+    dense = None if args.no_dense else DenseRun(args, src, held, args.reference == "recipe")
     if dense is not None:
         runs.append(dense)
     total = runs[0].trainer.total_steps
