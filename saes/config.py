@@ -143,7 +143,7 @@ class TrainConfig:
     )
     init_sample_tokens: int = field(default=16384, metadata=_h("tokens read to estimate b_dec and the input scale"))
     # ---- optimisation
-    lr: float = field(default=0.0, metadata=_h("Adam learning rate (0 = auto: 2e-4 / sqrt(F / 2^14))"))
+    lr: float = field(default=0.0, metadata=_h("Adam learning rate (0 = auto: 8e-4 / sqrt(F / 2^14))"))
     adam_betas: tuple[float, ...] = field(default=(0.9, 0.999), metadata=_h("Adam beta1 beta2"))
     adam_eps: float = field(default=6.25e-10, metadata=_h("Adam epsilon"))
     warmup_fraction: float = field(default=0.01, metadata=_h("fraction of steps with a linear learning-rate warm-up"))

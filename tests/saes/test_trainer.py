@@ -144,7 +144,7 @@ def test_metrics_summary_and_saved_sae_agree(tmp_path):
 def test_width_scaled_learning_rate_and_warmup(tmp_path):
     t = Trainer(base_cfg(tmp_path, expansion=(2, 8)), TensorSource(X))
     lrs = [s.lr for s in t.slots]
-    assert lrs[0] == pytest.approx(2e-4 / (32 / 2**14) ** 0.5)
+    assert lrs[0] == pytest.approx(8e-4 / (32 / 2**14) ** 0.5)
     assert lrs[0] / lrs[1] == pytest.approx(2.0)  # 4x the features -> half the rate
     t2 = Trainer(base_cfg(tmp_path / "b", lr=1e-3, warmup_fraction=0.5), TensorSource(X))
     assert t2.slots[0].lr == 1e-3 and t2.lr_factor() == pytest.approx(1 / round(0.5 * t2.total_steps))
