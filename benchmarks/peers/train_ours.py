@@ -3,7 +3,7 @@
 The trainer reads its batches through the cache reader's interface; `FileOrder` serves the
 batches file's rows in the file's order (the order every library gets), epoch 1 of 1. The
 recipe is the trainer's own defaults (geometric-median b_dec, input scaled to mean norm sqrt(d),
-Adam, 1% warm-up + linear decay over the last 20%, gradient clip 1, unit decoder rows, AuxK,
+Adam, 1% warm-up and no decay, gradient clip 1, unit decoder rows, AuxK,
 `--precision auto`) except the learning rate, which the benchmark sets for all libraries alike.
 Timed: `Trainer.train()` from its call to the callback after the last step (the final
 checkpoint, held-out evaluation and save come after and are not timed).
@@ -66,9 +66,13 @@ def main() -> None:
     worker_io.finish(args, data, seconds=seconds, weights=weights, library_recon=recon, version="this checkout",
                      recipe=(f"saes.Trainer defaults, precision {args.variant} ({trainer.matmul_dtype or torch.float32} "
                              f"selection), lr {p['lr']:.3g}, warm-up {cfg.warmup_fraction:.0%}, "
-                             f"{cfg.decay} decay over the last {cfg.decay_fraction:.0%}, clip {cfg.grad_clip}, AuxK"),
+                             f"{_decay(cfg)}, clip {cfg.grad_clip}, AuxK"),
                      extra={"trainer_steps": trainer.step})
     shutil.rmtree(out, ignore_errors=True)
+
+
+def _decay(cfg) -> str:
+    return "no decay" if cfg.decay == "none" else f"{cfg.decay} decay over the last {cfg.decay_fraction:.0%}"
 
 
 if __name__ == "__main__":
