@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harvesting import CacheReader, CacheWriter
-from harvesting.reader import _mix
+from harvesting.epoch_order import window_seed
 from workbench.errors import WorkbenchError
 
 D = 8
@@ -131,12 +131,12 @@ def _reference_epoch(r: CacheReader, batch: int, seed: int, epoch: int, window: 
     """The documented order, written plainly: shards permuted, grouped into windows, each
     window's rows permuted, the epoch's rows cut into batches (drop_last)."""
     pieces = r._pieces(split, frac)  # (shard, start, stop) of the split
-    order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(_mix(seed, epoch, -1))).tolist()
+    order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(window_seed(seed, epoch, -1))).tolist()
     rows: list[int] = []
     for w, j in enumerate(range(0, len(order), window)):
         ids = [r.shards[p.shard]["rows"][0] + i for p in (pieces[q] for q in order[j:j + window])
                for i in range(p.start, p.stop)]
-        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(_mix(seed, epoch, w))).tolist()
+        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(window_seed(seed, epoch, w))).tolist()
         rows += [ids[i] for i in perm]
     return [sorted(rows[i:i + batch]) for i in range(0, len(rows) - batch + 1, batch)]
 
