@@ -7,6 +7,14 @@ the rows (none lost, none repeated), each batch is a uniform sample of its windo
 batch `b` of an epoch is a pure function of (seed, epoch, b), so a resumed trainer can skip to
 `start_batch` without reading what it skips. Batches are gathered straight from the
 memory-mapped shards: a window is never copied.
+
+A window's permutation is drawn in two independent parts that together are a uniform
+permutation: how many rows each segment of the window (its stretch of one batch) takes from
+each shard piece (sequential multivariate hypergeometric draws, which is how a uniformly
+shuffled sequence of piece labels splits), and which rows of each piece, in what order (one
+uniform permutation per piece). So a batch's rows come grouped by piece, ready for one
+sequential gather per piece, with no sort: preparing a window costs about a third of what
+permuting and then grouping its rows did.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -53,6 +62,13 @@ class EpochPlan:
         self.num_batches = total // batch_size if drop_last else math.ceil(total / batch_size)
         self.total = min(total, self.num_batches * batch_size)
 
+    def segments(self, w: int) -> list[int]:
+        """Window `w` cut at the epoch's batch boundaries: the stretch of each batch it holds."""
+        w0 = sum(self.window_rows[:w])
+        n, bs = self.window_rows[w], self.batch_size
+        cuts = [0, *range(-w0 % bs or bs, n, bs), n]
+        return [b - a for a, b in zip(cuts, cuts[1:]) if b > a]
+
     def _window(self, reader: CacheReader, w: int, hooks: list[str], id_fields: list[str]) -> "_Window":
         """Window `w` as memory-mapped shard tensors (nothing copied yet) and its serving order."""
         pieces: dict[str, list[torch.Tensor]] = {k: [] for k in [*hooks, *id_fields]}
@@ -63,103 +79,92 @@ class EpochPlan:
                 ids = reader._read(p.shard, "rows", id_fields)
                 for k in id_fields:
                     pieces[k].append(ids[k][p.start:p.stop])
-        n = self.window_rows[w]
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(window_seed(self.seed, self.epoch, w)))
-        else:
-            order = torch.arange(n)
-        return _Window(pieces, [p.rows for p in self.windows[w]], order)
+        seed = window_seed(self.seed, self.epoch, w) if self.shuffle else None
+        return _Window(pieces, [p.rows for p in self.windows[w]], self.segments(w), seed)
+
+    def prepared(self, reader: CacheReader, hooks: list[str], id_fields: list[str],
+                 start_batch: int) -> Iterator[tuple["_Window", range]]:
+        """Each window from `start_batch` on, mapped and ordered, with the segments of it to serve."""
+        pos = start_batch * self.batch_size  # where the epoch resumes: a batch boundary, so a segment boundary
+        w0 = 0
+        for w, pieces in enumerate(self.windows):
+            n = self.window_rows[w]
+            if w0 + n <= pos:
+                w0 += n
+                continue
+            if w0 >= self.total:
+                return
+            if w0 <= pos:  # the first window read: the kernel reads it ahead too
+                reader._will_need(pieces, hooks)
+            if w + 1 < len(self.windows):  # the kernel reads the next window ahead while this one is served
+                reader._will_need(self.windows[w + 1], hooks)
+            segs = self.segments(w)
+            bounds = [w0 + sum(segs[:i]) for i in range(len(segs) + 1)]
+            first = bounds.index(max(pos, w0))
+            last = next((i for i, b in enumerate(bounds) if b >= self.total), len(segs))
+            yield self._window(reader, w, hooks, id_fields), range(first, last)
+            w0 += n
 
     def iterate(self, reader: CacheReader, hooks: list[str], id_fields: list[str],
                 start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches gathered straight from the memory-mapped shards into fresh tensors: no copy
-        of the window is ever made, and nothing keeps a window alive after its last batch."""
+        """Batches gathered straight from the memory-mapped shards into fresh tensors: no copy of
+        a window is ever made, and nothing keeps a window alive after its last batch."""
         bs = self.batch_size
-        pos = start_batch * bs  # position in the epoch's virtual row order
-        w, w0 = 0, 0
-        while w < len(self.windows) and w0 + self.window_rows[w] <= pos:
-            w0 += self.window_rows[w]
-            w += 1
-        skip = pos - w0
-        carry: dict[str, torch.Tensor] | None = None  # fewer than batch_size rows from the previous window
-        if w < len(self.windows):
-            reader._will_need(self.windows[w], hooks)
-        while pos < self.total and w < len(self.windows):
-            win = self._window(reader, w, hooks, id_fields)
-            if w + 1 < len(self.windows):  # the kernel reads the next window ahead while this one is served
-                reader._will_need(self.windows[w + 1], hooks)
-            w += 1
-            # the window's chunks: the rest of a carried batch, then whole batches, then a carry or the end
-            have = 0 if carry is None else next(iter(carry.values())).shape[0]
-            sizes, p, left = [], pos, win.order.numel() - skip
-            while p < self.total and left > 0:
-                take = min(min(bs, self.total - p) - (have if not sizes else 0), left)
-                sizes.append(take)
-                left -= take
-                p += take + (have if len(sizes) == 1 else 0)
-            chunks = win.chunks(skip, sizes)
-            skip = 0
-            for c, take in enumerate(sizes):
-                need = min(bs, self.total - pos)
-                rows = chunks.gather(c)
+        pos = start_batch * bs
+        carry: dict[str, torch.Tensor] | None = None  # a batch begun in the previous window
+        for win, segs in self.prepared(reader, hooks, id_fields, start_batch):
+            for i in segs:
+                rows = win.gather(i)
                 if carry is not None:
                     rows = {k: torch.cat([carry[k], rows[k]]) for k in rows}
                     carry = None
-                if have + take < need:  # window exhausted mid-batch: carry into the next one
+                need = min(bs, self.total - pos)
+                if next(iter(rows.values())).shape[0] < need:  # the window's last segment: the batch goes on
                     carry = rows
                     break
-                have = 0
                 yield rows
                 pos += need
-            del win, chunks
+            del win
         if carry is not None and pos < self.total:  # only reachable with drop_last=False
             yield carry
 
 
 class _Window:
-    """Consecutive shard pieces seen as one row space, gathered from without concatenating."""
+    """Consecutive shard pieces seen as one row space, served segment by segment (see the module
+    docstring for how the order is drawn) without concatenating them."""
 
-    def __init__(self, pieces: dict[str, list[torch.Tensor]], sizes: list[int], order: torch.Tensor) -> None:
+    def __init__(self, pieces: dict[str, list[torch.Tensor]], sizes: list[int], segments: list[int],
+                 seed: int | None) -> None:
         self.pieces = pieces
-        self.bounds = torch.tensor(sizes).cumsum(0)
-        self.starts = torch.tensor([0, *self.bounds[:-1].tolist()])
-        self.order = order
+        if seed is None:  # in file order: piece after piece
+            self.rows = [torch.arange(n) for n in sizes]
+            p_end, s_end = np.cumsum(sizes), np.cumsum(segments)
+            lo = np.maximum((s_end - segments)[:, None], (p_end - sizes)[None, :])
+            counts = np.clip(np.minimum(s_end[:, None], p_end[None, :]) - lo, 0, None)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            self.rows = [torch.randperm(n, generator=g) for n in sizes]
+            rng = np.random.Generator(np.random.PCG64(seed))
+            counts = np.empty((len(segments), len(sizes)), dtype=np.int64)
+            left = np.array(sizes, dtype=np.int64)
+            for i, s in enumerate(segments):
+                counts[i] = rng.multivariate_hypergeometric(left, s)
+                left -= counts[i]
+        self.counts = counts.tolist()
+        self.starts = (np.cumsum(counts, axis=0) - counts).tolist()  # where segment i begins in each piece's rows
 
-    def chunks(self, skip: int, sizes: list[int]) -> "_Chunks":
-        """Rows order[skip:] cut into consecutive chunks of `sizes`, each grouped by shard piece.
-
-        Within a chunk, rows come piece by piece, each piece's rows in `order`: the chunk is the
-        same set of rows, and its order stays a pure function of (seed, epoch, batch). The
-        grouping is one stable sort per window instead of one per batch.
-        """
-        idx = self.order[skip:skip + sum(sizes)]
-        piece = torch.bucketize(idx, self.bounds, right=True)
-        n_pieces = len(self.bounds)
-        chunk = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long))
-        key = chunk * n_pieces + piece
-        key, perm = torch.sort(key, stable=True)
-        local = idx[perm] - self.starts[key % n_pieces]
-        counts = torch.bincount(key, minlength=len(sizes) * n_pieces).view(len(sizes), n_pieces).tolist()
-        return _Chunks(self.pieces, local, counts, [0, *torch.tensor(sizes).cumsum(0).tolist()])
-
-
-class _Chunks:
-    """A window's serving order, precomputed: chunk `c` is one sequential gather per shard piece."""
-
-    def __init__(self, pieces: dict[str, list[torch.Tensor]], local: torch.Tensor, counts: list[list[int]],
-                 offsets: list[int]) -> None:
-        self.pieces, self.local, self.counts, self.offsets = pieces, local, counts, offsets
-
-    def gather(self, c: int) -> dict[str, torch.Tensor]:
-        lo, hi = self.offsets[c], self.offsets[c + 1]
+    def gather(self, i: int) -> dict[str, torch.Tensor]:
+        """Segment `i`: one sequential gather per shard piece into a fresh tensor."""
+        counts, starts = self.counts[i], self.starts[i]
+        n = sum(counts)
         out = {}
         for k, parts in self.pieces.items():
-            o = torch.empty((hi - lo, *parts[0].shape[1:]), dtype=parts[0].dtype)
+            o = torch.empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype)
             a = 0
-            for p, n in enumerate(self.counts[c]):
-                if n:
-                    torch.index_select(parts[p], 0, self.local[lo + a:lo + a + n], out=o[a:a + n])
-                    a += n
+            for p, c in enumerate(counts):
+                if c:
+                    torch.index_select(parts[p], 0, self.rows[p][starts[p]:starts[p] + c], out=o[a:a + c])
+                    a += c
             out[k] = o
         return out
 

@@ -2,8 +2,8 @@
 
 Shuffling is two-level (shard order, then the rows of a window of shards; see
 `harvesting.epoch_order`): an epoch is an exact permutation of the rows, memory holds about one
-window, and batch `b` of an epoch is a pure function of (seed, epoch, b). A background thread
-gathers batches while the trainer runs.
+window, and batch `b` of an epoch is a pure function of (seed, epoch, b). Batches are gathered in
+the caller's thread unless `prefetch` asks for a background thread (see `CacheReader.batches`).
 
 Held-out rows are those of the last ceil(C * heldout_fraction) of the cache's C contexts, with
 the cut then moved forward to the next document boundary (`doc_ids`), so that no document has
@@ -248,7 +248,7 @@ class CacheReader:
         rank: int = 0,
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
-        prefetch: int = 2,
+        prefetch: int = 0,
         window_shards: int = 4,
         with_ids: bool = False,
     ) -> Iterator[dict[str, torch.Tensor]]:
@@ -256,6 +256,12 @@ class CacheReader:
 
         Every rank of a data-parallel job iterates the same global batches and takes its own
         contiguous slice of each, so ranks never overlap and together see every row once.
+
+        `prefetch=N` gathers N batches ahead in a background thread. That pays when the caller
+        mostly waits on a device (the trainer asks for it on CUDA); in a busy CPU process it
+        costs: `benchmarks/bench_harvest.py` measures the thread at 0.6x the caller's-thread
+        rate on a 2-core machine (a second OpenMP team, and glibc handing the thread's freed
+        batches back to the system, so each new one is faulted in again).
         """
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         if not hooks:

@@ -136,7 +136,7 @@ class TensorSource:
     def batches(self, hooks: list[str], batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 normalize: bool = False, split: str = "train", heldout_fraction: float = 0.01, start_batch: int = 0,
                 drop_last: bool = True, rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32,
-                prefetch: int = 2) -> Iterator[dict[str, Tensor]]:
+                prefetch: int = 0) -> Iterator[dict[str, Tensor]]:
         if batch_size % world_size:
             raise WorkbenchError(f"batch size {batch_size} is not divisible by the world size {world_size}")
         data, lo, hi = self._rows(split, heldout_fraction)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from harvesting import CacheReader, CacheWriter
-from harvesting.epoch_order import window_seed
+from harvesting.epoch_order import _Window, window_seed
 from workbench.errors import WorkbenchError
 
 D = 8
@@ -128,17 +129,45 @@ def test_an_unfinished_cache_is_refused_unless_asked(tmp_path: Path) -> None:
 
 def _reference_epoch(r: CacheReader, batch: int, seed: int, epoch: int, window: int, split: str,
                      frac: float) -> list[list[int]]:
-    """The documented order, written plainly: shards permuted, grouped into windows, each
-    window's rows permuted, the epoch's rows cut into batches (drop_last)."""
+    """The documented order, written plainly: shards permuted, grouped into windows; in each
+    window, every piece's rows permuted and each stretch of a batch drawing its count per piece
+    (hypergeometric); the epoch's rows cut into batches (drop_last)."""
     pieces = r._pieces(split, frac)  # (shard, start, stop) of the split
     order = torch.randperm(len(pieces), generator=torch.Generator().manual_seed(window_seed(seed, epoch, -1))).tolist()
     rows: list[int] = []
     for w, j in enumerate(range(0, len(order), window)):
-        ids = [r.shards[p.shard]["rows"][0] + i for p in (pieces[q] for q in order[j:j + window])
-               for i in range(p.start, p.stop)]
-        perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(window_seed(seed, epoch, w))).tolist()
-        rows += [ids[i] for i in perm]
+        ps = [pieces[q] for q in order[j:j + window]]
+        s = window_seed(seed, epoch, w)
+        g = torch.Generator().manual_seed(s)
+        perms = [[r.shards[p.shard]["rows"][0] + p.start + i for i in torch.randperm(p.rows, generator=g).tolist()]
+                 for p in ps]
+        rng = np.random.Generator(np.random.PCG64(s))
+        left = [p.rows for p in ps]
+        n = sum(left)
+        while n:
+            take = min(batch - len(rows) % batch, n)  # to the next batch boundary of the epoch
+            counts = rng.multivariate_hypergeometric(left, take).tolist()
+            for k, c in enumerate(counts):
+                rows += perms[k][:c]
+                perms[k] = perms[k][c:]
+                left[k] -= c
+            n -= take
     return [sorted(rows[i:i + batch]) for i in range(0, len(rows) - batch + 1, batch)]
+
+
+def test_a_window_is_a_uniform_permutation() -> None:
+    # 8 rows in pieces of 3 and 5, served in stretches of 1, 4 and 3 (a window that starts one
+    # row before a batch boundary): every ordered split of the rows into those three sets must be
+    # equally likely, 1 / (8! / (1! 4! 3!)) = 1/280. Counted over 28,000 window seeds.
+    pieces = {"x": [torch.arange(0, 3).float()[:, None], torch.arange(3, 8).float()[:, None]]}
+    seen: dict[tuple, int] = {}
+    for seed in range(28_000):
+        win = _Window(pieces, [3, 5], [1, 4, 3], seed)
+        key = tuple(frozenset(win.gather(i)["x"][:, 0].long().tolist()) for i in range(3))
+        seen[key] = seen.get(key, 0) + 1
+    assert len(seen) == 280 and all(len(a | b | c) == 8 for a, b, c in seen)
+    chi2 = sum((v - 100) ** 2 / 100 for v in seen.values())
+    assert chi2 < 279 + 6 * (2 * 279) ** 0.5  # mean 279, sd 23.6 for a uniform draw; far above for a biased one
 
 
 @pytest.mark.parametrize("batch,window,split", [(64, 4, "train"), (37, 2, "all"), (200, 3, "train"), (7, 1, "heldout")])
