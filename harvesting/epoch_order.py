@@ -20,12 +20,14 @@ permuting and then grouping its rows did.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from harvesting.batch_buffers import BatchBuffers
 
 if TYPE_CHECKING:
     from harvesting.reader import CacheReader
@@ -107,14 +109,16 @@ class EpochPlan:
 
     def iterate(self, reader: CacheReader, hooks: list[str], id_fields: list[str],
                 start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches gathered straight from the memory-mapped shards into fresh tensors: no copy of
-        a window is ever made, and nothing keeps a window alive after its last batch."""
+        """Batches gathered straight from the memory-mapped shards into tensors of their own
+        (recycled memory, see `harvesting.batch_buffers`): no copy of a window is ever made, and
+        nothing keeps a window alive after its last batch."""
         bs = self.batch_size
         pos = start_batch * bs
+        buffers = BatchBuffers()
         carry: dict[str, torch.Tensor] | None = None  # a batch begun in the previous window
         for win, segs in self.prepared(reader, hooks, id_fields, start_batch):
             for i in segs:
-                rows = win.gather(i)
+                rows = win.gather(i, buffers.empty)
                 if carry is not None:
                     rows = {k: torch.cat([carry[k], rows[k]]) for k in rows}
                     carry = None
@@ -153,13 +157,13 @@ class _Window:
         self.counts = counts.tolist()
         self.starts = (np.cumsum(counts, axis=0) - counts).tolist()  # where segment i begins in each piece's rows
 
-    def gather(self, i: int) -> dict[str, torch.Tensor]:
-        """Segment `i`: one sequential gather per shard piece into a fresh tensor."""
+    def gather(self, i: int, empty: Callable[..., torch.Tensor] = torch.empty) -> dict[str, torch.Tensor]:
+        """Segment `i`: one sequential gather per shard piece into a fresh tensor from `empty`."""
         counts, starts = self.counts[i], self.starts[i]
         n = sum(counts)
         out = {}
         for k, parts in self.pieces.items():
-            o = torch.empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype)
+            o = empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype)
             a = 0
             for p, c in enumerate(counts):
                 if c:

@@ -3,7 +3,8 @@
 Shuffling is two-level (shard order, then the rows of a window of shards; see
 `harvesting.epoch_order`): an epoch is an exact permutation of the rows, memory holds about one
 window, and batch `b` of an epoch is a pure function of (seed, epoch, b). Batches are gathered in
-the caller's thread unless `prefetch` asks for a background thread (see `CacheReader.batches`).
+the caller's thread unless `prefetch` asks for a background thread (see `CacheReader.batches`),
+into memory recycled once nothing refers to it (`harvesting.batch_buffers`).
 
 Held-out rows are those of the last ceil(C * heldout_fraction) of the cache's C contexts, with
 the cut then moved forward to the next document boundary (`doc_ids`), so that no document has
@@ -259,9 +260,9 @@ class CacheReader:
 
         `prefetch=N` gathers N batches ahead in a background thread. That pays when the caller
         mostly waits on a device (the trainer asks for it on CUDA); in a busy CPU process it
-        costs: `benchmarks/bench_harvest.py` measures the thread at 0.6x the caller's-thread
-        rate on a 2-core machine (a second OpenMP team, and glibc handing the thread's freed
-        batches back to the system, so each new one is faulted in again).
+        costs: `benchmarks/bench_harvest.py` measures the thread at about half the caller's-thread
+        rate on a 2-core machine (the gathers are memory-bound and the thread brings a second
+        OpenMP team).
         """
         hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         if not hooks:
