@@ -6,7 +6,9 @@
 #      against sparsify's kernels (benchmarks/gpu_check.py);
 #   3. determinism: two identical runs and a run cut and resumed, every architecture, with the
 #      default (atomic) and the sorted (deterministic) reductions (benchmarks/gpu_determinism.py);
-#   4. the trainer against the plain dense TopK loop on the same batches (benchmarks/bench_train.py).
+#   4. the trainer against the plain dense TopK loop on the same batches (benchmarks/bench_train.py);
+#   5. the cache reader feeding the trainer, in its thread vs a background thread, which decides the
+#      default of `sae train --prefetch` on CUDA (benchmarks/bench_reader_feed.py).
 # Runs from a checkout without installing it (PYTHONPATH), so a bare GPU image with torch and
 # triton is enough. sparsify is never a dependency: set SPARSIFY_SRC to a folder holding its
 # unpacked wheel (sparsify/xformers.py, sparsify/fused_encoder.py), or put the wheel in .whl/.
@@ -38,5 +40,7 @@ part "kernels and training steps" 150 "$PY" benchmarks/gpu_check.py ${SPARSIFY_S
 part "determinism" 120 "$PY" benchmarks/gpu_determinism.py
 part "trainer vs plain dense loop" 90 "$PY" benchmarks/bench_train.py --synthetic \
   --device "$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
+part "reader feeding the trainer" 120 "$PY" benchmarks/bench_reader_feed.py --rows 262144 --steps 200 --reps 2 \
+  --d 768 --expansion 32 --device "$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
 echo
 if [ ${#failed[@]} -eq 0 ]; then echo "gpu_check: every part passed"; else echo "gpu_check: FAILED: ${failed[*]}"; exit 1; fi

@@ -159,6 +159,9 @@ class TrainConfig:
     )
     compile: bool = field(default=False, metadata=_h("torch.compile the dense tensor code of a step (architectures with a dense phase)"))
     device: str = field(default="auto", metadata=_h("cpu, cuda, cuda:N, or auto (cuda when present; LOCAL_RANK under torchrun)"))
+    prefetch: int = field(default=-1, metadata=_h(
+        "batches the cache reader gathers ahead in a background thread (-1 = auto: 2 on CUDA, where each step "
+        "ends in a host sync, 0 on a CPU, where the step already uses every core); the data order is the same"))
     # ---- losses and health
     aux_loss: str = field(default="auto", metadata=_h(
         "auxiliary loss against dead/under-used features; auto = each architecture's own default", choices=aux_loss_choices,
@@ -213,6 +216,7 @@ class TrainConfig:
             "grad_clip": self.grad_clip >= 0,
             "aux_coef": self.aux_coef >= 0,
             "init_sample_tokens": self.init_sample_tokens >= 1,
+            "prefetch": self.prefetch >= -1,
             "eval_tokens": self.eval_tokens >= 0,
             "heldout_fraction": 0 <= self.heldout_fraction < 1,
             "warmup_fraction": 0 <= self.warmup_fraction <= 1,
@@ -276,4 +280,4 @@ def sae_name(hook: str, arch: str, k: int, expansion: int) -> str:
 # Fields of TrainConfig that may differ between the run that wrote a checkpoint and the one
 # resuming it (they do not change what is computed).
 RESUMABLE_FIELDS = ("resume", "progress", "log_every", "checkpoint_every", "device", "eval_tokens", "out", "cache",
-                    "verify", "deterministic")
+                    "verify", "deterministic", "prefetch")

@@ -87,6 +87,9 @@ class Trainer:
         self.cfg = cfg
         self.callback = callback
         self.device = resolve_device(cfg.device)
+        # on a GPU each step ends in a host sync, so a gather in this thread would stall the device;
+        # on a CPU the step already uses every core and a gather thread only competes with it
+        self.prefetch = cfg.prefetch if cfg.prefetch >= 0 else (2 if self.device.type == "cuda" else 0)
         self.dist: DistContext = setup_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -195,9 +198,7 @@ class Trainer:
                 self.hooks, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, epoch=epoch,
                 split="train", heldout_fraction=self.cfg.heldout_fraction, start_batch=start,
                 rank=self.dist.rank, world_size=self.dist.world_size,
-                # on a GPU the step ends in a host sync, so a gather in this thread would stall the
-                # device; on a CPU the step already uses every core and a second thread only competes
-                prefetch=2 if self.device.type == "cuda" else 0,
+                prefetch=self.prefetch,
             )
             try:
                 for batch in it:

@@ -45,3 +45,9 @@ def test_determinism_check_finds_cpu_runs_identical():
     assert len(rows) == 4, out  # 2 architectures x (default, sorted) reductions
     for line in rows:
         assert line.count("identical") == 2, line
+
+
+def test_reader_feed_benchmark_prints_both_reader_paths():
+    out = run(["benchmarks/bench_reader_feed.py", "--quick"])
+    assert "| trainer's thread (--prefetch 0) (auto here) |" in out  # the CPU's automatic choice is marked
+    assert "| background thread (--prefetch 2) |" in out

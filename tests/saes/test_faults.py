@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from harvesting import CacheReader, CacheWriter
 from saes import TrainConfig, Trainer, train
@@ -71,7 +72,7 @@ def test_a_nan_in_the_activations_stops_at_once_naming_step_and_hook(tmp_path, v
     bad_step = next(i for i, b in enumerate(r.batches("h", 32, seed=0, heldout_fraction=0.1, with_ids=True))
                     if bool((b["token_ids"] == 300).any())) + 1
     assert bad_step > 3, "plant the bad row after the first checkpoint"
-    cfg = cfg_for(cache, tmp_path / "run", init_sample_tokens=32)
+    cfg = cfg_for(cache, tmp_path / "run", init_sample_tokens=32, prefetch=2)  # a reader thread to clean up
     with pytest.raises(NonFiniteError) as e:
         train(cfg)
     msg = str(e.value)
@@ -90,7 +91,7 @@ def test_a_diverging_loss_stops_naming_the_sae(tmp_path, cache) -> None:
 
     with pytest.raises(NonFiniteError, match=r"^step 5: SAE h/topk-k2-x2 \(hook h\): the loss is NaN or inf; "
                                              r"training stopped \(the last good checkpoint \(step-000000003\) is kept"):
-        train(cfg_for(cache, tmp_path / "run"), callback=blow_up)
+        train(cfg_for(cache, tmp_path / "run", prefetch=2), callback=blow_up)
     # the checkpoint on disk is the good one: it resumes cleanly
     assert latest_checkpoint(tmp_path / "run").name == "step-000000003"
     assert not wait_no_prefetch()
@@ -130,6 +131,14 @@ def test_resume_refuses_another_device_type(tmp_path, cache) -> None:
 
 
 # ------------------------------------------------------------------ prefetch thread
+
+def test_the_reader_thread_changes_nothing_but_where_batches_are_gathered(tmp_path, cache) -> None:
+    runs = {p: train(cfg_for(cache, tmp_path / f"p{p}", prefetch=p)) for p in (0, 2)}
+    assert runs[0]["steps"] == runs[2]["steps"] > 0
+    a, b = (load_file(str(next((tmp_path / f"p{p}").rglob("sae.safetensors")))) for p in (0, 2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0]["saes"][0]["heldout_fvu"] == runs[2]["saes"][0]["heldout_fvu"]
+
 
 def test_prefetch_thread_ends_when_the_consumer_closes_early(cache) -> None:
     r = CacheReader(cache)
