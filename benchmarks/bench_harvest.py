@@ -146,7 +146,7 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
     def floor() -> float:
         """Random rows from pages already mapped: no page faults, no bookkeeping, no thread. What
         any row-level shuffle of these files pays at least, on this machine."""
-        maps = [r._load(i, "h") for i in range(len(r.shards))]
+        maps = [r.mapped_acts(i, "h") for i in range(len(r.shards))]
         for m in maps:
             m.sum()  # map every page first
         g = torch.Generator().manual_seed(0)

@@ -76,9 +76,9 @@ class EpochPlan:
         pieces: dict[str, list[torch.Tensor]] = {k: [] for k in [*hooks, *id_fields]}
         for p in self.windows[w]:
             for h in hooks:
-                pieces[h].append(reader._load(p.shard, h)[p.start:p.stop])
+                pieces[h].append(reader.mapped_acts(p.shard, h)[p.start:p.stop])
             if id_fields:
-                ids = reader._read(p.shard, "rows", id_fields)
+                ids = reader.row_fields(p.shard, id_fields)
                 for k in id_fields:
                     pieces[k].append(ids[k][p.start:p.stop])
         seed = window_seed(self.seed, self.epoch, w) if self.shuffle else None
@@ -97,9 +97,9 @@ class EpochPlan:
             if w0 >= self.total:
                 return
             if w0 <= pos:  # the first window read: the kernel reads it ahead too
-                reader._will_need(pieces, hooks)
+                reader.read_ahead(pieces, hooks)
             if w + 1 < len(self.windows):  # the kernel reads the next window ahead while this one is served
-                reader._will_need(self.windows[w + 1], hooks)
+                reader.read_ahead(self.windows[w + 1], hooks)
             segs = self.segments(w)
             bounds = [w0 + sum(segs[:i]) for i in range(len(segs) + 1)]
             first = bounds.index(max(pos, w0))

@@ -119,14 +119,14 @@ class CacheReader:
         out = self._read(index, "rows", None)
         for h in hooks if hooks is not None else self.hooks:
             self._check_hook(h)
-            out[h] = self._load(index, h)
+            out[h] = self.mapped_acts(index, h)
         return out
 
-    def _load(self, index: int, hook: str) -> torch.Tensor:
+    def mapped_acts(self, index: int, hook: str) -> torch.Tensor:
         """A shard's activations, memory-mapped (pages are read when rows are gathered)."""
         return self._read(index, hook, ["acts"])["acts"]
 
-    def _will_need(self, pieces: Sequence[Piece], hooks: Sequence[str]) -> None:
+    def read_ahead(self, pieces: Sequence[Piece], hooks: Sequence[str]) -> None:
         """Ask the kernel to read these shards' files ahead, asynchronously and sequentially.
 
         A cache larger than memory is mostly not in the page cache: gathering shuffled rows from
@@ -148,6 +148,10 @@ class CacheReader:
                     pass
                 finally:
                     os.close(fd)
+
+    def row_fields(self, index: int, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Row id fields `names` (see the manifest's `row_fields`) of shard `index`."""
+        return self._read(index, "rows", names)
 
     def _read(self, index: int, key: str, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
         """Tensors `names` (None: all) of one shard file; a damaged file is one line naming it."""
@@ -178,7 +182,7 @@ class CacheReader:
         for i, s in enumerate(self.shards):  # the first row of context `cutoff`
             c0, c1 = s["contexts"]
             if c0 <= cutoff < c1:
-                ctx = self._read(i, "rows", ["context_ids"])["context_ids"]
+                ctx = self.row_fields(i, ["context_ids"])["context_ids"]
                 start = s["rows"][0] + int(torch.searchsorted(ctx, torch.tensor(cutoff, dtype=ctx.dtype)))
                 break
             if c0 >= cutoff:
@@ -192,11 +196,11 @@ class CacheReader:
             r0, r1 = s["rows"]
             if r1 < start or r1 == r0:
                 continue
-            ids = self._read(i, "rows", ["doc_ids"])["doc_ids"]
+            ids = self.row_fields(i, ["doc_ids"])["doc_ids"]
             if doc is None:
                 if r0 >= start:  # the cut is a shard boundary: the last row before it is in the previous shard
                     prev = next(j for j in range(i - 1, -1, -1) if self.shards[j]["rows"][1] > self.shards[j]["rows"][0])
-                    doc = int(self._read(prev, "rows", ["doc_ids"])["doc_ids"][-1])
+                    doc = int(self.row_fields(prev, ["doc_ids"])["doc_ids"][-1])
                 else:
                     doc = int(ids[start - 1 - r0])
             lo = max(start, r0) - r0
