@@ -136,10 +136,10 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
                     n += 1
         return n / (time.perf_counter() - t0)
 
-    def shuffled(prefetch: int) -> float:
+    def shuffled(prefetch: int, world_size: int = 1) -> float:
         t0 = time.perf_counter()
         n = 0
-        for _ in r.batches("h", batch, seed=0, split="all", prefetch=prefetch):
+        for _ in r.batches("h", batch, seed=0, split="all", prefetch=prefetch, world_size=world_size):
             n += 1
         return n / (time.perf_counter() - t0)
 
@@ -160,23 +160,26 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
                 a += i.numel()
         return len(idx) / (time.perf_counter() - t0)
 
-    runs: dict[str, list[float]] = {"seq": [], "shuf0": [], "shuf": [], "floor": []}
+    runs: dict[str, list[float]] = {"seq": [], "shuf0": [], "shuf": [], "rank4": [], "floor": []}
     sequential(), shuffled(0)  # page cache warm for both
     for _ in range(reps):
         runs["seq"].append(sequential())
         runs["shuf"].append(shuffled(2))
         runs["shuf0"].append(shuffled(0))
+        runs["rank4"].append(shuffled(0, 4))
         runs["floor"].append(floor())
     med = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
     names = {"seq": "sequential: one mmap slice per batch, copied once (no shuffle)",
              "shuf0": "CacheReader.batches(shuffle=True), caller's thread (default)",
              "shuf": "CacheReader.batches(shuffle=True, prefetch=2), background thread",
+             "rank4": "rank 0 of 4 data-parallel ranks (its quarter of each batch)",
              "floor": "floor: index_select of random rows from pages already mapped"}
     table(f"2. reader: {rows:,} rows x d {d} float32 in shards of 65,536, batches of {batch}, median of {reps} "
           f"alternating runs (files in the page cache); shuffle: rows permuted within windows of 4 shards "
           f"(262,144 rows), window order permuted; an epoch is an exact permutation",
           ["path", "batches/s", "rows/s", "ms/batch", "runs (batches/s)", "ratio"],
-          [[names[k], f"{m:,.0f}", f"{m * batch / 1e6:,.2f}M", f"{1e3 / m:.2f}", " ".join(f"{x:,.0f}" for x in runs[k]),
+          [[names[k], f"{m:,.0f}", f"{m * batch / (4 if k == 'rank4' else 1) / 1e6:,.2f}M", f"{1e3 / m:.2f}",
+            " ".join(f"{x:,.0f}" for x in runs[k]),
             f"{m / med['seq']:.2f}"] for k, m in med.items()])
 
 

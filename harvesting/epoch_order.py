@@ -107,30 +107,32 @@ class EpochPlan:
             yield self._window(reader, w, hooks, id_fields), range(first, last)
             w0 += n
 
-    def iterate(self, reader: CacheReader, hooks: list[str], id_fields: list[str],
-                start_batch: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches gathered straight from the memory-mapped shards into tensors of their own
-        (recycled memory, see `harvesting.batch_buffers`): no copy of a window is ever made, and
-        nothing keeps a window alive after its last batch."""
+    def iterate(self, reader: CacheReader, hooks: list[str], id_fields: list[str], start_batch: int,
+                rank: int = 0, world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's slice of each batch, gathered straight from the memory-mapped shards into
+        tensors of their own (recycled memory, see `harvesting.batch_buffers`).
+
+        No copy of a window is ever made, nothing keeps a window alive after its last batch, and
+        a rank gathers only its own rows: `world_size` ranks together read each row once.
+        """
         bs = self.batch_size
         pos = start_batch * bs
         buffers = BatchBuffers()
-        carry: dict[str, torch.Tensor] | None = None  # a batch begun in the previous window
+        have, parts = 0, []  # rows of the current batch served so far (some in the previous window), this rank's share
         for win, segs in self.prepared(reader, hooks, id_fields, start_batch):
             for i in segs:
-                rows = win.gather(i, buffers.empty)
-                if carry is not None:
-                    rows = {k: torch.cat([carry[k], rows[k]]) for k in rows}
-                    carry = None
                 need = min(bs, self.total - pos)
-                if next(iter(rows.values())).shape[0] < need:  # the window's last segment: the batch goes on
-                    carry = rows
+                lo, hi = need * rank // world_size, need * (rank + 1) // world_size  # this rank's rows of the batch
+                n = win.length(i)
+                parts.append(win.gather(i, buffers.empty, min(max(lo - have, 0), n), min(max(hi - have, 0), n)))
+                have += n
+                if have < need:  # the window's last segment: the batch goes on in the next window
                     break
-                yield rows
-                pos += need
+                yield parts[0] if len(parts) == 1 else {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
+                pos, have, parts = pos + need, 0, []
             del win
-        if carry is not None and pos < self.total:  # only reachable with drop_last=False
-            yield carry
+        if parts and pos < self.total:  # only reachable with drop_last=False
+            yield {k: torch.cat([q[k] for q in parts]) for k in parts[0]}
 
 
 class _Window:
@@ -157,18 +159,25 @@ class _Window:
         self.counts = counts.tolist()
         self.starts = (np.cumsum(counts, axis=0) - counts).tolist()  # where segment i begins in each piece's rows
 
-    def gather(self, i: int, empty: Callable[..., torch.Tensor] = torch.empty) -> dict[str, torch.Tensor]:
-        """Segment `i`: one sequential gather per shard piece into a fresh tensor from `empty`."""
+    def length(self, i: int) -> int:
+        return sum(self.counts[i])
+
+    def gather(self, i: int, empty: Callable[..., torch.Tensor] = torch.empty, lo: int = 0,
+               hi: int | None = None) -> dict[str, torch.Tensor]:
+        """Rows [lo, hi) of segment `i` (its rows run piece after piece): one sequential gather per
+        shard piece into a fresh tensor from `empty`."""
         counts, starts = self.counts[i], self.starts[i]
-        n = sum(counts)
+        hi = sum(counts) if hi is None else hi
         out = {}
         for k, parts in self.pieces.items():
-            o = empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype)
-            a = 0
+            o = empty((hi - lo, *parts[0].shape[1:]), dtype=parts[0].dtype)
+            a = 0  # where piece p's rows begin in the segment
             for p, c in enumerate(counts):
-                if c:
-                    torch.index_select(parts[p], 0, self.rows[p][starts[p]:starts[p] + c], out=o[a:a + c])
-                    a += c
+                s0, s1 = max(lo, a), min(hi, a + c)
+                if s1 > s0:
+                    rows = self.rows[p][starts[p] + s0 - a:starts[p] + s1 - a]
+                    torch.index_select(parts[p], 0, rows, out=o[s0 - lo:s1 - lo])
+                a += c
             out[k] = o
         return out
 

@@ -288,18 +288,12 @@ class CacheReader:
         if start_batch > plan.num_batches:
             raise WorkbenchError(f"start_batch {start_batch} is past the {plan.num_batches} batches of this epoch")
         scales = {h: (self.norm_scale(h) if normalize else 1.0) for h in hooks}
-        per_rank = batch_size // world_size
         id_fields = list(self.manifest.get("row_fields", [])) if with_ids else []
 
         def produce() -> Iterator[dict[str, torch.Tensor]]:
-            for batch in plan.iterate(self, hooks, id_fields, start_batch):
+            for batch in plan.iterate(self, hooks, id_fields, start_batch, rank, world_size):
                 out = {}
-                lo, hi = rank * per_rank, (rank + 1) * per_rank
-                if batch[hooks[0]].shape[0] < batch_size:  # last partial batch (drop_last=False)
-                    n = batch[hooks[0]].shape[0]
-                    lo, hi = n * rank // world_size, n * (rank + 1) // world_size
                 for k, v in batch.items():
-                    v = v[lo:hi]
                     if k in scales:
                         v = v.to(dtype)
                         if scales[k] != 1.0:

@@ -77,12 +77,19 @@ def test_hooks_stay_row_aligned_and_ids_come_along(cache: Path) -> None:
         assert torch.equal(b["context_ids"], b["token_ids"].long() // T)
 
 
-def test_ranks_take_disjoint_slices_of_the_same_global_batch(cache: Path) -> None:
+@pytest.mark.parametrize("batch,world,window,drop_last", [(64, 2, 4, True), (60, 3, 2, False), (96, 4, 1, False)])
+def test_ranks_take_disjoint_slices_of_the_same_global_batch(cache: Path, batch, world, window, drop_last) -> None:
+    # each rank gathers only its own rows, also of batches that span two windows and of a short last batch
     r = CacheReader(cache)
-    glob = list(r.batches("a", 64, seed=7))
-    ranks = [list(r.batches("a", 64, seed=7, rank=k, world_size=2)) for k in range(2)]
+    kw = dict(seed=7, window_shards=window, drop_last=drop_last, with_ids=True, split="all")
+    glob = list(r.batches(["a", "b"], batch, **kw))
+    ranks = [list(r.batches(["a", "b"], batch, rank=k, world_size=world, **kw)) for k in range(world)]
+    assert all(len(x) == len(glob) for x in ranks)
     for i, g in enumerate(glob):
-        assert torch.equal(torch.cat([ranks[0][i]["a"], ranks[1][i]["a"]]), g["a"])
+        for key in ("a", "b", "token_ids"):
+            assert torch.equal(torch.cat([ranks[k][i][key] for k in range(world)]), g[key])
+        sizes = [ranks[k][i]["a"].shape[0] for k in range(world)]
+        assert max(sizes) - min(sizes) <= 1
     with pytest.raises(WorkbenchError, match="not divisible by world_size 3"):
         next(r.batches("a", 64, world_size=3))
 
