@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,14 +61,14 @@ class EpochPlan:
             order = torch.randperm(len(pieces), generator=g).tolist()
         self.windows = [[pieces[i] for i in order[j:j + window_shards]] for j in range(0, len(order), window_shards)]
         self.window_rows = [sum(p.rows for p in w) for w in self.windows]
+        self.window_starts = list(accumulate(self.window_rows, initial=0))  # where each window begins in the epoch
         total = sum(self.window_rows)
         self.num_batches = total // batch_size if drop_last else math.ceil(total / batch_size)
         self.total = min(total, self.num_batches * batch_size)
 
     def segments(self, w: int) -> list[int]:
         """Window `w` cut at the epoch's batch boundaries: the stretch of each batch it holds."""
-        w0 = sum(self.window_rows[:w])
-        n, bs = self.window_rows[w], self.batch_size
+        w0, n, bs = self.window_starts[w], self.window_rows[w], self.batch_size
         cuts = [0, *range(-w0 % bs or bs, n, bs), n]
         return [b - a for a, b in zip(cuts, cuts[1:]) if b > a]
 
@@ -101,7 +102,7 @@ class EpochPlan:
             if w + 1 < len(self.windows):  # the kernel reads the next window ahead while this one is served
                 reader.read_ahead(self.windows[w + 1], hooks)
             segs = self.segments(w)
-            bounds = [w0 + sum(segs[:i]) for i in range(len(segs) + 1)]
+            bounds = list(accumulate(segs, initial=w0))
             first = bounds.index(max(pos, w0))
             last = next((i for i, b in enumerate(bounds) if b >= self.total), len(segs))
             yield self._window(reader, w, hooks, id_fields), range(first, last)
