@@ -91,6 +91,19 @@ def topk_codes(b: int, f: int, k: int, device: str, dtype: torch.dtype, gen: tor
     return SparseCodes.from_topk(v.relu().to(dtype), i, f)
 
 
+class KernelInputs:
+    """One shape's random inputs for every kernel row: codes (also as [B, k] and dense), a decoder
+    W [F, d], an output gradient and an input, all in `dtype` (shared with gpu_check.py)."""
+
+    def __init__(self, b: int, d: int, f: int, k: int, device: str, dtype: torch.dtype, gen: torch.Generator) -> None:
+        self.codes = topk_codes(b, f, k, device, dtype, gen)
+        self.idx2, self.v2 = self.codes.cols.view(b, k), self.codes.vals.view(b, k)
+        self.W = torch.randn(f, d, generator=gen, device=device, dtype=dtype)
+        self.go = torch.randn(b, d, generator=gen, device=device, dtype=dtype)
+        self.x = torch.randn(b, d, generator=gen, device=device, dtype=dtype)
+        self.dense_codes = self.codes.to_dense()
+
+
 # ------------------------------------------------------------------------------------------------ steps
 
 
@@ -292,12 +305,9 @@ def gpu_part(args: argparse.Namespace) -> None:
             for dtype in (torch.bfloat16, torch.float32):
                 es = torch.tensor([], dtype=dtype).element_size()
                 shape = f"B{b} d{d} F{f} k{k} {str(dtype)[6:]}"
-                codes = topk_codes(b, f, k, dev, dtype, gen)
-                idx2, v2 = codes.cols.view(b, k), codes.vals.view(b, k)
-                W = torch.randn(f, d, generator=gen, device=dev, dtype=dtype)
-                go = torch.randn(b, d, generator=gen, device=dev, dtype=dtype)
-                x = torch.randn(b, d, generator=gen, device=dev, dtype=dtype)
-                dense_codes = codes.to_dense()
+                inp = KernelInputs(b, d, f, k, dev, dtype, gen)
+                codes, idx2, v2, W, go, x, dense_codes = (inp.codes, inp.idx2, inp.v2, inp.W, inp.go, inp.x,
+                                                          inp.dense_codes)
                 t = Table(f"Triton kernels, {shape}")
                 t.header(["dense torch", "F.embedding_bag"])
                 gather_bytes = b * k * (d * es + 8 + es) + b * d * es

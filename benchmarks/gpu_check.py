@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_kernels import SAEParams, bench, dense_step, sparse_step, topk_codes  # noqa: E402
+from bench_kernels import KernelInputs, SAEParams, bench, dense_step, sparse_step  # noqa: E402
 
 from saes.kernels import deterministic  # noqa: E402
 
@@ -74,12 +74,8 @@ def kernels(args: argparse.Namespace, sp, dtype: torch.dtype) -> None:
 
     dev, b, d, f, k, reps = args.device, args.batch, args.d, args.features, args.k, args.repeats
     gen = torch.Generator(device=dev).manual_seed(0)
-    codes = topk_codes(b, f, k, dev, dtype, gen)
-    idx2, v2 = codes.cols.view(b, k), codes.vals.view(b, k)
-    W = torch.randn(f, d, generator=gen, device=dev, dtype=dtype)
-    go = torch.randn(b, d, generator=gen, device=dev, dtype=dtype)
-    x = torch.randn(b, d, generator=gen, device=dev, dtype=dtype)
-    dense_codes = codes.to_dense()
+    inp = KernelInputs(b, d, f, k, dev, dtype, gen)
+    codes, idx2, v2, W, go, x, dense_codes = inp.codes, inp.idx2, inp.v2, inp.W, inp.go, inp.x, inp.dense_codes
     print(f"\n## kernels, B {b} d {d} F {f} k {k} {str(dtype)[6:]} (ms; ratio = baseline / ours, > 1 means ours is faster)")
     print("| kernel | ours ms | dense torch ms | sparsify ms | note |")
     print("|---|---:|---:|---:|---|")
