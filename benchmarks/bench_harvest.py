@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from harvesting import CacheReader, CacheWriter, HarvestConfig, harvest, load_model  # noqa: E402
+from harvesting import CacheReader, CacheWriter, HarvestConfig, harvest, load_model, row_gather  # noqa: E402
 from harvesting.corpus import open_documents, pack_contexts  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
@@ -136,16 +136,25 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
                     n += 1
         return n / (time.perf_counter() - t0)
 
-    def shuffled(prefetch: int, world_size: int = 1) -> float:
+    native = row_gather.native_available()
+
+    def torch_gathers(on: bool) -> None:
+        """Switch the reader's compiled row gather off (as on a machine without a C compiler) or back."""
+        row_gather._lib = None if on or not native else row_gather._build()
+
+    def shuffled(prefetch: int, world_size: int = 1, torch_only: bool = False) -> float:
+        torch_gathers(torch_only)
         t0 = time.perf_counter()
         n = 0
         for _ in r.batches("h", batch, seed=0, split="all", prefetch=prefetch, world_size=world_size):
             n += 1
-        return n / (time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        torch_gathers(False)
+        return n / dt
 
-    def floor() -> float:
-        """Random rows from pages already mapped: no page faults, no bookkeeping, no thread. What
-        any row-level shuffle of these files pays at least, on this machine."""
+    def floor(compiled: bool = False) -> float:
+        """Random rows from pages already mapped: no page faults, no bookkeeping, no thread; with
+        `index_select`, or with the reader's compiled gather."""
         maps = [r.mapped_acts(i, "h") for i in range(len(r.shards))]
         for m in maps:
             m.sum()  # map every page first
@@ -154,26 +163,36 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
         out = torch.empty(batch, d)
         t0 = time.perf_counter()
         for parts in idx:
+            if compiled:
+                row_gather.gather_rows(maps[:4], parts, out, checked=False)
+                continue
             a = 0
             for m, i in zip(maps, parts):
                 torch.index_select(m, 0, i, out=out[a:a + i.numel()])
                 a += i.numel()
         return len(idx) / (time.perf_counter() - t0)
 
-    runs: dict[str, list[float]] = {"seq": [], "shuf0": [], "shuf": [], "rank4": [], "floor": []}
+    runs: dict[str, list[float]] = {"seq": [], "shuf0": [], "shuf": [], "rank4": [], "torch": [], "floor": []}
+    if native:
+        runs["cfloor"] = []
     sequential(), shuffled(0)  # page cache warm for both
     for _ in range(reps):
         runs["seq"].append(sequential())
         runs["shuf"].append(shuffled(2))
         runs["shuf0"].append(shuffled(0))
         runs["rank4"].append(shuffled(0, 4))
+        runs["torch"].append(shuffled(0, torch_only=True))
         runs["floor"].append(floor())
+        if native:
+            runs["cfloor"].append(floor(compiled=True))
     med = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
     names = {"seq": "sequential: one mmap slice per batch, copied once (no shuffle)",
              "shuf0": "CacheReader.batches(shuffle=True), caller's thread (default)",
              "shuf": "CacheReader.batches(shuffle=True, prefetch=2), background thread",
              "rank4": "rank 0 of 4 data-parallel ranks (its quarter of each batch)",
-             "floor": "floor: index_select of random rows from pages already mapped"}
+             "torch": "same reader, torch.index_select gathers (as without a C compiler)",
+             "floor": "floor: index_select of random rows from pages already mapped",
+             "cfloor": "floor, compiled gather: the reader's C loop on those rows"}
     table(f"2. reader: {rows:,} rows x d {d} float32 in shards of 65,536, batches of {batch}, median of {reps} "
           f"alternating runs (files in the page cache); shuffle: rows permuted within windows of 4 shards "
           f"(262,144 rows), window order permuted; an epoch is an exact permutation",

@@ -29,6 +29,9 @@ import numpy as np
 import torch
 
 from harvesting.batch_buffers import BatchBuffers
+from harvesting.row_gather import gather_rows
+
+from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
     from harvesting.reader import CacheReader
@@ -82,6 +85,11 @@ class EpochPlan:
                 ids = reader.row_fields(p.shard, id_fields)
                 for k in id_fields:
                     pieces[k].append(ids[k][p.start:p.stop])
+            for k, parts in pieces.items():  # the gathers trust the manifest's row counts: hold the files to them
+                if parts[-1].shape[0] != p.rows:
+                    raise WorkbenchError(f"shard {reader.shards[p.shard]['index']} of the cache at {str(reader.path)!r} "
+                                         f"holds fewer {k} rows than its manifest says; run `sae cache verify "
+                                         f"{reader.path}` and harvest it again")
         seed = window_seed(self.seed, self.epoch, w) if self.shuffle else None
         return _Window(pieces, [p.rows for p in self.windows[w]], self.segments(w), seed)
 
@@ -170,15 +178,17 @@ class _Window:
         counts, starts = self.counts[i], self.starts[i]
         hi = sum(counts) if hi is None else hi
         out = {}
+        srcs, rows, a = [], [], 0  # a: where piece p's rows begin in the segment
+        for p, c in enumerate(counts):
+            s0, s1 = max(lo, a), min(hi, a + c)
+            if s1 > s0:
+                srcs.append(p)
+                rows.append(self.rows[p][starts[p] + s0 - a:starts[p] + s1 - a])
+            a += c
+        out = {}
         for k, parts in self.pieces.items():
             o = empty((hi - lo, *parts[0].shape[1:]), dtype=parts[0].dtype)
-            a = 0  # where piece p's rows begin in the segment
-            for p, c in enumerate(counts):
-                s0, s1 = max(lo, a), min(hi, a + c)
-                if s1 > s0:
-                    rows = self.rows[p][starts[p] + s0 - a:starts[p] + s1 - a]
-                    torch.index_select(parts[p], 0, rows, out=o[s0 - lo:s1 - lo])
-                a += c
+            gather_rows([parts[p] for p in srcs], rows, o, checked=False)  # rows: permutations of each piece's rows
             out[k] = o
         return out
 
