@@ -4,7 +4,8 @@ Shuffling is two-level (shard order, then the rows of a window of shards; see
 `harvesting.epoch_order`): an epoch is an exact permutation of the rows, memory holds about one
 window, and batch `b` of an epoch is a pure function of (seed, epoch, b). Batches are gathered in
 the caller's thread unless `prefetch` asks for a background thread (see `CacheReader.batches`),
-into memory recycled once nothing refers to it (`harvesting.batch_buffers`).
+into memory recycled once nothing refers to it (`harvesting.batch_buffers`), by a compiled loop
+that prefetches rows ahead where a C compiler is available (`harvesting.row_gather`).
 
 Held-out rows are those of the last ceil(C * heldout_fraction) of the cache's C contexts, with
 the cut then moved forward to the next document boundary (`doc_ids`), so that no document has
