@@ -138,19 +138,12 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
 
     native = row_gather.native_available()
 
-    def torch_gathers(on: bool) -> None:
-        """Switch the reader's compiled row gather off (as on a machine without a C compiler) or back."""
-        row_gather._lib = None if on or not native else row_gather._build()
-
-    def shuffled(prefetch: int, world_size: int = 1, torch_only: bool = False) -> float:
-        torch_gathers(torch_only)
+    def shuffled(prefetch: int, world_size: int = 1) -> float:
         t0 = time.perf_counter()
         n = 0
         for _ in r.batches("h", batch, seed=0, split="all", prefetch=prefetch, world_size=world_size):
             n += 1
-        dt = time.perf_counter() - t0
-        torch_gathers(False)
-        return n / dt
+        return n / (time.perf_counter() - t0)
 
     def floor(compiled: bool = False) -> float:
         """Random rows from pages already mapped: no page faults, no bookkeeping, no thread; with
@@ -181,7 +174,8 @@ def bench_reader(root: Path, rows: int, d: int, batch: int, reps: int) -> None:
         runs["shuf"].append(shuffled(2))
         runs["shuf0"].append(shuffled(0))
         runs["rank4"].append(shuffled(0, 4))
-        runs["torch"].append(shuffled(0, torch_only=True))
+        with row_gather.torch_gathers():  # as on a machine without a C compiler
+            runs["torch"].append(shuffled(0))
         runs["floor"].append(floor())
         if native:
             runs["cfloor"].append(floor(compiled=True))

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from itertools import accumulate
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +30,6 @@ import torch
 
 from harvesting.batch_buffers import BatchBuffers
 from harvesting.row_gather import gather_rows
-
 from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
@@ -177,7 +176,6 @@ class _Window:
         shard piece into a fresh tensor from `empty`."""
         counts, starts = self.counts[i], self.starts[i]
         hi = sum(counts) if hi is None else hi
-        out = {}
         srcs, rows, a = [], [], 0  # a: where piece p's rows begin in the segment
         for p, c in enumerate(counts):
             s0, s1 = max(lo, a), min(hi, a + c)

@@ -23,7 +23,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -115,6 +116,21 @@ def native_available() -> bool:
         if _lib is False:
             _lib = _build()
     return _lib is not None
+
+
+@contextmanager
+def torch_gathers() -> Iterator[None]:
+    """Gather with `torch.index_select` inside the block, as a machine without a C compiler does
+    (for benchmarks that compare the two; the compiled loop stays loaded for afterwards)."""
+    global _lib
+    native_available()
+    with _lock:
+        saved, _lib = _lib, None
+    try:
+        yield
+    finally:
+        with _lock:
+            _lib = saved
 
 
 def gather_rows(pieces: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], out: torch.Tensor, *,

@@ -79,3 +79,13 @@ def test_no_compiler_means_the_fallback_not_an_error(tmp_path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "[9.0,", "3.0]"]
     assert not list(tmp_path.rglob("*.so"))
+
+
+@needs_cc
+def test_torch_gathers_switches_the_loop_off_for_its_block_only() -> None:
+    with row_gather.torch_gathers():
+        assert row_gather._lib is None
+        out = torch.empty(2, 3)
+        gather_rows([torch.arange(12.).view(4, 3)], [torch.tensor([3, 1])], out)
+        assert out[:, 0].tolist() == [9.0, 3.0]
+    assert native_available()
