@@ -2,8 +2,9 @@
 
 After the activation pass: interval samples get their token windows from the cache's small
 row files (token and context ids, no activations), and the weights give the logit lens
-(`W_dec[f] @ W_U`), the nearest decoder directions and, from the co-moments, the Pearson
-correlations. Token strings are decoded once and stored, so viewing needs no model.
+(`W_dec[f] @ diag(g) W_U`, the final norm's gain folded in), the nearest decoder directions and,
+from the co-moments, the Pearson correlations. Token strings are decoded once and stored, so
+viewing needs no model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from evals.features.collect import FeatureCollector
 from evals.features.config import FeatureConfig
-from evals.features.lens import load_unembedding, logit_lens, nearest_decoders, token_strings
+from evals.features.lens import final_norm, load_unembedding, logit_lens, nearest_decoders, token_strings
 from evals.features.store import COOC_FILE, DATA_FILE, META_FILE
 from harvesting.reader import CacheReader
 from workbench.config import config_to_dict
@@ -118,6 +119,8 @@ def finalize(col: FeatureCollector, sae, sae_dir: Path, reader: CacheReader, hoo
             if w_u is not None and w_u.shape[0] == w_dec.shape[1]:
                 lens = logit_lens(w_dec, w_u, cfg.logit_tokens)
                 data.update(lens)
+                norm = final_norm(lm)
+                meta["logit_lens"] = f"final norm ({norm.kind}) gain folded into W_U" if norm else "raw W_U"
                 ids += [lens["logit_top_ids"].reshape(-1), lens["logit_bot_ids"].reshape(-1)]
             used = torch.unique(torch.cat([i.long() for i in ids]))
             meta["vocab"] = token_strings(lm.tokenizer, used[used >= 0].tolist())

@@ -115,7 +115,7 @@ def feature_html(data: FeatureData, f: int, link: Link = lambda g: None, images:
         hist = L("logit_hist")[f]
         out.append(f'<div><h3>Logit lens: promoted</h3>{lens(L("logit_top_ids")[f], L("logit_top_vals")[f], "pos")}</div>'
                    f'<div><h3>Logit lens: suppressed</h3>{lens(L("logit_bot_ids")[f], L("logit_bot_vals")[f], "neg")}</div>'
-                   f'<div><h3>Logits of W_dec[f] @ W_U</h3>{histogram_svg(hist, lo, (hi - lo) / len(hist), "logit histogram")}</div>')
+                   f'<div><h3>Logit lens over the vocabulary (final-norm gain folded into W_U)</h3>{histogram_svg(hist, lo, (hi - lo) / len(hist), "logit histogram")}</div>')
     out.append(f'<div><h3>Activations (non-zero)</h3>'
                f'{histogram_svg(L("hist")[f], 0.0, L("hist_width")[f], "activation histogram")}</div>')
     out.append(f'<div><h3>Correlated features</h3>{_feature_list(list(zip(L("corr_ids")[f], L("corr_vals")[f])), link, data)}</div>'
