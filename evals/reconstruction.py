@@ -3,10 +3,26 @@
 Definitions (x_t: one token's activation, x̂_t its reconstruction, f_t its feature activations,
 means over the N evaluated tokens):
 
-- ``fvu = Σ_t |x_t - x̂_t|² / Σ_t |x_t - μ|²`` with ``μ = mean_t x_t`` (a vector): the fraction of
-  the activations' variance the SAE leaves unexplained; ``explained_variance = 1 - fvu``.
-  SAEBench's core eval subtracts the *scalar* mean of all entries instead of the per-dimension
-  mean, which is not the variance of the activations; we use the per-dimension mean.
+- ``fvu = Σ_t |x_t - x̂_t|² / Σ_t |x_t - μ|²`` with ``μ = mean_t x_t`` (a vector, over all N
+  tokens): a ratio of sums, the fraction of the activations' variance the SAE leaves unexplained;
+  ``explained_variance = 1 - fvu``. High-norm tokens weigh in proportion to their squared error.
+- SAEBench (sae-bench 0.6.0, ``evals/core/main.py``) reports two other numbers, given here beside
+  ours so the two can be compared (it computes them over one batch of 16 prompts x 128 tokens by
+  default; we over the same evaluated tokens as ours, cut into blocks of ``SAEBENCH_BATCH_TOKENS``
+  consecutive rows):
+
+  - ``saebench_explained_variance_legacy`` (its ``explained_variance_legacy``, the definition it
+    used until March 2025): ``mean_t [1 - |x_t - x̂_t|² / |x_t - μ_b|²]`` with ``μ_b`` the
+    per-dimension mean of the token's batch ``b``: a mean of per-token ratios, so a low-norm token
+    with a poor reconstruction weighs as much as a high-norm one, and ``μ`` is a batch's mean;
+  - ``saebench_explained_variance`` (its ``explained_variance``):
+    ``1 - E_t|x_t - x̂_t|² / (E_t|x_t|² - (E_{t,d} x_td²)²)``. Its commit 7fb3ed3 meant the
+    denominator to be ``E_t|x_t - μ|²`` (= ours); the batched rewrite (3b58c67) subtracts the
+    square of the mean *squared* entry instead of ``|μ|²``, a quantity in units of x⁴: its value
+    depends on the activations' scale, and once their RMS norm exceeds d_model the denominator
+    turns negative and the score exceeds 1.
+
+  Its ``mse`` is ``mean_t |x_t - x̂_t|² / (tokens in the batch)``; ours below is the plain mean.
 - ``mse``: mean over tokens and dimensions of (x - x̂)².
 - ``cossim = mean_t cos(x_t, x̂_t)``, ``l2_ratio = mean_t |x̂_t| / |x_t|``.
 - ``relative_reconstruction_bias = E|x̂|² / E<x, x̂>`` (Eq. 10 of arXiv 2404.16014): 1 when the
@@ -14,7 +30,8 @@ means over the N evaluated tokens):
 - ``l0 = mean_t #{f : f_t ≠ 0}`` (with its distribution), ``l1 = mean_t Σ_f f_t``.
 
 Sums are kept in float64, so the variance from ``Σ|x|² - N|μ|²`` loses nothing that matters at
-activation scales, and the state is O(d_model + F) whatever the number of tokens.
+activation scales, and the state is O(d_model + F) whatever the number of tokens (plus one block
+of ``SAEBENCH_BATCH_TOKENS`` rows for the legacy variant's batch mean).
 """
 
 from __future__ import annotations
@@ -24,6 +41,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+# SAEBench's default batch for its variance metrics: 16 prompts of 128 tokens.
+SAEBENCH_BATCH_TOKENS = 16 * 128
 
 
 @dataclass
@@ -40,19 +60,27 @@ class ReconstructionStats:
     xhat_sq: float = 0.0
     dot: float = 0.0
     l1_sum: float = 0.0
+    legacy_sum: float = 0.0  # SAEBench's legacy explained variance: sum over tokens of 1 - rss_t / tss_t
+    legacy_n: int = 0
     sum_x: Tensor = field(init=False)
     l0_hist: Tensor = field(init=False)
+    _block_x: list[Tensor] = field(init=False, repr=False)  # rows of the open SAEBench block
+    _block_rss: list[Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sum_x = torch.zeros(self.d_in, dtype=torch.float64)
         self.l0_hist = torch.zeros(self.num_features + 1, dtype=torch.int64)
+        self._block_x, self._block_rss = [], []
 
     @torch.no_grad()
     def update(self, x: Tensor, x_hat: Tensor, l0: Tensor, l1: Tensor) -> None:
         """Add a batch: activations `x [B, d]`, reconstructions `x_hat [B, d]`, per-token L0 and L1 `[B]`."""
+        x32 = x.float()
         x, x_hat = x.double(), x_hat.double()
+        rss = (x - x_hat).pow(2).sum(1)
+        self._add_to_blocks(x32, rss)
         self.n += x.shape[0]
-        self.sse += float((x - x_hat).pow(2).sum())
+        self.sse += float(rss.sum())
         self.sum_sq += float(x.pow(2).sum())
         self.sum_x += x.sum(0).cpu()
         nx, nh = x.norm(dim=1), x_hat.norm(dim=1)
@@ -64,6 +92,31 @@ class ReconstructionStats:
         self.l1_sum += float(l1.double().sum())
         self.l0_hist += torch.bincount(l0.long().cpu(), minlength=self.num_features + 1)
 
+    def _add_to_blocks(self, x: Tensor, rss: Tensor) -> None:
+        """Cut the stream into blocks of SAEBENCH_BATCH_TOKENS rows whatever the batch sizes given."""
+        held = sum(b.shape[0] for b in self._block_x)
+        while x.shape[0]:
+            take = min(SAEBENCH_BATCH_TOKENS - held, x.shape[0])
+            self._block_x.append(x[:take].clone())  # float32 (the cache's dtype or narrower), on x's device
+            self._block_rss.append(rss[:take])
+            x, rss, held = x[take:], rss[take:], held + take
+            if held == SAEBENCH_BATCH_TOKENS:
+                total, n = self._legacy_block()
+                self.legacy_sum += total
+                self.legacy_n += n
+                self._block_x, self._block_rss, held = [], [], 0
+
+    def _legacy_block(self) -> tuple[float, int]:
+        """Sum over the open block's tokens of 1 - |x_t - x̂_t|² / |x_t - μ_block|², and how many
+        (tokens equal to the block mean, e.g. a block of one row, have no ratio and are left out)."""
+        if not self._block_x:
+            return 0.0, 0
+        x = torch.cat(self._block_x).double()
+        rss = torch.cat(self._block_rss)
+        tss = (x - x.mean(0)).pow(2).sum(1)
+        ok = tss > 0
+        return float((1 - rss[ok] / tss[ok]).sum()), int(ok.sum())
+
     def summary(self) -> dict[str, Any]:
         if self.n == 0:
             return {}
@@ -71,6 +124,10 @@ class ReconstructionStats:
         mean = self.sum_x / n
         total_var = self.sum_sq - n * float(mean.pow(2).sum())
         fvu = self.sse / total_var if total_var > 0 else float("nan")
+        # SAEBench 0.6.0's explained_variance: E|x|² minus the square of the mean squared entry
+        saebench_var = self.sum_sq / n - (self.sum_sq / (n * self.d_in)) ** 2
+        open_sum, open_n = self._legacy_block()  # the last, partial block (summary leaves the state as it is)
+        legacy_n = self.legacy_n + open_n
         counts = self.l0_hist.double()
         values = torch.arange(counts.numel(), dtype=torch.float64)
         l0_mean = float((counts * values).sum() / n)
@@ -82,6 +139,9 @@ class ReconstructionStats:
             "tokens": n,
             "fvu": fvu,
             "explained_variance": 1.0 - fvu,
+            "saebench_explained_variance": 1.0 - (self.sse / n) / saebench_var if saebench_var else float("nan"),
+            "saebench_explained_variance_legacy": ((self.legacy_sum + open_sum) / legacy_n if legacy_n
+                                                   else float("nan")),
             "mse": self.sse / (n * self.d_in),
             "cossim": self.cos_sum / n,
             "l2_ratio": self.ratio_sum / n,

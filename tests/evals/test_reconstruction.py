@@ -85,3 +85,40 @@ def test_weight_metrics_against_brute_force() -> None:
     ref = torch.stack([torch.dot(w_enc[:, i], w_dec[i]) / (w_enc[:, i].norm() * w_dec[i].norm()) for i in range(40)])
     torch.testing.assert_close(per["enc_dec_cos"], ref)
     assert summary["mean_max_decoder_cos"] == pytest.approx(float(sim.max(1).values.mean()), rel=1e-5)
+
+
+def _saebench_variance_metrics(x: torch.Tensor, x_hat: torch.Tensor, batch_tokens: int = 2048) -> tuple[float, float]:
+    """sae-bench 0.6.0 `evals/core/main.py::get_sparsity_and_variance_metrics`, its variance lines
+    written out plainly for batches of `batch_tokens` flattened tokens (16 prompts x 128 there):
+    returns its (`explained_variance`, `explained_variance_legacy`)."""
+    legacy, mean_sum_of_squares, mean_act_per_dimension, mean_sum_of_resid_squared = [], [], [], []
+    for s in range(0, x.shape[0], batch_tokens):
+        flattened_sae_input, flattened_sae_out = x[s:s + batch_tokens], x_hat[s:s + batch_tokens]
+        resid_sum_of_squares = (flattened_sae_input - flattened_sae_out).pow(2).sum(dim=-1)
+        batched_variance_sum = (flattened_sae_input - flattened_sae_input.mean(dim=0)).pow(2).sum(dim=-1)
+        legacy.append(1 - resid_sum_of_squares / batched_variance_sum)
+        mean_sum_of_squares.append(flattened_sae_input.pow(2).sum(dim=-1).mean(dim=0))
+        mean_act_per_dimension.append(flattened_sae_input.pow(2).mean(dim=0))
+        mean_sum_of_resid_squared.append(resid_sum_of_squares.mean(dim=0))
+    total_variance = torch.stack(mean_sum_of_squares).mean(dim=0) - torch.cat(mean_act_per_dimension).mean(dim=0) ** 2
+    residual_variance = torch.stack(mean_sum_of_resid_squared).mean(dim=0)
+    return float(1 - residual_variance / total_variance), float(torch.cat(legacy).mean())
+
+
+def test_saebench_explained_variances_are_reported_beside_ours() -> None:
+    """Per-dimension offsets and token norms spread over an order of magnitude: the three definitions differ."""
+    g = torch.Generator().manual_seed(3)
+    n, d = 3 * 2048, 8
+    scale = torch.exp(0.7 * torch.randn(n, 1, generator=g))
+    x = (torch.randn(n, d, generator=g) * scale + torch.linspace(-1.0, 1.5, d)).double()
+    x_hat = x + 0.3 * torch.randn(n, d, generator=g).double() * (1 + scale.double()) ** 0.5
+    s = ReconstructionStats(d, 4)
+    for a in range(0, n, 1000):  # streamed in pieces that do not line up with SAEBench's batches
+        s.update(x[a:a + 1000], x_hat[a:a + 1000], torch.zeros(min(1000, n - a)), torch.zeros(min(1000, n - a)))
+    r = s.summary()
+    ev, ev_legacy = _saebench_variance_metrics(x, x_hat)
+    assert r["saebench_explained_variance"] == pytest.approx(ev, rel=1e-9)
+    assert r["saebench_explained_variance_legacy"] == pytest.approx(ev_legacy, rel=1e-9)
+    ours = float(1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+    assert r["explained_variance"] == pytest.approx(ours, rel=1e-9)
+    assert min(abs(ours - ev), abs(ours - ev_legacy), abs(ev - ev_legacy)) > 0.01  # three different numbers
