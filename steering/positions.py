@@ -5,7 +5,9 @@ The floor's `HookSite.positions` gives absolute positions in the (left-padded) t
 also under generate's KV cache. "Prompt" and "generated" need one more fact, the padded prompt
 length, and a token range counted from each prompt's own first token needs each row's left
 padding; `RunState` carries both from the generation call to the interventions, so the same
-intervention object works in a plain forward pass and in every generation step.
+intervention object works in a plain forward pass and in every generation step. The prompt length
+may differ per row (`[batch]`): right-padded text read as a prompt (the neutral text a steering
+setting's cost is measured on) ends at a different position in every row.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ class Positions:
                 f"prompt_len=N)"
             )
         pos = positions.to(torch.long).view(1, -1)
+        if self.kind != "range":
+            end = state.prompt_end(batch, positions.device)
         if self.kind == "prompt":
-            m = pos < state.prompt_len
+            m = pos < end
         elif self.kind == "generated":
-            m = pos >= state.prompt_len
+            m = pos >= end
         elif self.kind == "last":
-            m = pos == state.prompt_len - 1
+            m = pos == end - 1
         else:
             pad = (state or RunState()).pad(batch, positions.device).view(-1, 1)
             rel = pos - pad
@@ -74,9 +78,18 @@ class Positions:
 class RunState:
     """What the current run knows about its tokens: padded prompt length, each row's left padding."""
 
-    prompt_len: int | None = None
+    prompt_len: int | Tensor | None = None  # one padded length, or `[batch]` (each row's prompt end)
     left_pad: Tensor | None = None  # [batch] number of pad tokens before each row's first real token
     extra: dict = field(default_factory=dict)
+
+    def prompt_end(self, batch: int, device: torch.device) -> Tensor:
+        """`[batch, 1]` position one past each row's last prompt token."""
+        if isinstance(self.prompt_len, Tensor):
+            if self.prompt_len.numel() != batch:
+                raise ValueError(f"run state has prompt lengths for {self.prompt_len.numel()} rows; activation has "
+                                 f"{batch}")
+            return self.prompt_len.to(device=device, dtype=torch.long).view(-1, 1)
+        return torch.full((batch, 1), int(self.prompt_len), dtype=torch.long, device=device)
 
     def pad(self, batch: int, device: torch.device) -> Tensor:
         if self.left_pad is None:

@@ -14,7 +14,7 @@ from steering.measures import Judge, score_generation
 from steering.reading import hook_activations
 from steering.vectors import concept_feature
 from workbench.errors import WorkbenchError
-from workbench.hooks import capture
+from workbench.hooks import capture, replacing
 
 from .conftest import HOOK
 
@@ -142,3 +142,39 @@ def test_kl_of_many_settings_in_one_pass_equals_one_at_a_time(tiny_lm):
     one = [kl([AddVector(HOOK, v, 1.0)]) for v in vecs]
     assert many == pytest.approx(one, rel=1e-4, abs=1e-7)
     assert many[2] == 0.0
+
+
+@pytest.mark.parametrize("kind", ["prompt", "last", "generated", "all"])
+def test_kl_steers_neutral_text_the_way_the_prompts_are(tiny_lm, kind):
+    """Issue 22 item 3: under `prompt` every neutral token is a prompt token, under `last` its last token is
+    the prompt's last, under `generated` every token is one the model writes. The KL is averaged over the
+    positions the steering can reach (the first steered token and every later one; before it a causal model
+    is unchanged), so steering one token is not diluted by the tokens it cannot touch."""
+    from steering import Positions, steering
+
+    texts = ["the committee met on tuesday", "a letter", "he fixed the broken chair with glue and nails"]
+    v = torch.randn(32, generator=torch.Generator().manual_seed(7))
+    kl = NeutralKL(tiny_lm, texts, batch_size=2)  # two batches, one of them right-padded
+    got = kl([AddVector(HOOK, v, 3.0, Positions(kind))])
+    many = kl.many(HOOK, 3.0 * v.unsqueeze(0), Positions(kind))[0]
+    total, count = 0.0, 0
+    for t in texts:
+        ids = list(tiny_lm.prefix_ids) + tiny_lm.tokenizer(t, add_special_tokens=False)["input_ids"]
+        n = len(ids)
+        first = n - 1 if kind == "last" else 0
+        hit = torch.arange(n) >= first  # steered: every token, or only the last one
+
+        def add(act, site, hit=hit):  # the reference steers by hand, one text at a time
+            return act + 3.0 * v * hit[site.positions].view(1, -1, 1).to(act.dtype)
+
+        with torch.no_grad():
+            a = F.log_softmax(tiny_lm.bridge(torch.tensor([ids]))[0].float(), -1)
+            with replacing(tiny_lm, {HOOK: add}):
+                b = F.log_softmax(tiny_lm.bridge(torch.tensor([ids]))[0].float(), -1)
+        per_pos = (a.exp() * (a - b)).sum(-1)
+        assert float(per_pos[:first].abs().sum()) < 1e-4
+        total += float(per_pos[first:].sum())
+        count += n - first
+    assert got > 0
+    assert got == pytest.approx(total / count, rel=1e-4)
+    assert many == pytest.approx(total / count, rel=1e-4)
