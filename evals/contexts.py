@@ -4,6 +4,10 @@ A cache stores, for every kept position, its token id, context id and position, 
 prefix (BOS) and suffix ids in the manifest; that is enough to rebuild each context exactly as
 the harvest fed it to the model, so the spliced loss is measured on the very documents the
 SAE's held-out metrics use, and those never reached training.
+
+The cache also stores the EOS separating packed documents as a row (the SAE trains on it), but
+SAEBench neither splices nor scores BOS, EOS or padding (its `ignore_tokens`), so `keep` marks
+text positions only: stored rows whose token is none of those ids.
 """
 
 from __future__ import annotations
@@ -20,11 +24,25 @@ from workbench.errors import WorkbenchError
 
 @dataclass
 class ContextBatch:
-    """`tokens [B, T]` as fed to the model, and `keep [B, T]`: True where the token is real text
-    (not BOS/CLS/SEP/padding); the SAE is spliced in only there, and only there is loss measured."""
+    """`tokens [B, T]` as fed to the model, and `keep [B, T]`: True where the token is text, i.e. none
+    of `special_ids` (BOS/CLS, the EOS/SEP between packed documents, padding: SAEBench's
+    `ignore_tokens`); the SAE is spliced in there, and loss is measured from there."""
 
     tokens: Tensor
     keep: Tensor
+    special_ids: tuple[int, ...] = ()
+
+
+def special_ids(prefix: list[int] | tuple[int, ...], suffix: list[int] | tuple[int, ...], separator: int | None,
+                pad: int | None) -> tuple[int, ...]:
+    """BOS (prefix), SEP (suffix), the EOS separator and padding: the ids SAEBench ignores ({bos, eos, pad})."""
+    ids = set(prefix) | set(suffix) | {separator, pad}
+    return tuple(sorted(int(i) for i in ids if i is not None))
+
+
+def _text(tokens: Tensor, kept: Tensor, special: tuple[int, ...]) -> Tensor:
+    """`kept` (a stored or packed position) and not a special token."""
+    return kept & ~torch.isin(tokens, torch.tensor(special, dtype=tokens.dtype))
 
 
 def cache_contexts(reader: CacheReader, hook: str, *, split: str = "heldout", heldout_fraction: float = 0.01,
@@ -39,6 +57,7 @@ def cache_contexts(reader: CacheReader, hook: str, *, split: str = "heldout", he
     prefix = list(tok.get("prefix_ids") or [])
     suffix = list(tok.get("suffix_ids") or [])
     pad = int(tok.get("pad_id") or 0)
+    special = special_ids(prefix, suffix, tok.get("separator_id"), pad)
     pending: dict[int, tuple[Tensor, Tensor]] = {}
     order: list[int] = []
     done = 0
@@ -55,7 +74,7 @@ def cache_contexts(reader: CacheReader, hook: str, *, split: str = "heldout", he
         if suffix:
             end = int(pos.max()) + 1
             t[end:end + len(suffix)] = torch.tensor(suffix, dtype=torch.long)
-        return t, k
+        return t, _text(t, k, special)
 
     rows = reader.batches(hook, 8192, shuffle=False, split=split, heldout_fraction=heldout_fraction,
                           drop_last=False, with_ids=True, prefetch=0, window_shards=1)
@@ -84,7 +103,7 @@ def cache_contexts(reader: CacheReader, hook: str, *, split: str = "heldout", he
             out_k.append(k)
             done += 1
             if len(out_t) == batch_contexts:
-                yield ContextBatch(torch.stack(out_t), torch.stack(out_k))
+                yield ContextBatch(torch.stack(out_t), torch.stack(out_k), special)
                 out_t, out_k = [], []
         if done >= max_contexts:
             break
@@ -93,12 +112,13 @@ def cache_contexts(reader: CacheReader, hook: str, *, split: str = "heldout", he
         out_t.append(t)
         out_k.append(k)
     if out_t:
-        yield ContextBatch(torch.stack(out_t), torch.stack(out_k))
+        yield ContextBatch(torch.stack(out_t), torch.stack(out_k), special)
 
 
 def corpus_contexts(lm, corpus: str, *, context_length: int = 128, max_contexts: int = 160, batch_contexts: int = 4,
                     seed: int = 0) -> Iterator[ContextBatch]:
-    """Contexts packed from any corpus exactly as `sae harvest` packs them (BOS added, never scored)."""
+    """Contexts packed from any corpus exactly as `sae harvest` packs them (BOS and separators never
+    spliced nor scored)."""
     import itertools
 
     from harvesting import open_documents, pack_contexts
@@ -108,9 +128,11 @@ def corpus_contexts(lm, corpus: str, *, context_length: int = 128, max_contexts:
     docs = open_documents(corpus, seed=seed)
     contexts = pack_contexts(docs, lm.tokenizer, context_length, lm.prefix_ids, lm.suffix_ids, lm.separator_id,
                              lm.pad_id)
+    special = special_ids(lm.prefix_ids, lm.suffix_ids, lm.separator_id, lm.pad_id)
     contexts = itertools.islice(contexts, max_contexts)
     while True:
         chunk = list(itertools.islice(contexts, batch_contexts))
         if not chunk:
             return
-        yield ContextBatch(torch.stack([c.input_ids for c in chunk]), torch.stack([c.keep for c in chunk]))
+        tokens = torch.stack([c.input_ids for c in chunk])
+        yield ContextBatch(tokens, _text(tokens, torch.stack([c.keep for c in chunk]), special), special)

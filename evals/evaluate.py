@@ -25,7 +25,7 @@ from evals.health import weight_stats
 from evals.loading import load_for_eval
 from evals.probing import KS, DocPool, cache_labels, sparse_probing
 from evals.result import EvalResult
-from evals.splice import VARIANTS, spliced_losses
+from evals.splice import SPLICE_POSITIONS, VARIANTS, spliced_losses
 from harvesting import CacheReader
 from workbench.device import resolve_device
 from workbench.errors import WorkbenchError
@@ -45,7 +45,8 @@ class EvalConfig:
     context_length: int = field(default=128, metadata={"help": "tokens per context when packing --corpus"})
     batch_size: int = field(default=4096, metadata={"help": "tokens per SAE batch in cache passes"})
     density_split: Literal["heldout", "all"] = field(default="all", metadata={"help": "cache split for feature densities: all (every cached token: rare features need many tokens to be seen) or heldout"})
-    error_term: bool = field(default=True, metadata={"help": "also splice x_hat + (x - x_hat) (must equal clean)"})
+    error_term: bool = field(default=True, metadata={"help": "also splice x_hat + (x - x_hat), computed in the activation dtype as users do; reports its distance from clean"})
+    splice_positions: Literal["text", "all"] = field(default="text", metadata={"help": "where the SAE replaces the activation: text (every token but BOS, EOS, padding; SAEBench with exclude_special_tokens_from_reconstruction=True) or all (BOS and separators too; SAEBench's default False). Ablations always cover every position; loss is always scored at text positions"})
     probing: bool = field(default=True, metadata={"help": "sparse probing on the corpus's document labels (wiki-vital topics)"})
     probe_max_per_class: int = field(default=300, metadata={"help": "positives per one-vs-rest probing task (as many negatives)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N (auto: cuda if present)"})
@@ -102,6 +103,9 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     cfg = dataclasses.replace(cfg, **overrides)
     if cfg.density_split not in ("heldout", "all"):
         raise WorkbenchError(f"unknown density split {cfg.density_split!r}; valid choices: heldout, all")
+    if cfg.splice_positions not in SPLICE_POSITIONS:
+        raise WorkbenchError(f"unknown splice positions {cfg.splice_positions!r}; valid choices: "
+                             f"{', '.join(SPLICE_POSITIONS)}")
     device = resolve_device(cfg.device)
     path = None
     if isinstance(sae, (str, Path)):
@@ -170,7 +174,7 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
                                      batch_contexts=bc)
                 text = "held-out contexts of the cache"
             result.spliced = {"text": text, **spliced_losses(lm, sae, hook, ctx, mean=mean, error_term=cfg.error_term,
-                                                             device=device)}
+                                                             splice_positions=cfg.splice_positions, device=device)}
             if mean is None:
                 result.notes.append("no cache: mean ablation skipped (it needs the mean activation)")
     if reader is not None and cfg.probing:

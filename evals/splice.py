@@ -1,24 +1,37 @@
 """The SAE spliced into the model: what replacing an activation by its reconstruction costs downstream.
 
-For each batch of contexts the model runs once on the batch stacked V times (one slice per
-variant), with one hook at the SAE's hook point that rewrites each slice:
+Definitions are SAEBench's core metrics (`sae_bench/evals/core/main.py`, `get_recons_loss` and
+`get_downstream_reconstruction_metrics`), run as its `multiple_evals` runs them: `ignore_tokens =
+{pad, eos, bos}` and, by default, `exclude_special_tokens_from_reconstruction=True` (the setting of
+its documented runs; its own default is False, which `splice_positions="all"` reproduces). With
+`m[t]` = "token t is none of BOS, EOS (our packed documents' separator), padding":
 
 - ``clean``: untouched;
-- ``sae``: the activation replaced by ``decode(encode(x))``;
-- ``zero``: replaced by 0; ``mean``: replaced by the mean activation (of the cache's tokens);
-- ``error``: ``x̂ + (x - x̂)``, the SAE's error term added back, computed in float64 so it is
-  bit-for-bit ``x`` (a check of the splicing itself: its loss must equal the clean loss).
+- ``sae``: ``decode(encode(x))`` where `m` (`splice_positions="text"`), or at every position
+  (`"all"`, BOS and separators included); elsewhere the original activation;
+- ``zero``: every position zeroed, BOS and separators included (SAEBench's zero-ablation hook);
+- ``mean``: every position replaced by the mean activation of the cache's tokens (not a SAEBench
+  metric; ablated over the same positions as ``zero`` so the two baselines are comparable);
+- ``error``: ``x̂ + (x - x̂)`` at the positions ``sae`` rewrites, computed the way users splice an
+  SAE with its error term (circuit analysis, attribution): in the activation's dtype. In exact
+  arithmetic it is ``x``; in float32/bf16 it is off by rounding, which grows with ``|x̂|``. So the
+  row reports how far it lands from clean (``ce_error_diff = ce_error - ce_clean``, ``kl_error``,
+  and the activation's ``error_max_abs_diff`` / ``error_rel_diff``): tiny for a sane SAE, large
+  for one whose outputs dwarf the activations, and nonzero if the splice itself were wrong.
 
-Only real-text positions are rewritten (BOS/CLS/SEP/padding keep their original activation,
-as in SAEBench); loss is measured at positions whose input is real text: CE where the next token
-is real text too, KL(clean || variant) = Σ_v p_clean (log p_clean - log p_variant) per position,
-averaged over positions. Scores as SAEBench defines them:
+Scored positions (SAEBench's masks, applied after the forward passes): CE at positions t with
+`m[t]`, predicting token t+1 (a text token predicting the EOS that ends its document counts; BOS
+and a separator predicting the next document's first token do not); KL(clean || variant) =
+Σ_v p_clean (log p_clean - log p_variant) at positions with `m[t]`. Both are averaged over every
+scored token of every context (not per context). Scores:
 ``ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_clean)`` (1 = as good as clean, 0 = as bad
-as zero ablation) and ``kl_div_score = (KL_zero - KL_sae) / KL_zero``.
+as zero ablation) and ``kl_div_score = (KL_zero - KL_sae) / KL_zero``. The settings matched are
+recorded in the result's ``definition``.
 
 One stacked forward pass instead of V separate ones is the whole cost model: the extra work is
 one SAE encode/decode per batch and the log-softmaxes (benchmarks/bench_eval.py measures it
-against the V plain passes).
+against the V plain passes; tests/evals/test_splice_saebench.py checks it against SAEBench's
+three separate passes).
 """
 
 from __future__ import annotations
@@ -30,67 +43,117 @@ import torch
 from torch import Tensor
 
 from evals.contexts import ContextBatch
+from workbench.errors import WorkbenchError
 from workbench.hooks import replacing
 
 VARIANTS = ("clean", "sae", "zero", "mean", "error")
+SPLICE_POSITIONS = ("text", "all")
 
 
-def _rewrite(act: Tensor, keep: Tensor, variants: tuple[str, ...], sae: Any, mean: Tensor | None) -> Tensor:
-    """The stacked activation `[V*B, T, d]` with each variant's slice rewritten at the kept positions."""
+class _ErrorStats:
+    """How far the error-term splice lands from the clean activation, over every rewritten position."""
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self.sq_diff = 0.0
+        self.sq_x = 0.0
+
+    def add(self, x: Tensor, spliced: Tensor) -> None:
+        d = spliced.double() - x.double()
+        if d.numel():
+            self.max_abs = max(self.max_abs, float(d.abs().max()))
+        self.sq_diff += float(d.pow(2).sum())
+        self.sq_x += float(x.double().pow(2).sum())
+
+
+def _rewrite(act: Tensor, splice: Tensor, variants: tuple[str, ...], sae: Any, mean: Tensor | None,
+             err: _ErrorStats) -> Tensor:
+    """The stacked activation `[V*B, T, d]` with each variant's slice rewritten (see the module docstring)."""
     v = len(variants)
     b = act.shape[0] // v
     out = act.clone()
-    x = act[:b][keep]  # [n, d]: identical inputs in every slice (same tokens, nothing changed yet)
+    x = act[:b][splice]  # [n, d]: identical inputs in every slice (same tokens, nothing changed yet)
     x_hat = None
     if "sae" in variants or "error" in variants:
         x_hat = sae.decode(sae.encode(x.float())).to(act.dtype)
     for i, name in enumerate(variants):
         sl = out[i * b:(i + 1) * b]
         if name == "sae":
-            sl[keep] = x_hat
+            sl[splice] = x_hat
         elif name == "zero":
-            sl[keep] = 0
+            sl.zero_()
         elif name == "mean":
-            sl[keep] = mean.to(act.device, act.dtype)
+            sl[:] = mean.to(act.device, act.dtype)
         elif name == "error":
-            own = act[i * b:(i + 1) * b][keep].double()
-            err = own - x_hat.double()  # exact in float64 for float32 operands
-            sl[keep] = (x_hat.double() + err).to(act.dtype)
+            with_error = x_hat + (x - x_hat)  # in the activation dtype, as a user's splice computes it
+            err.add(x, with_error)
+            sl[splice] = with_error
     return out
+
+
+def definition(splice_positions: str, special_ids: Iterable[int], act_dtype: str | None) -> dict[str, Any]:
+    """What eval.json records next to the numbers: the reference, its settings, and what we add."""
+    return {
+        "reference": "SAEBench core metrics (sae_bench/evals/core/main.py: get_recons_loss)",
+        "ignore_tokens": sorted(int(i) for i in special_ids),
+        "ignore_tokens_are": "bos, eos (document separator), pad: SAEBench's multiple_evals ignore_tokens",
+        "exclude_special_tokens_from_reconstruction": splice_positions == "text",
+        "splice_positions": splice_positions,
+        "zero_ablation": "every position (BOS and separators included), as SAEBench's zero-ablation hook",
+        "mean_ablation": "every position, by the cache's mean activation (not a SAEBench metric)",
+        "ce_positions": "input token not in ignore_tokens, predicting the next token (whatever it is)",
+        "kl_positions": "input token not in ignore_tokens",
+        "average": "over every scored token of every context",
+        "error_term": f"x_hat + (x - x_hat) in the activation dtype ({act_dtype or '?'}) at the spliced positions",
+    }
 
 
 @torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
 def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean: Tensor | None = None,
-                   error_term: bool = True, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """CE and KL of the model with the SAE (and ablations) spliced in at `hook`, over `contexts`."""
+                   error_term: bool = True, splice_positions: str = "text",
+                   device: torch.device | str = "cpu") -> dict[str, Any]:
+    """CE and KL of the model with the SAE (and ablations) spliced in at `hook`, over `contexts`.
+
+    `splice_positions`: "text" (SAEBench's exclude_special_tokens_from_reconstruction=True) or "all".
+    """
+    if splice_positions not in SPLICE_POSITIONS:
+        raise WorkbenchError(f"unknown splice positions {splice_positions!r}; valid choices: "
+                             f"{', '.join(SPLICE_POSITIONS)}")
     variants = tuple(n for n in VARIANTS if (n != "mean" or mean is not None) and (n != "error" or error_term))
     v = len(variants)
     ce_sum = torch.zeros(v, dtype=torch.float64)
     kl_sum = torch.zeros(v, dtype=torch.float64)
     n_ce = n_kl = 0
     n_ctx = 0
+    err = _ErrorStats()
+    special: set[int] = set()
+    act_dtype: list[str] = []
     for cb in contexts:
         tokens = cb.tokens.to(device)
-        keep = cb.keep.to(device)
+        keep = cb.keep.to(device)  # text positions: SAEBench's mask (not BOS, EOS, padding)
+        splice = keep if splice_positions == "text" else torch.ones_like(keep)
+        special.update(cb.special_ids)
         b = tokens.shape[0]
 
         def fn(act: Tensor, site: Any) -> Tensor:
-            return _rewrite(act, keep, variants, sae, mean)
+            if not act_dtype:
+                act_dtype.append(str(act.dtype).removeprefix("torch."))
+            return _rewrite(act, splice, variants, sae, mean, err)
 
         with replacing(lm, hook, fn):
             logits = lm.bridge(tokens.repeat(v, 1))
         logp = torch.log_softmax(logits.float(), dim=-1).view(v, b, *logits.shape[1:])
         del logits
-        # CE: position t predicts token t+1; both must be real text.
-        ce_mask = keep[:, :-1] & keep[:, 1:]
+        # CE: position t predicts token t+1; scored where token t is text (the target may be EOS).
+        ce_mask = keep[:, :-1]
         tgt = tokens[:, 1:].unsqueeze(0).expand(v, -1, -1).unsqueeze(-1)
         nll = -logp[:, :, :-1].gather(-1, tgt).squeeze(-1)  # [V, B, T-1]
         ce_sum += nll[:, ce_mask].double().sum(-1).cpu()
         n_ce += int(ce_mask.sum())
-        # KL(clean || variant) at every real-text position.
+        # KL(clean || variant) at every text position.
         lp_clean = logp[0][keep]  # [n, vocab]
         p_clean = lp_clean.exp()
-        for i in range(v):
+        for i in range(1, v):
             kl = (p_clean * (lp_clean - logp[i][keep])).sum(-1)
             kl_sum[i] += float(kl.double().sum())
         n_kl += int(keep.sum())
@@ -103,7 +166,12 @@ def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean
         out[f"ce_{name}"] = ce[i]
         if name != "clean":
             out[f"kl_{name}"] = kl[i]
+    if "error" in variants:
+        out["ce_error_diff"] = out["ce_error"] - out["ce_clean"]
+        out["error_max_abs_diff"] = err.max_abs
+        out["error_rel_diff"] = (err.sq_diff / err.sq_x) ** 0.5 if err.sq_x else 0.0
     out.update(scores(out))
+    out["definition"] = definition(splice_positions, special, act_dtype[0] if act_dtype else None)
     return out
 
 
