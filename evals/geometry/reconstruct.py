@@ -14,38 +14,42 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from evals.features.build import check_compatible
 from harvesting.reader import CacheReader
 
 
 @torch.no_grad()
 def cluster_reconstructions(sae, cache: str | Path, members: list[int] | Tensor, max_tokens: int = 50_000,
                             batch_size: int = 4096) -> dict[str, np.ndarray]:
-    """The cluster's reconstruction on every token (up to `max_tokens` read) where a member fires.
+    """The cluster's reconstruction on every token (of the first `max_tokens` read) where a member fires.
 
     Returns `recon [n, d]`, `token_ids [n]` (text caches) and `winner [n]` (the member with the
-    largest activation), read in cache order with bounded memory.
+    largest activation), read in cache order with bounded memory. A cache without the SAE's hook
+    point (or from another model, or of another width) is refused, as the feature build refuses
+    it: reading another layer's activations would draw a different layer's geometry.
     """
     members = torch.as_tensor(members, dtype=torch.long)
     reader = CacheReader(cache)
-    hook = sae.cfg.hook if sae.cfg.hook in reader.hooks else reader.hooks[0]
+    hook = check_compatible(sae, reader)
     recon, toks, winner = [], [], []
     seen = 0
     for i in range(len(reader.shards)):
+        if seen >= max_tokens:
+            break
         shard = reader.load_shard(i, [hook])
         x = shard[hook]
         for a in range(0, x.shape[0], batch_size):
-            z = sae.encode(x[a:a + batch_size].float()).to_dense()[:, members]
+            b = min(a + batch_size, x.shape[0], a + max_tokens - seen)
+            z = sae.encode(x[a:b].float()).to_dense()[:, members]
             hit = (z > 0).any(1)
             if hit.any():
                 recon.append((z[hit] @ sae.W_dec[members].float()).numpy())
                 winner.append(members[z[hit].argmax(1)].numpy())
                 if "token_ids" in shard:
-                    toks.append(shard["token_ids"][a:a + batch_size][hit].numpy())
-            seen += min(batch_size, x.shape[0] - a)
+                    toks.append(shard["token_ids"][a:b][hit].numpy())
+            seen += b - a
             if seen >= max_tokens:
                 break
-        if seen >= max_tokens:
-            break
     d = sae.d_in
     return {"recon": np.concatenate(recon) if recon else np.zeros((0, d), np.float32),
             "winner": np.concatenate(winner) if winner else np.zeros(0, np.int64),
