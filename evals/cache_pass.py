@@ -48,7 +48,8 @@ def cache_pass(
 ) -> CachePassResult:
     """Encode every row of `split` once; return the reconstruction and feature accumulators.
 
-    `pool` (sparse probing's per-document pooling) reads the same codes, so probing adds no encode.
+    `pool` (sparse probing's per-document pooling) reads the same codes, so probing adds no encode;
+    it gets each row's document and token id (it leaves separator rows out).
     """
     d = reader.d_model(hook)
     if d != sae.d_in:
@@ -63,10 +64,11 @@ def cache_pass(
     for batch in reader.batches(hook, batch_size, shuffle=False, split=split, heldout_fraction=heldout_fraction,
                                 drop_last=False, with_ids=pool is not None, window_shards=1):
         x = batch[hook]
-        docs = batch.get("doc_ids")
+        docs, tokens = batch.get("doc_ids"), batch.get("token_ids")
         if max_tokens and seen + x.shape[0] > max_tokens:
             x = x[: max_tokens - seen]
             docs = docs[: max_tokens - seen] if docs is not None else None
+            tokens = tokens[: max_tokens - seen] if tokens is not None else None
         x = x.to(device, non_blocking=True)
         codes = sae.encode(x)
         x_hat = sae.decode(codes)
@@ -78,7 +80,7 @@ def cache_pass(
         rec.update(x, x_hat, l0, l1)
         feats.update(codes.cols, vals, b)
         if pool is not None:
-            pool.update(x, codes, docs)
+            pool.update(x, codes, docs, tokens)
         seen += b
         bar.update(b)
         if max_tokens and seen >= max_tokens:

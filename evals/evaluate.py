@@ -8,11 +8,17 @@
 The held-out split is the one training used (the SAE's `heldout_fraction`, else 1%): the last
 contexts of the cache, documents the SAE never saw. The spliced evaluation runs on those same
 held-out contexts, rebuilt from the cache's token ids, or on any corpus given by name.
+`evals.provenance` checks that claim: whether the cache is the SAE's training cache (a warning
+when it is not, or cannot be told), and how many evaluated rows the SAE trained on (eval.json's
+`data` section and the table say so). An SAE trained on every row (fraction 0) is refused unless
+a fraction is asked for. Sparse probing uses only documents the SAE did not train on (see
+`evals.probing`), from this cache or from `--probe-cache`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +29,15 @@ from evals.cache_pass import cache_pass
 from evals.contexts import cache_contexts, corpus_contexts
 from evals.health import weight_stats
 from evals.loading import load_for_eval
-from evals.probing import KS, DocPool, cache_labels, sparse_probing
+from evals.probing import KS, DocPool, cache_labels, separator_id, sparse_probing, unseen_documents
+from evals.provenance import (
+    TrainingDocuments,
+    match_training_cache,
+    resolve_heldout_fraction,
+    sae_heldout_fraction,
+    trained_on_rows,
+    training_documents,
+)
 from evals.result import EvalResult
 from evals.splice import SPLICE_POSITIONS, VARIANTS, spliced_losses
 from harvesting import CacheReader
@@ -38,7 +52,7 @@ class EvalConfig:
     cache: str = field(default="", metadata={"help": "activation cache with the SAE's hook point (held-out tokens, contexts, documents)"})
     model: str = field(default="", metadata={"help": "model for the spliced loss (default: the cache's model; 'none' skips it)"})
     corpus: str = field(default="", metadata={"help": "score the spliced loss on this corpus instead of the cache's held-out contexts"})
-    heldout_fraction: float = field(default=0.0, metadata={"help": "held-out fraction of the cache (0 = the one the SAE was trained with, else 0.01)"})
+    heldout_fraction: float | None = field(default=None, metadata={"help": "held-out fraction of the cache (default: the one the SAE was trained with, else 0.01); rows of it the SAE trained on are counted and labelled"})
     max_tokens: int = field(default=0, metadata={"help": "at most this many held-out tokens for reconstruction (0 = all)"})
     ce_contexts: int = field(default=160, metadata={"help": "contexts for the spliced loss (SAEBench: 10 batches of 16)"})
     batch_contexts: int = field(default=0, metadata={"help": "contexts per stacked forward pass (0 = fit the logits in about 1 GiB; 8 GiB on CUDA)"})
@@ -49,6 +63,7 @@ class EvalConfig:
     splice_positions: Literal["text", "all"] = field(default="text", metadata={"help": "where the SAE replaces the activation: text (every token but BOS, EOS, padding; SAEBench with exclude_special_tokens_from_reconstruction=True) or all (BOS and separators too; SAEBench's default False). Ablations always cover every position; loss is always scored at text positions"})
     probing: bool = field(default=True, metadata={"help": "sparse probing on the corpus's document labels (wiki-vital topics)"})
     probe_max_per_class: int = field(default=300, metadata={"help": "positives per one-vs-rest probing task (as many negatives)"})
+    probe_cache: str = field(default="", metadata={"help": "cache whose documents sparse probing uses (default: --cache); only documents the SAE did not train on are probed"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N (auto: cuda if present)"})
     seed: int = field(default=0, metadata={"help": "seed of the probing tasks"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
@@ -117,8 +132,7 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     reader = cache if isinstance(cache, CacheReader) or cache is None else CacheReader(cache)
     if reader is None and cfg.cache:
         reader = CacheReader(cfg.cache)
-    frac = cfg.heldout_fraction or float((sae.cfg.train or {}).get("heldout_fraction") or 0.01)
-    result.settings["heldout_fraction"] = frac
+    frac, training = cfg.heldout_fraction, None
 
     w_summary, w_per = weight_stats(sae.W_enc, sae.W_dec)
     result.weights = w_summary
@@ -127,26 +141,29 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     # Every check that the SAE fits the cache and the model comes before any long pass.
     if reader is not None:
         check_fits_cache(sae, reader, hook)
+        frac, training = _heldout(sae, reader, cfg, result)
+    result.settings["heldout_fraction"] = frac
+    probe_reader = CacheReader(cfg.probe_cache) if cfg.probe_cache and cfg.probing else reader
+    if probe_reader is not None and probe_reader is not reader:
+        check_fits_cache(sae, probe_reader, hook)
     lm = _model(model, cfg, reader, device)
     if lm is not None:
         check_fits_model(sae, lm, hook)
 
-    mean = None
+    mean, pool, probe_docs = None, None, None
     if reader is not None:
         res = cache_pass(sae, reader, hook, split="heldout", heldout_fraction=frac, batch_size=cfg.batch_size,
                          max_tokens=cfg.max_tokens, device=device, progress=cfg.progress)
         result.reconstruction = res.reconstruction.summary()
         mean = res.mean_activation
         feats = res.features
-        labels = cache_labels(reader) if cfg.probing else None
-        pool = None
-        if labels is not None:
-            pool = DocPool(labels, sae.d_in, sae.num_features, max_per_class=cfg.probe_max_per_class, seed=cfg.seed)
+        pool, probe_docs = _probe_pool(sae, probe_reader, training, frac, cfg, result) if cfg.probing else (None, None)
+        ride = pool if probe_reader is reader else None
         if cfg.density_split == "all":  # one pass over every cached token: densities and probing's pooling
             feats = cache_pass(sae, reader, hook, split="all", batch_size=cfg.batch_size, device=device,
-                               progress=cfg.progress, pool=pool).features
-        elif pool is not None:
-            cache_pass(sae, reader, hook, split="all", batch_size=cfg.batch_size, device=device,
+                               progress=cfg.progress, pool=ride).features
+        if pool is not None and (ride is None or cfg.density_split != "all"):
+            cache_pass(sae, probe_reader, hook, split="all", batch_size=cfg.batch_size, device=device,
                        progress=cfg.progress, pool=pool)
         result.health = {"split": cfg.density_split, **feats.summary()}
         result.per_feature.update(feats.per_feature())
@@ -177,16 +194,78 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
                                                              splice_positions=cfg.splice_positions, device=device)}
             if mean is None:
                 result.notes.append("no cache: mean ablation skipped (it needs the mean activation)")
-    if reader is not None and cfg.probing:
-        if pool is None:
-            result.notes.append("probing skipped: the cache's corpus has no document labels (wiki-vital has topics)")
-        else:
-            try:
-                result.probing = sparse_probing(*pool.result(), ks=KS, max_per_class=cfg.probe_max_per_class,
-                                                seed=cfg.seed)
-            except WorkbenchError as e:
-                result.notes.append(f"probing skipped: {e}")
+    if reader is not None and pool is not None:
+        _probe(pool, probe_docs, cfg, result)
     return result
+
+
+def _heldout(sae, reader: CacheReader, cfg: EvalConfig, result: EvalResult) -> tuple[float, TrainingDocuments | None]:
+    """The held-out fraction to evaluate on, and what the result must say about the rows it covers."""
+    match = match_training_cache(sae, reader)
+    frac = resolve_heldout_fraction(sae, cfg.heldout_fraction, match)
+    training = training_documents(sae, reader, match)
+    n = reader.num_rows("heldout", frac)
+    if cfg.max_tokens:
+        n = min(n, cfg.max_tokens)
+    seen = trained_on_rows(sae, reader, frac, match, training, max_rows=n)
+    result.data = {"heldout_fraction": frac, "sae_heldout_fraction": sae_heldout_fraction(sae), "heldout_rows": n,
+                   "trained_on_rows": seen, "trained_on_pct": None if seen is None else 100.0 * seen / max(n, 1),
+                   "training_cache": match.to_dict()}
+    why = "; ".join(match.reasons)
+    if match.verdict == "different":
+        overlap = (f"{seen:,} of its {n:,} held-out rows are of documents the SAE trained on" if seen is not None else
+                   "its documents could not be compared with the training cache's")
+        result.notes.append(f"this is not the cache the SAE was trained on ({why}): its held-out rows are unseen "
+                            f"by the SAE only where its documents differ from the training cache's; {overlap}")
+    elif match.verdict == "unknown":
+        result.notes.append(f"cannot tell whether this is the cache the SAE was trained on ({why}), so cannot tell "
+                            f"whether its held-out rows are unseen")
+    if seen:
+        result.notes.append(f"{seen:,} of the {n:,} evaluated held-out rows ({100.0 * seen / n:.1f}%) are rows the SAE "
+                            f"trained on: reconstruction and the spliced loss are partly measured on training data")
+    return frac, training
+
+
+def _probe_pool(sae, reader: CacheReader | None, training: TrainingDocuments | None, frac: float, cfg: EvalConfig,
+                result: EvalResult) -> tuple[DocPool | None, dict[str, Any] | None]:
+    """The pooling accumulator for the documents to probe (those the SAE did not train on), or None and a note."""
+    labels = cache_labels(reader) if reader is not None else None
+    if labels is None:
+        if reader is not None:
+            result.notes.append("probing skipped: the cache's corpus has no document labels (wiki-vital has topics)")
+        return None, None
+    docs, info = unseen_documents(sae, reader, training, frac)
+    info["labelled"] = sum(1 for d in docs.tolist() if d in labels)
+    try:
+        return DocPool(labels, sae.d_in, sae.num_features, max_per_class=cfg.probe_max_per_class, seed=cfg.seed,
+                       documents=docs, separator_id=separator_id(reader)), info
+    except WorkbenchError:  # no labelled document left to probe
+        _skip_probing(result, {**info, "pooled": 0}, "none of them is labelled")
+        return None, None
+
+
+def _probe(pool: DocPool, info: dict[str, Any], cfg: EvalConfig, result: EvalResult) -> None:
+    try:
+        raw, feats, labels = pool.result()
+    except WorkbenchError as e:
+        _skip_probing(result, {**info, "pooled": 0}, str(e))
+        return
+    info = {**info, "pooled": len(labels), "per_class": dict(sorted(Counter(labels).items()))}
+    try:
+        result.probing = {"documents": info, **sparse_probing(raw, feats, labels, ks=KS,
+                                                              max_per_class=cfg.probe_max_per_class, seed=cfg.seed)}
+    except WorkbenchError as e:
+        _skip_probing(result, info, str(e))
+
+
+def _skip_probing(result: EvalResult, info: dict[str, Any], why: str) -> None:
+    """Say plainly that there were too few documents the SAE did not train on; never fall back on its training ones."""
+    msg = (f"{info['pooled']} labelled documents the SAE did not train on were pooled ({info['rule']}), too few: "
+           f"{why}. Give --probe-cache with a cache of other documents of the same corpus (e.g. `sae harvest --seed 1 "
+           f"--out OTHER`; documents the SAE trained on are left out by their index), or train with a larger "
+           f"--heldout-fraction")
+    result.probing = {"documents": info, "skipped": msg}
+    result.notes.append(f"probing skipped: {msg}")
 
 
 def _model(model: Any, cfg: EvalConfig, reader: CacheReader | None, device: torch.device):

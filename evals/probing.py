@@ -2,12 +2,26 @@
 
 Task: the corpus's document labels (wiki-vital's article topics), one-vs-rest per class, balanced
 (as many negatives, drawn at random from the other classes, as positives), split into train and
-test. Each document is represented by its activations mean-pooled over its real-text tokens: raw
-activations, and SAE feature activations (each token encoded, then pooled). On the train split
-the k features with the largest |mean over positives - mean over negatives| are selected and an
-L2-regularised logistic regression (scikit-learn, C = 1, inputs standardised on train) is fitted
-on them; we report test accuracy for k in {1, 2, 5, 20}, next to the same probe on the raw
-activations (all dimensions and top-k dimensions), averaged over classes.
+test. Each document is represented by its activations mean-pooled over its text tokens (the
+separator row the harvest stores after each document, its EOS, is left out; BOS and padding are
+never stored): raw activations, and SAE feature activations (each token encoded, then pooled).
+On the train split the k features with the largest |mean over positives - mean over negatives|
+are selected and an L2-regularised logistic regression (scikit-learn, C = 1, inputs standardised
+on train) is fitted on them; we report test accuracy for k in {1, 2, 5, 20}, next to the same
+probe on the raw activations (all dimensions and top-k dimensions), per class with its test size
+and binomial standard error sqrt(p(1 - p) / n_test), and averaged over classes (the standard
+error of that mean: sqrt(sum of squared per-class errors) / classes).
+
+Which documents: only ones the SAE did not train on (`unseen_documents`). A probe on the SAE's
+own training documents asks whether it memorised them, not whether its features carry the
+concept. From the SAE's training cache that leaves its held-out split, whose documents are whole
+(the reader cuts at a document boundary) but few: 1% of a 100k-token wiki-vital cache is about
+7 documents, far under the 20 per class a task needs, and then probing says so instead of
+falling back on training documents. Enough documents come from a second cache of the same
+corpus (`sae eval --probe-cache`, e.g. `sae harvest --seed 1` with another --out; the documents
+the SAE trained on are left out by their corpus index), or from training with a larger
+--heldout-fraction. SAEBench's own tasks use 4000 train / 1000 test texts per class, each run
+alone; reaching that needs documents beyond a cache, run through the model (a later change).
 
 Pooling reads the cache: its rows carry each token's document id, so no model pass is needed.
 Documents are packed into contexts, so a document's later tokens may follow another document's
@@ -16,6 +30,7 @@ tail in the same context (the harvest's packing); SAEBench runs each text alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,10 +104,15 @@ def sparse_probing(raw: np.ndarray, feats: np.ndarray, labels: Sequence[str], *,
             row[f"sae_top{k}"] = probe_accuracy(feats[tr][:, sel], ytr, feats[te][:, sel], yte)
             if k == 1:
                 row["sae_top1_feature"] = int(sel[0])
+        keys = [k for k in row if k != "sae_top1_feature"]
+        row["se"] = {k: math.sqrt(row[k] * (1 - row[k]) / n_test) for k in keys}
+        row["n_train"], row["n_test"] = len(tr), n_test
         per_class[c] = row
-    keys = [k for k in next(iter(per_class.values())) if k != "sae_top1_feature"]
+    keys = list(next(iter(per_class.values()))["se"])
     mean = {k: float(np.mean([r[k] for r in per_class.values()])) for k in keys}
-    return {"classes": len(per_class), "mean": mean, "per_class": per_class, "ks": list(ks)}
+    mean_se = {k: math.sqrt(sum(r["se"][k] ** 2 for r in per_class.values())) / len(per_class) for k in keys}
+    return {"classes": len(per_class), "mean": mean, "mean_se": mean_se, "per_class": per_class, "ks": list(ks),
+            "documents_probed": len(labels), "test_documents": sum(r["n_test"] for r in per_class.values())}
 
 
 class DocPool:
@@ -104,11 +124,14 @@ class DocPool:
     """
 
     def __init__(self, doc_labels: dict[int, str], d_in: int, num_features: int, *, max_per_class: int = 500,
-                 seed: int = 0) -> None:
+                 seed: int = 0, documents: torch.Tensor | None = None, separator_id: int | None = None) -> None:
+        """`documents`: the only document ids to pool (None: every labelled one); `separator_id`: the
+        token of the rows to leave out (the EOS the harvest stores after each document)."""
         rng = np.random.default_rng(seed)
+        allowed = None if documents is None else set(documents.tolist())
         by_label: dict[str, list[int]] = {}
         for doc, lab in sorted(doc_labels.items()):
-            if lab:
+            if lab and (allowed is None or doc in allowed):
                 by_label.setdefault(lab, []).append(doc)
         chosen: list[int] = []
         for lab, docs in sorted(by_label.items()):
@@ -116,6 +139,7 @@ class DocPool:
         if not chosen:
             raise WorkbenchError("no labelled documents to probe")
         self.doc_labels = doc_labels
+        self.separator_id = separator_id
         self.chosen = chosen
         self.lookup = torch.full((max(chosen) + 1,), -1, dtype=torch.long)
         self.lookup[torch.tensor(chosen)] = torch.arange(len(chosen))
@@ -125,10 +149,12 @@ class DocPool:
         self.count = torch.zeros(n, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, x: Tensor, codes, doc_ids: Tensor) -> None:
-        """Add a batch: activations `x [B, d]`, their SparseCodes, and each row's document id."""
+    def update(self, x: Tensor, codes, doc_ids: Tensor, token_ids: Tensor | None = None) -> None:
+        """Add a batch: activations `x [B, d]`, their SparseCodes, each row's document id and token id."""
         doc = doc_ids.long().cpu()
         inside = (doc >= 0) & (doc < self.lookup.numel())
+        if self.separator_id is not None and token_ids is not None:
+            inside &= token_ids.cpu() != self.separator_id
         slot = torch.full_like(doc, -1)
         slot[inside] = self.lookup[doc[inside]]
         m = slot >= 0
@@ -145,22 +171,58 @@ class DocPool:
         """(raw [docs, d], feats [docs, F], labels) for the chosen documents the cache held."""
         found = self.count > 0
         if not found.any():
-            raise WorkbenchError("none of the labelled documents appear in the cache")
+            raise WorkbenchError("none of the labelled documents to probe appear in the cache")
         raw = (self.raw_sum[found] / self.count[found, None]).float().numpy()
         feats = (self.feat_sum[found] / self.count[found, None].float()).numpy()
         labels = [self.doc_labels[self.chosen[i]] for i in torch.nonzero(found).flatten().tolist()]
         return raw, feats, labels
 
 
+def separator_id(reader: CacheReader) -> int | None:
+    """The token the harvest stored after each document (None when it stored none)."""
+    sep = (reader.manifest.get("tokenizer") or {}).get("separator_id")
+    return None if sep is None else int(sep)
+
+
 def pooled_from_cache(sae, reader: CacheReader, hook: str, doc_labels: dict[int, str], *,
                       max_per_class: int = 500, seed: int = 0, batch_size: int = 4096,
-                      device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Mean-pooled raw and SAE activations per labelled document of the cache (a pass of its own)."""
+                      device: torch.device | str = "cpu",
+                      documents: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Mean-pooled raw and SAE activations per labelled document of the cache (a pass of its own),
+    over each document's text rows; only `documents` when given (see `unseen_documents`)."""
     from evals.cache_pass import cache_pass
 
-    pool = DocPool(doc_labels, sae.d_in, sae.num_features, max_per_class=max_per_class, seed=seed)
+    pool = DocPool(doc_labels, sae.d_in, sae.num_features, max_per_class=max_per_class, seed=seed,
+                   documents=documents, separator_id=separator_id(reader))
     cache_pass(sae, reader, hook, split="all", batch_size=batch_size, device=device, pool=pool)
     return pool.result()
+
+
+def unseen_documents(sae, reader: CacheReader, training,
+                     heldout_fraction: float) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The documents of `reader` to probe, ones the SAE did not train on, and a record of the choice.
+
+    `training`: the SAE's training documents (`evals.provenance.training_documents`) or None when
+    unknown; then the held-out split of `reader` at `heldout_fraction` is all we can trust."""
+    from evals.provenance import split_documents
+
+    present = split_documents(reader, "all")
+    info: dict[str, Any] = {"cache": str(reader.path), "in_cache": int(present.numel())}
+    if training is not None and training.comparable(reader):
+        seen = torch.isin(present, training.ids)
+        info.update(left_out_trained_on=int(seen.sum()),
+                    rule=f"every document of the cache except the {int(seen.sum())} the SAE trained on (the train "
+                         f"split of {training.cache})")
+        return present[~seen], info
+    if training is not None:
+        info.update(left_out_trained_on=0,
+                    rule=f"every document of the cache (another corpus than the SAE's training cache {training.cache})")
+        return present, info
+    docs = split_documents(reader, "heldout", heldout_fraction)
+    info.update(left_out_trained_on=None,
+                rule=f"the SAE's training documents are unknown: only the held-out split (heldout_fraction "
+                     f"{heldout_fraction:g}) of the cache")
+    return docs, info
 
 
 def wiki_vital_labels() -> dict[int, str]:

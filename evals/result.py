@@ -30,8 +30,11 @@ HEADLINE: tuple[tuple[str, str, str, str], ...] = (
     ("spliced", "kl_sae", "KL to clean (SAE)", "{:.4f}"),
     ("spliced", "ce_tokens", "spliced: tokens scored", "{:,}"),
     ("reconstruction", "tokens", "held-out tokens", "{:,}"),
+    ("data", "trained_on_pct", "held-out rows trained on %", "{:.1f}"),
     ("reconstruction", "fvu", "FVU", "{:.4f}"),
     ("reconstruction", "explained_variance", "explained variance", "{:.4f}"),
+    ("reconstruction", "saebench_explained_variance", "expl. var. (SAEBench 0.6.0)", "{:.4f}"),
+    ("reconstruction", "saebench_explained_variance_legacy", "expl. var. (SAEBench legacy)", "{:.4f}"),
     ("reconstruction", "mse", "MSE", "{:.4g}"),
     ("reconstruction", "cossim", "cosine", "{:.4f}"),
     ("reconstruction", "l2_ratio", "L2 ratio", "{:.4f}"),
@@ -69,6 +72,7 @@ class EvalResult:
     weights: dict[str, Any] = field(default_factory=dict)
     probing: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # held-out fraction, rows the SAE trained on, its cache
     notes: list[str] = field(default_factory=list)
     per_feature: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -89,17 +93,26 @@ class EvalResult:
             val = getattr(self, section).get(key)
             if val is not None:
                 out.append((label, _fmt(val, spec)))
-        if self.probing:
-            m = self.probing["mean"]
+        if self.probing.get("skipped"):
+            out.append(("probing", "skipped (see note)"))
+        elif self.probing:
+            m, se = self.probing["mean"], self.probing.get("mean_se", {})
+
+            def acc(key: str) -> str:
+                return f"{m[key]:.3f} ± {se[key]:.3f}" if key in se else f"{m[key]:.3f}"
             for k in self.probing["ks"]:
-                out.append((f"probe top-{k} (SAE / raw)", f"{m[f'sae_top{k}']:.3f} / {m[f'raw_top{k}']:.3f}"))
-            out.append(("probe raw, all dims", f"{m['raw_full']:.3f}"))
+                out.append((f"probe top-{k} (SAE / raw)", f"{acc(f'sae_top{k}')} / {acc(f'raw_top{k}')}"))
+            out.append(("probe raw, all dims", acc("raw_full")))
+            if "test_documents" in self.probing:
+                out.append(("probe: documents (test)", f"{self.probing['documents_probed']:,} "
+                                                       f"({self.probing['test_documents']:,})"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": EVAL_FORMAT, "format_version": EVAL_FORMAT_VERSION, "sae": self.sae,
                 "reconstruction": self.reconstruction, "spliced": self.spliced, "health": self.health,
-                "weights": self.weights, "probing": self.probing, "settings": self.settings, "notes": self.notes}
+                "weights": self.weights, "probing": self.probing, "settings": self.settings, "data": self.data,
+                "notes": self.notes}
 
     def save(self, directory: str | Path) -> Path:
         """Write eval.json (and per-feature tensors) atomically into `directory`; returns eval.json's path."""
