@@ -10,6 +10,7 @@ Measured, not printed: `run_sweep(SweepConfig(...))` puts SAE features next to D
 differences and DiffMean through the SAE, on the same prompts and measures (steering.sweep).
 """
 
+from steering.choice import SelectionRule, choose_coeff
 from steering.concepts import BUILTIN, STEER_PROMPTS, Concept, load_concept, neutral_texts
 from steering.consistency import ConsistencyConfig, run_consistency
 from steering.generation import Generation, generate
@@ -27,8 +28,9 @@ from steering.interventions import (
     shift_features,
     steering,
 )
-from steering.measures import Judge, NeutralKL, score_generation
+from steering.measures import Judge, NeutralKL, compression_ratio, distinct_n, score_generation
 from steering.positions import Positions, RunState
+from steering.probe import LinearProbe, fit_probe
 from steering.setup import check_fit, load_for_steering
 from steering.stats import FeatureStats, measure_stats, stats_from_activations
 from steering.sweep import SweepConfig, run_sweep
@@ -36,9 +38,10 @@ from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff
 
 __all__ = [
     "AddVector", "BUILTIN", "Concept", "ConsistencyConfig", "FeatureEdit", "FeatureStats", "Generation",
-    "Intervention", "Judge", "NeutralKL", "Positions", "RunState", "SAEEdit", "STEER_PROMPTS", "SweepConfig",
-    "ablate_features", "add_direction", "add_feature", "check_fit", "clamp_features", "concept_feature",
-    "diffmean", "diffmean_sae", "generate", "load_concept", "load_for_steering", "measure_stats",
+    "Intervention", "Judge", "LinearProbe", "NeutralKL", "Positions", "RunState", "SAEEdit", "STEER_PROMPTS",
+    "SelectionRule", "SweepConfig", "ablate_features", "add_direction", "add_feature", "check_fit", "choose_coeff",
+    "clamp_features", "compression_ratio", "concept_feature", "diffmean", "diffmean_sae", "distinct_n", "fit_probe",
+    "generate", "load_concept", "load_for_steering", "measure_stats",
     "neutral_texts", "pca_diff", "run_consistency", "run_sweep", "run_with_interventions", "scale_features",
     "score_generation", "shift_features", "stats_from_activations", "steering",
 ]

@@ -1,10 +1,14 @@
 """Effect and cost of steering, judged by the unsteered model itself (no LLM judge offline).
 
-- Concept presence on generated text re-read by the unsteered model: the target SAE feature's
-  mean activation over the generated tokens, the DiffMean probe (projection on the unit DiffMean
-  direction), the log-probability that a target word comes next (averaged over generated
-  positions), and whether a target word appears at all.
-- Fluency: perplexity of the generated tokens under the unsteered model, given the prompt.
+- Concept presence on generated text re-read by the unsteered model: an SAE feature's mean
+  activation over the generated tokens, a linear probe's mean readout `x . w + b` (the sweep fits
+  it on texts no steering method reads, steering.probe), the log-probability that a target word
+  comes next (averaged over generated positions), and whether a target word appears at all.
+- Fluency: perplexity of the generated tokens under the unsteered model, given the prompt. It
+  misses repetition (a loop is easy to predict, so it has a low perplexity), hence:
+- Repetition: distinct-2 and distinct-3 of the generated tokens (distinct n-grams over all
+  n-grams, Li et al. 2016, per text) and the zlib compression ratio of the generated text (raw
+  over compressed bytes, Whisper's repetition check; higher is more repetitive).
 - Cost: KL(unsteered || steered) per token on neutral text, steered the way the prompts are
   (NeutralKL says how).
 """
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
+from collections.abc import Sequence
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +41,8 @@ class Judge:
     hook: str
     sae: Any = None
     feature: int | None = None
-    probe: Tensor | None = None  # unit DiffMean direction [d]
+    probe: Tensor | None = None  # linear readout weights [d]: score = x . probe + probe_bias
+    probe_bias: float = 0.0
     target_words: tuple[str, ...] = ()
 
     def target_ids(self, lm: Any) -> list[int]:
@@ -61,8 +68,21 @@ def _nanmean(xs: list[float]) -> float:
     return sum(ok) / len(ok) if ok else float("nan")
 
 
+def distinct_n(ids: Sequence[Any], n: int) -> float:
+    """Distinct n-grams over all n-grams of one text (1: no repeat; NaN with fewer than n tokens)."""
+    grams = [tuple(ids[i: i + n]) for i in range(len(ids) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes over zlib-compressed bytes (higher: more repetitive; NaN for empty text)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else math.nan
+
+
 def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 16) -> list[dict[str, float]]:
-    """Per prompt: feature, probe, target_logprob, target_hit, ppl, n_new (NaN where nothing was generated)."""
+    """Per prompt: feature, probe, target_logprob, target_hit, ppl, distinct_2, distinct_3, compression,
+    n_new (NaN where nothing was generated)."""
     rows = [p + n for p, n in zip(gen.prompt_ids, gen.new_ids)]
     targets = torch.tensor(judge.target_ids(lm), dtype=torch.long) if judge.target_words else None
     pattern = target_pattern(judge.target_words)
@@ -81,7 +101,9 @@ def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 1
             p, n = len(gen.prompt_ids[k]), len(gen.new_ids[k])
             r = {"n_new": float(n), "feature": math.nan, "probe": math.nan, "target_logprob": math.nan,
                  "ppl": math.nan,
-                 "target_hit": float(bool(pattern.search(gen.texts[k]))) if pattern else math.nan}
+                 "target_hit": float(bool(pattern.search(gen.texts[k]))) if pattern else math.nan,
+                 "distinct_2": distinct_n(gen.new_ids[k], 2), "distinct_3": distinct_n(gen.new_ids[k], 3),
+                 "compression": compression_ratio(gen.texts[k])}
             if n > 0:
                 x = acts["x"][i, p: p + n]
                 if judge.sae is not None and judge.feature is not None:
@@ -89,7 +111,7 @@ def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 1
                     codes = judge.sae.encode(x.to(device=w.device, dtype=w.dtype))
                     r["feature"] = float(feature_values(codes, torch.tensor([judge.feature], device=w.device)).mean())
                 if judge.probe is not None:
-                    r["probe"] = float((x @ judge.probe.float()).mean())
+                    r["probe"] = float((x @ judge.probe.float()).mean()) + judge.probe_bias
                 pred = lp[i, p - 1: p + n - 1]
                 tok = b.tokens[i, p: p + n]
                 r["ppl"] = float(torch.exp(-pred.gather(1, tok.view(-1, 1)).mean()))

@@ -5,12 +5,18 @@ feature's decoder row), `diffmean`, `pca` (of paired differences) and `diffmean_
 through the SAE's features). All are added as `coeff * mean_norm * unit(direction)` so one grid of
 coefficients means the same push for every method. Each (method, coeff) generates from every
 prompt and is judged by the unsteered model (steering.measures); the KL on neutral text is its
-cost. Selection, with no peeking: on the even-numbered prompts, the coefficient with the best
-`select_by` score among those whose perplexity stays within `max_ppl_ratio` of the unsteered
-model's; the table reports the odd-numbered prompts at that coefficient.
+cost. Two readouts of concept presence, and what they favour:
+- `probe`: a logistic regression fitted on the concept's judge texts, which no method reads
+  (steering.probe), so it scores every method from outside;
+- `sae_feature`: the `sae` method's own feature re-read on the text. It measures how far that
+  method pushed along itself, so it favours `sae`; it is kept as a readout, not as a judge.
+Selection, with no peeking (steering.choice): on the even-numbered prompts, the coefficient with
+the best `select_by` score among those within the KL budget whose perplexity and repetition stay
+near the unsteered model's; the table reports the odd-numbered prompts at that coefficient.
 
 Everything lands in `out`: config.json (resolved; `sae steer-sweep --config out/config.json`
-reruns it), rows.jsonl (one line per prompt and setting, with the text), summary.json, table.md,
+reruns it), rows.jsonl (one line per prompt and setting, with the text), summary.json (with the
+neutral texts, the judge's texts and accuracy, and why coefficients were not admitted), table.md,
 plot.png.
 """
 
@@ -19,17 +25,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from steering.choice import SelectionRule, select
 from steering.concepts import STEER_PROMPTS, Concept, load_concept, neutral_texts
 from steering.generation import generate
 from steering.interventions import AddVector
 from steering.measures import Judge, NeutralKL, mean_scores, score_generation
 from steering.positions import Positions
+from steering.probe import fit_probe
 from steering.reading import hook_activations
 from steering.stats import measure_stats
 from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff
@@ -39,7 +47,7 @@ from workbench.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 METHODS = ("sae", "diffmean", "pca", "diffmean_sae")
-SCORES = ("target_logprob", "probe", "feature", "target_hit")
+SCORES = ("target_logprob", "probe", "sae_feature", "target_hit")
 
 
 @dataclass
@@ -57,10 +65,18 @@ class SweepConfig:
     sample: bool = field(default=False, metadata={"help": "sample (seeded) instead of greedy decoding"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     read: Literal["mean", "last"] = field(default="mean", metadata={"help": "concept prompts read at the mean or last token"})
-    select_by: Literal["target_logprob", "probe", "feature", "target_hit"] = field(
-        default="target_logprob", metadata={"help": "concept score that picks the coefficient"})
+    select_by: Literal["target_logprob", "probe", "sae_feature", "target_hit"] = field(
+        default="target_logprob", metadata={"help": "concept score that picks the coefficient (sae_feature favours "
+                                                    "the sae method: it is that method's own feature)"})
+    max_kl: float | None = field(default=None, metadata={"help": "KL budget: coefficients whose KL on neutral text "
+                                                                 "(nats/token) exceeds it are not chosen (default: none)"})
     max_ppl_ratio: float = field(default=4.0, metadata={"help": "coefficients whose perplexity exceeds this times "
                                                                 "the unsteered one are not chosen"})
+    min_distinct_ratio: float = field(default=0.75, metadata={"help": "coefficients whose distinct-2 falls below this "
+                                                                      "times the unsteered one are not chosen"})
+    max_compression_ratio: float = field(default=1.5, metadata={"help": "coefficients whose zlib compression ratio "
+                                                                        "exceeds this times the unsteered one are "
+                                                                        "not chosen"})
     neutral: int = field(default=8, metadata={"help": "neutral texts for the KL cost and activation statistics"})
     sae_top: int = field(default=0, metadata={"help": "diffmean_sae keeps this many features (0: all)"})
     device: str = field(default="cpu", metadata={"help": "device"})
@@ -76,6 +92,10 @@ class SweepConfig:
         if not 2 <= self.prompts <= len(STEER_PROMPTS):
             raise WorkbenchError(f"prompts must be 2..{len(STEER_PROMPTS)} (half select, half report); got {self.prompts}")
         Positions.parse(self.positions)
+
+    def rule(self) -> SelectionRule:
+        return SelectionRule(self.select_by, self.max_kl, self.max_ppl_ratio, self.min_distinct_ratio,
+                             self.max_compression_ratio)
 
 
 def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig) -> tuple[dict[str, torch.Tensor], Judge, dict]:
@@ -95,10 +115,20 @@ def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig) ->
             dirs[m] = pca_diff(pos[: min(len(pos), len(neg))], neg[: min(len(pos), len(neg))])
         else:
             dirs[m] = diffmean_sae(sae, pos, neg, top=cfg.sae_top or None).float()
-    judge = Judge(hook, sae=sae, feature=feat, probe=dm / dm.norm().clamp_min(1e-12),
-                  target_words=tuple(concept.target_words))
+    judge = Judge(hook, sae=sae, feature=feat, target_words=tuple(concept.target_words))
+    probe_info: dict[str, Any] = {"kind": "none: the concept has no judge texts (give judge_positive and "
+                                          "judge_negative, or at least 3 positive and negative texts)"}
+    if concept.judge_positive and concept.judge_negative:
+        jp = hook_activations(lm, concept.judge_positive, hook, read=cfg.read)
+        jn = hook_activations(lm, concept.judge_negative, hook, read=cfg.read)
+        probe = fit_probe(jp, jn, texts=concept.judge_positive + concept.judge_negative)
+        judge.probe, judge.probe_bias = probe.w, probe.b
+        probe_info = probe.describe()
+        probe_info["cos_to_diffmean"] = float(torch.nn.functional.cosine_similarity(probe.w, dm, dim=0))
+    else:
+        log.warning("concept %s has no judge texts: the probe readout is NaN", concept.name)
     cos = {m: float(torch.nn.functional.cosine_similarity(v, dm, dim=0)) for m, v in dirs.items()}
-    return dirs, judge, {"feature": feat, "feature_rise": rise, "cos_to_diffmean": cos}
+    return dirs, judge, {"feature": feat, "feature_rise": rise, "cos_to_diffmean": cos, "probe": probe_info}
 
 
 def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, Any]:
@@ -115,13 +145,14 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
     save_config(cfg, out / "config.json")
     prompts = STEER_PROMPTS[: cfg.prompts]
     split = ["select" if i % 2 == 0 else "report" for i in range(len(prompts))]
-    neutral = neutral_texts(cfg.neutral)
+    neutral = neutral_texts(cfg.neutral, exclude=[t for c in concepts for t in c.texts])
     stats = measure_stats(lm, neutral, sae.cfg.hook, None)
     kl = NeutralKL(lm, neutral)
     gen_kw = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.sample, seed=cfg.seed)
     base_gen = generate(lm, prompts, [], **gen_kw)
     rows: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"mean_norm": stats.mean_norm, "concepts": {}}
+    summary: dict[str, Any] = {"mean_norm": stats.mean_norm, "selection": asdict(cfg.rule()),
+                               "neutral_texts": neutral, "concepts": {}}
     for concept in concepts:
         dirs, judge, found = concept_directions(lm, sae, concept, cfg)
         log.info("concept %s: SAE feature %d (rise %.3g)", concept.name, found["feature"], found["feature_rise"])
@@ -143,15 +174,15 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
             for j, (m, c) in enumerate(settings):
                 sl = slice(j * n, (j + 1) * n)
                 results[(m, c)] = (g.texts[sl], scores[sl], costs[j])
-                log.info("  %s x %g: %s=%.3g, KL %.3g", m, c, cfg.select_by,
-                         mean_scores(scores[sl])[cfg.select_by], costs[j])
+                key = "feature" if cfg.select_by == "sae_feature" else cfg.select_by
+                log.info("  %s x %g: %s=%.3g, KL %.3g", m, c, cfg.select_by, mean_scores(scores[sl])[key], costs[j])
         for method in dirs:
             for c in cfg.coeffs:
                 # coefficient 0 is exactly no steering (tested), so it reuses the unsteered run
                 texts, scores_c, cost = (base_gen.texts, base_scores, 0.0) if c == 0 else results[(method, c)]
                 rows += _rows(concept.name, method, c, prompts, split, texts, scores_c, cost)
         _write_jsonl(out / "rows.jsonl", rows)  # after every concept: a long sweep keeps what it finished
-        chosen = select(rows, concept.name, cfg)
+        chosen = select(rows, concept.name, list(cfg.methods), cfg.rule())
         summary["concepts"][concept.name] = {**found, "methods": chosen, "examples": _examples(rows, concept.name, chosen)}
     _write_jsonl(out / "rows.jsonl", rows)
     atomic_write_json(out / "summary.json", summary)
@@ -165,33 +196,13 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
 
 def _rows(concept: str, method: str, coeff: float, prompts: list[str], split: list[str], texts: list[str],
           scores: list[dict[str, float]], kl: float) -> list[dict[str, Any]]:
-    return [{"concept": concept, "method": method, "coeff": coeff, "prompt_index": i, "split": split[i],
-             "prompt": prompts[i], "text": texts[i], **scores[i], "kl": kl} for i in range(len(prompts))]
-
-
-def _means(rows: list[dict[str, Any]], split: str | None) -> dict[str, float]:
-    keep = [r for r in rows if split is None or r["split"] == split]
-    m = mean_scores([{k: r[k] for k in ("feature", "probe", "target_logprob", "target_hit", "ppl")} for r in keep])
-    m["kl"] = keep[0]["kl"] if keep else math.nan
-    return m
-
-
-def select(rows: list[dict[str, Any]], concept: str, cfg: SweepConfig) -> dict[str, Any]:
-    """Per method: the coefficient chosen on the select half, and the report half's scores there."""
-    mine = [r for r in rows if r["concept"] == concept]
-    base_sel = _means([r for r in mine if r["method"] == "none"], "select")
-    out: dict[str, Any] = {"none": {"coeff": 0.0, **_means([r for r in mine if r["method"] == "none"], "report")}}
-    for method in cfg.methods:
-        best, best_score = 0.0, -math.inf
-        for c in cfg.coeffs:
-            sel = _means([r for r in mine if r["method"] == method and r["coeff"] == c], "select")
-            fluent = not (sel["ppl"] > cfg.max_ppl_ratio * base_sel["ppl"])  # NaN ppl (no text) is not fluent
-            fluent = fluent and not math.isnan(sel["ppl"])
-            score = sel[cfg.select_by]
-            if fluent and not math.isnan(score) and score > best_score:
-                best, best_score = c, score
-        rep = _means([r for r in mine if r["method"] == method and r["coeff"] == best], "report")
-        out[method] = {"coeff": best, **rep}
+    """One row per prompt; the judge's `feature` readout is named `sae_feature`: it is the sae method's own."""
+    out = []
+    for i in range(len(prompts)):
+        sc = dict(scores[i])
+        sc["sae_feature"] = sc.pop("feature")
+        out.append({"concept": concept, "method": method, "coeff": coeff, "prompt_index": i, "split": split[i],
+                    "prompt": prompts[i], "text": texts[i], **sc, "kl": kl})
     return out
 
 
@@ -206,11 +217,12 @@ def _examples(rows: list[dict[str, Any]], concept: str, chosen: dict[str, Any]) 
     return out
 
 
-COLUMNS = ("coeff", "feature", "probe", "target_logprob", "target_hit", "ppl", "kl")
+COLUMNS = ("coeff", "probe", "sae_feature", "target_logprob", "target_hit", "ppl", "distinct_2", "compression", "kl")
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """Markdown: one row per concept and method (held-out prompts, at the chosen coefficient)."""
+    """Markdown: one row per concept and method (held-out prompts, at the chosen coefficient). `probe` is
+    fitted on judge texts no method reads; `sae_feature` is the sae method's own feature (it favours sae)."""
     lines = ["| concept | method | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for name, c in summary["concepts"].items():
         for method, r in c["methods"].items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,16 +16,43 @@ from steering import SweepConfig, run_sweep
 SAE_BIN = str(Path(sys.executable).parent / "sae")
 
 
-def _concept(tmp_path: Path, positive=("the sea and the waves", "a boat on the ocean")) -> str:
+SEA = {"name": "sea", "positive": ["the sea and the waves", "a boat on the ocean"],
+       "negative": ["the tax form", "an office chair"], "target_words": ["sea", "ocean"],
+       "judge_positive": ["fish in the deep sea", "the tide came in"], "judge_negative": ["a desk lamp", "the invoice"]}
+
+
+def _concept(tmp_path: Path, positive=tuple(SEA["positive"])) -> str:
     p = tmp_path / "sea.json"
-    p.write_text(json.dumps({"name": "sea", "positive": list(positive),
-                             "negative": ["the tax form", "an office chair"], "target_words": ["sea", "ocean"]}))
+    p.write_text(json.dumps({**SEA, "positive": list(positive)}))
     return str(p)
 
 
-def _cfg(tmp_path: Path, out: str, seed: int) -> SweepConfig:
+def _cfg(tmp_path: Path, out: str, seed: int, **kw) -> SweepConfig:
     return SweepConfig(sae="unused", out=str(tmp_path / out), concepts=(_concept(tmp_path),), coeffs=(0.0, 0.5, 2.0),
-                       prompts=4, max_new_tokens=3, sample=True, seed=seed, neutral=2)
+                       prompts=4, max_new_tokens=3, sample=True, seed=seed, neutral=2, **kw)
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if not math.isnan(r[key])]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def _reference_choice(lines: list[dict], method: str, coeffs: tuple[float, ...]) -> float:
+    """The default rule as the sweep's docs state it, recomputed from rows.jsonl: on the even (select)
+    prompts, the best mean target log-prob among coefficients with perplexity <= 4x, distinct-2 >= 0.75x and
+    compression ratio <= 1.5x the unsteered text's there; the first on a tie; 0 if none qualifies."""
+    def at(m, c, split):
+        return [r for r in lines if r["method"] == m and r["coeff"] == c and r["prompt_index"] % 2 == (split == "report")]
+
+    base = at("none", 0.0, "select")
+    best, best_score = 0.0, -math.inf
+    for c in coeffs:
+        rs = at(method, c, "select")
+        ok = (_mean(rs, "ppl") <= 4 * _mean(base, "ppl") and _mean(rs, "distinct_2") >= 0.75 * _mean(base, "distinct_2")
+              and _mean(rs, "compression") <= 1.5 * _mean(base, "compression"))
+        if ok and _mean(rs, "target_logprob") > best_score:
+            best, best_score = c, _mean(rs, "target_logprob")
+    return best
 
 
 def test_sweep_is_deterministic_for_a_seed_and_writes_its_files(tiny_lm, tiny_sae, tmp_path):
@@ -43,8 +71,46 @@ def test_sweep_is_deterministic_for_a_seed_and_writes_its_files(tiny_lm, tiny_sa
     base = [r["text"] for r in lines if r["method"] == "none"]
     for m in ("sae", "diffmean", "pca", "diffmean_sae"):
         assert [r["text"] for r in lines if r["method"] == m and r["coeff"] == 0.0] == base
-        assert a["concepts"]["sea"]["methods"][m]["coeff"] in (0.0, 0.5, 2.0)
     assert {r["split"] for r in lines if r["prompt_index"] % 2 == 0} == {"select"}
+    assert {r["split"] for r in lines if r["prompt_index"] % 2 == 1} == {"report"}
+    _check_choice(a, lines, (0.0, 0.5, 2.0))
+
+
+def _check_choice(summary: dict, lines: list[dict], coeffs: tuple[float, ...]) -> None:
+    """Each method's coefficient is the one the rule picks from the written rows, and its reported figures
+    are the odd (held-out) prompts' means at that coefficient."""
+    methods = summary["concepts"]["sea"]["methods"]
+    steered = 0
+    for m in ("sae", "diffmean", "pca", "diffmean_sae"):
+        want = _reference_choice(lines, m, coeffs)
+        assert methods[m]["coeff"] == want, (m, methods[m])
+        held_out = [r for r in lines if r["method"] == m and r["coeff"] == want and r["prompt_index"] % 2 == 1]
+        assert methods[m]["n_prompts"] == len(held_out) == 2
+        for key in ("target_logprob", "ppl", "probe", "distinct_2", "compression"):
+            assert methods[m][key] == pytest.approx(_mean(held_out, key), nan_ok=True), (m, key)
+        steered += want != 0.0
+    none = [r for r in lines if r["method"] == "none" and r["prompt_index"] % 2 == 1]
+    assert methods["none"]["target_logprob"] == pytest.approx(_mean(none, "target_logprob"))
+    assert steered > 0  # the check is not vacuous: some method steers at its chosen coefficient
+
+
+def test_prompt_only_steering_has_a_cost_and_is_judged_apart_from_its_texts(tiny_lm, tiny_sae, tmp_path):
+    """Issue 22 items 3, 7 and 10 through the sweep: `--positions prompt` and `last` steer the neutral text too
+    (KL > 0 for every nonzero coefficient); the neutral text and the judge's texts are none of the
+    steering texts; the probe readout is not NaN and says what it was fitted on."""
+    for kind in ("prompt", "last"):
+        s = run_sweep(_cfg(tmp_path, kind, 1, positions=kind, methods=("sae", "diffmean")), tiny_lm, tiny_sae)
+        lines = [json.loads(x) for x in (tmp_path / kind / "rows.jsonl").read_text().splitlines()]
+        kls = {r["kl"] for r in lines if r["coeff"] != 0}
+        assert kls and all(k > 0 for k in kls), (kind, kls)
+        steering_texts = set(SEA["positive"]) | set(SEA["negative"])
+        assert s["neutral_texts"] and not set(s["neutral_texts"]) & steering_texts
+        probe = s["concepts"]["sea"]["probe"]
+        assert set(probe["texts"]) == set(SEA["judge_positive"]) | set(SEA["judge_negative"])
+        assert not set(probe["texts"]) & steering_texts
+        assert all(not math.isnan(r["probe"]) for r in lines)
+        for key in ("sae_feature", "distinct_2", "distinct_3", "compression"):
+            assert key in lines[0]
 
 
 def _sae(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
