@@ -2,14 +2,16 @@
 
 Definitions are SAEBench's core metrics (`sae_bench/evals/core/main.py`, `get_recons_loss` and
 `get_downstream_reconstruction_metrics`), run as its `multiple_evals` runs them: `ignore_tokens =
-{pad, eos, bos}` and, by default, `exclude_special_tokens_from_reconstruction=True` (the setting of
-its documented runs; its own default is False, which `splice_positions="all"` reproduces). With
+{pad, eos, bos}` and, by default, `exclude_special_tokens_from_reconstruction=True` (the flag its
+documented runs pass; off, its CLI's default, is `splice_positions="all"`). With
 `m[t]` = "token t is none of BOS, EOS (our packed documents' separator), padding":
 
 - ``clean``: untouched;
 - ``sae``: ``decode(encode(x))`` where `m` (`splice_positions="text"`), or at every position
   (`"all"`, BOS and separators included); elsewhere the original activation;
-- ``zero``: every position zeroed, BOS and separators included (SAEBench's zero-ablation hook);
+- ``zero``: every position zeroed, BOS and separators included (SAEBench's zero-ablation hook; in a
+  model without biases, such as Llama/SmolLM2 at a residual hook, every prediction is then uniform
+  and CE_zero = log(vocab));
 - ``mean``: every position replaced by the mean activation of the cache's tokens (not a SAEBench
   metric; ablated over the same positions as ``zero`` so the two baselines are comparable);
 - ``error``: ``x̂ + (x - x̂)`` at the positions ``sae`` rewrites, computed the way users splice an
