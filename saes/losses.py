@@ -58,7 +58,11 @@ def zipf_weights(num_features: int, exponent: float, device: torch.device | None
 
 
 def usage_ranks(usage: Tensor) -> Tensor:
-    """0-based rank of each feature by usage, most used first (ties broken by feature id)."""
+    """0-based rank of each feature by usage, most used first (ties broken by feature id).
+
+    Feature Choice ranks by demand, not by its own firing (saes/architectures/feature_choice.py):
+    its firing is the capacity it granted, so ranks taken from it would only repeat themselves.
+    """
     order = torch.sort(-usage.double(), stable=True).indices
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(order.numel(), device=order.device)
@@ -66,13 +70,26 @@ def usage_ranks(usage: Tensor) -> Tensor:
 
 
 def zipf_target_rates(usage: Tensor, k: float, exponent: float) -> Tensor:
-    """Expected firing rate per token of each feature if usage followed a Zipf law by its rank.
+    """aux_zipf's entitlement: each feature's Zipf-law firing rate per token by its usage rank,
+    capped at k/F (see `zipf_entitlement_from_ranks`)."""
+    return zipf_entitlement_from_ranks(usage_ranks(usage), k, exponent)
 
-    The rates sum to k (the average number of active features per token) before being capped
-    at 1 (no feature can fire on more than every token).
+
+def zipf_entitlement_from_ranks(ranks: Tensor, k: float, exponent: float) -> Tensor:
+    """The firing rate per token each feature is entitled to: min(k * w_rank, k / F).
+
+    k * w_rank is its share of the k matches per token under a Zipf law over the ranks. The cap is
+    what a batch can give every feature at once, its even share k*B/F of the batch's k*B matches
+    (what uniform Feature Choice grants). Uncapped, Zipf(1) with k 32 over 4,608 features entitles
+    the top ranks to 0.4-1.0 matches per token, far above what any learned feature fires at (the
+    most used fire on a few percent of tokens), so aux_zipf flagged exactly the most-used features
+    as under-used and pulled them toward the residual. Capped, a feature firing at least as often
+    as the average feature is never under-used; the Zipf law still sets the (lower) entitlement
+    of the tail, which is where under-use is worth reviving.
     """
-    w = zipf_weights(usage.numel(), exponent, usage.device)
-    return (k * w).clamp(max=1.0).to(torch.float32)[usage_ranks(usage)]
+    f = ranks.numel()
+    w = zipf_weights(f, exponent, ranks.device)
+    return (k * w).clamp(max=k / f).to(torch.float32)[ranks.long()]
 
 
 def integer_allocation(shares: Tensor, total: int, cap: int) -> Tensor:
@@ -139,7 +156,7 @@ def zipf_capacities_from_ranks(ranks: Tensor, total: int, cap: int, exponent: fl
 
 
 def zipf_deficit(usage: Tensor, k: float, exponent: float) -> Tensor:
-    """How far below its Zipf-law share each feature is used: 1 - usage/target, clamped to [0, 1].
+    """How far below its entitlement (`zipf_target_rates`) each feature is used: 1 - usage/target, in [0, 1].
 
     Dead features have deficit 1; features at or above their share have 0.
     """
@@ -161,7 +178,8 @@ def lr_multiplier(step: int, total: int, warmup_steps: int, decay_steps: int, de
 
 
 # aux_zipf: a feature is under-used when its running firing rate is below this fraction of its
-# entitlement (its Zipf-law share, or its Feature Choice capacity); dead features always are.
+# entitlement (its Zipf-law share capped at k/F, or k/F for uniform Feature Choice); dead
+# features always are.
 UNDERUSED = 0.5
 
 

@@ -3,6 +3,11 @@
 Health: tokens since each feature last fired (dead = not fired in `dead_tokens`), firing counts
 over the run, and a running firing rate per token (aux_zipf's usage). `record` folds one step's
 statistics in, summed over ranks in one all-reduce, and adds the step to the metric window.
+
+After the run's last update, `record` also calibrates the inference threshold of an SAE trained
+with a batch rule (BatchTopK, Feature Choice, Mutual Choice) on the run's last batches (about
+16k tokens), with the final weights: the running threshold lags the weights by its averaging
+window (see ThresholdInferenceSAE.calibrate_threshold).
 """
 
 from __future__ import annotations
@@ -58,15 +63,31 @@ class Slot:
     step_fn: Callable[..., Any] | None = None
     window: dict[str, Any] = field(default_factory=dict)
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    # A batch-rule SAE's calibration set (the run's last batches), and once the last step has run
+    # the reduce to calibrate with: `record` calibrates after that step's update, then clears both.
+    recent: list[Tensor] = field(default_factory=list)
+    calibrate_now: Callable[[Tensor, str], Tensor] | None = None
 
     @classmethod
     def new(cls, name: str, hook: str, sae: SparseAutoencoder, opt: torch.optim.Optimizer, param_names: list[str],
             lr: float, aux: str, device: torch.device) -> "Slot":
         f = sae.num_features
-        return cls(name=name, hook=hook, sae=sae, opt=opt, param_names=param_names, lr=lr, aux=aux,
+        slot = cls(name=name, hook=hook, sae=sae, opt=opt, param_names=param_names, lr=lr, aux=aux,
                    since_fired=torch.zeros(f, dtype=torch.long, device=device),
                    fired_total=torch.zeros(f, dtype=torch.long, device=device),
-                   usage=torch.zeros(f, dtype=torch.float32, device=device), step_fn=sae.training_step)
+                   usage=torch.zeros(f, dtype=torch.float32, device=device))
+        slot.step_fn = slot.training_step
+        return slot
+
+    def training_step(self, x: Tensor, ctx: Any) -> Any:
+        """The SAE's training step; a batch-rule SAE's last few batches are kept for `record`."""
+        out = self.sae.training_step(x, ctx)
+        if type(self.sae).threshold_inference:
+            if ctx.step >= ctx.total_steps - self.sae.calibration_batches(x.shape[0]):
+                self.recent.append(x.detach())
+            if ctx.step + 1 >= ctx.total_steps:
+                self.calibrate_now = ctx.reduce
+        return out
 
     @property
     def params(self) -> list[Tensor]:
@@ -106,3 +127,7 @@ class Slot:
         self.usage_seen += 1
         add_to_window(self.window, {"sse": packed[f], "denom": denom.double(), "l0": fired.sum() / n,
                                     **{k: packed[f + 1 + i] for i, k in enumerate(names)}}, lr)
+        if self.calibrate_now is not None and self.recent:  # the last update is applied: the weights are final
+            x, step_reduce = torch.cat(self.recent), self.calibrate_now
+            self.recent, self.calibrate_now = [], None
+            self.sae.calibrate_threshold(x, step_reduce)

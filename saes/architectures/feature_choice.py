@@ -3,30 +3,47 @@
 Feature Choice and Mutual Choice (saes/architectures/mutual_choice.py) both spend a total budget of k*B (token, feature) matches per batch of B tokens.
 
 - Feature Choice: each feature takes the tokens where its pre-activation is largest, up to its
-  capacity: k*B/F each ("uniform"), or a Zipf law over the features' usage ranks ("zipf": the
-  most-used feature gets the largest share, capacities summing to k*B and capped at B).
-  The usage ranks of the last training step are saved with the SAE (`usage_rank [F]`), so the
+  capacity: k*B/F each ("uniform"), or a Zipf law over the features' ranks ("zipf": the
+  first-ranked feature gets the largest share, capacities summing to k*B and capped at B).
+  The ranks of the last training step are saved with the SAE (`usage_rank [F]`), so the
   batch inference rule of a saved Zipf SAE gives each feature the capacity it trained with.
 - Mutual Choice: the budget goes to the k*B largest entries of the B x F matrix, with no
   per-token or per-feature limit (the same selection rule as BatchTopK; what differs is the aux
   loss, aux_zipf by default).
 
+Zipf ranks: by demand, not by firing. A Feature Choice feature fires on exactly the tokens its
+capacity grants (where its pre-activation is positive), so ranks taken from its firing rate
+only repeat the capacities they set: started from equal usage (ties by id), a trained SAE's
+4,608 ranks were its feature ids but for 8. The ranks come instead from each feature's running
+*demand*: on how many tokens per token it is among the k largest pre-activations (the TopK
+rule: no per-feature cap, the same k*B total), measured on the same matmul as the training step
+and averaged over about the last 10% of the run. Demand follows what the encoder has learnt (a
+feature whose direction is common in the data is in many tokens' top k, whatever its capacity),
+and it sums to k like the capacities. We chose it over pre-activation mass (sum of positive
+pre-activations), which would let a few high-norm tokens (2% of the residual stream here) set
+the ranks, and over the BatchTopK rule, which gives those same tokens hundreds of features each
+and costs a batch-wide selection. The ranks of a step are those of the demand up to the step
+before (the capacities must be known before the selection they cap); the first step ranks by id.
+
 Inference on single tokens (our choice; the paper leaves it open): a threshold, as BatchTopK.
-Feature Choice keeps one per feature, the running average of the smallest positive value each
-feature kept in a batch (a feature that took its m best tokens fires, on new data, where its
-pre-activation exceeds its m-th best). A pick whose pre-activation is <= 0 is a ReLU zero, not a
-firing: counting it would drag the threshold to 0.
+Feature Choice keeps one per feature: the smallest positive value each feature kept (a feature
+that took its m best tokens fires, on new data, where its pre-activation exceeds its m-th best),
+as a running average during training and calibrated on the last batch with the final weights
+(saes/architectures/threshold_inference.py). A pick whose pre-activation is <= 0 is a ReLU
+zero, not a firing: counting it would drag the threshold to 0.
 
 aux_zipf (our reading of the paper's description; it published no code): AuxK revives features
 that never fire; aux_zipf extends it to features that fire well below their entitlement: the
-Zipf-law share of their usage rank (Mutual Choice, and Feature Choice with Zipf capacities), or
-k/F (uniform Feature Choice). The share is the real-valued one, so a tail feature whose rounded
-capacity is 0 is still entitled to something and can be revived. A feature is under-used when
-its running firing rate is below half its entitlement (dead features always are). As AuxK does
-for dead features, the under-used features then get their own candidates: each token's k_aux
-largest pre-activations among them, which reconstruct the residual error the main code left.
-(Re-selecting a feature's own capacity of tokens, as an earlier version did, only repeats the
-places the main code already picked, so it cannot move a feature to new tokens.)
+Zipf-law share of their rank, capped at the even share k/F (Mutual Choice ranks by usage,
+Feature Choice with Zipf capacities by demand; see saes.losses.zipf_entitlement_from_ranks for
+why the cap), or k/F (uniform Feature Choice). The share is the real-valued one, so a tail
+feature whose rounded capacity is 0 is still entitled to something and can be revived. A
+feature is under-used when its running firing rate is below half its entitlement (dead features
+always are). As AuxK does for dead features, the under-used features then get their own
+candidates: each token's k_aux largest pre-activations among them, which reconstruct the
+residual error the main code left. (Re-selecting a feature's own capacity of tokens, as an
+earlier version did, only repeats the places the main code already picked, so it cannot move a
+feature to new tokens.)
 """
 
 from __future__ import annotations
@@ -35,9 +52,18 @@ import torch
 from torch import Tensor
 
 from saes.architectures.threshold_inference import ThresholdInferenceSAE, per_feature_min_kept
-from saes.base import StepContext, StepOutput, selector_training_step
-from saes.kernels import FeatureChoice, TopK
-from saes.losses import underused_features, uniform_capacities, usage_ranks, zipf_capacities_from_ranks, zipf_target_rates
+from saes.base import StepContext, StepOutput, fired_counts
+from saes.kernels import FeatureChoice, SparseCodes, TopK, encode, sparse_decode
+from saes.losses import (
+    aux_reconstruction_loss,
+    moment_sums,
+    underused_features,
+    uniform_capacities,
+    usage_ranks,
+    variance_from_sums,
+    zipf_capacities_from_ranks,
+    zipf_entitlement_from_ranks,
+)
 
 
 def zipf_aux_selector(usage: Tensor | None, entitlement: Tensor, ctx: StepContext):
@@ -50,6 +76,11 @@ def zipf_aux_selector(usage: Tensor | None, entitlement: Tensor, ctx: StepContex
     return TopK(min(ctx.k_aux, int(under.numel())), features=under)
 
 
+def demand_decay(total_steps: int) -> float:
+    """Per-step decay of the running demand: a window of about 10% of the run (2 to 100 steps)."""
+    return min(0.99, max(0.5, 1 - 10 / max(total_steps, 1)))
+
+
 class FeatureChoiceSAE(ThresholdInferenceSAE):
     architecture = "feature_choice"
     aux_losses = ("auxk", "zipf")
@@ -59,12 +90,16 @@ class FeatureChoiceSAE(ThresholdInferenceSAE):
 
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)
-        # Usage rank of each feature at the last training step (0 = most used): Zipf capacities outside training.
-        self.register_buffer("usage_rank", torch.arange(cfg.num_features, device=self.W_dec.device))
+        dev = self.W_dec.device
+        # Rank of each feature at the last training step (0 = first): Zipf capacities outside training.
+        self.register_buffer("usage_rank", torch.arange(cfg.num_features, device=dev))
+        # Running demand per token (see the module doc) and how many steps it has seen (0 = none).
+        self.register_buffer("demand", torch.zeros(cfg.num_features, dtype=torch.float32, device=dev))
+        self.register_buffer("demand_steps", torch.zeros((), dtype=torch.long, device=dev))
 
-    def capacities(self, batch_size: int, usage: Tensor | None, step: int = 0) -> Tensor:
+    def capacities(self, batch_size: int, usage: Tensor | None = None, step: int = 0) -> Tensor:
         """Integer capacities summing to k * batch_size (each at most batch_size); Zipf ones
-        rank features by `usage`, or without it by the saved usage ranks."""
+        rank features by `usage` when given, else by the saved ranks (`usage_rank`)."""
         total = self.cfg.k * batch_size
         dev = self.W_dec.device
         if self.cfg.capacity == "zipf":
@@ -72,32 +107,77 @@ class FeatureChoiceSAE(ThresholdInferenceSAE):
             return zipf_capacities_from_ranks(ranks, total, batch_size, self.cfg.zipf_exponent)
         return uniform_capacities(self.num_features, total, batch_size, step, dev)
 
-    def entitlement(self, usage: Tensor) -> Tensor:
-        """The firing rate per token each feature is entitled to (aux_zipf's yardstick)."""
+    def entitlement(self, usage: Tensor | None = None) -> Tensor:
+        """The firing rate per token each feature is entitled to (aux_zipf's yardstick): the capped
+        Zipf share of its rank (the ranks its capacities come from), or k/F for uniform capacities."""
         if self.cfg.capacity == "zipf":
-            return zipf_target_rates(usage, self.cfg.k, self.cfg.zipf_exponent)
-        return torch.full_like(usage, min(1.0, self.cfg.k / self.num_features))
+            return zipf_entitlement_from_ranks(self.usage_rank, self.cfg.k, self.cfg.zipf_exponent)
+        return torch.full((self.num_features,), min(1.0, self.cfg.k / self.num_features), device=self.W_dec.device)
 
     def batch_selector(self, batch_size: int, ctx: StepContext | None) -> object:
-        usage = ctx.usage if ctx is not None else None
         step = ctx.step if ctx is not None else 0
-        return FeatureChoice(self.capacities(batch_size, usage, step))
+        return FeatureChoice(self.capacities(batch_size, None, step))
+
+    def kept_minimum(self, codes: SparseCodes) -> Tensor:
+        return per_feature_min_kept(codes)
+
+    @torch.no_grad()
+    def update_demand(self, picks: SparseCodes, ctx: StepContext) -> None:
+        """Fold one step's demand (positive TopK picks per feature, summed over ranks) into the running rate."""
+        rate = ctx.reduce(fired_counts(picks).to(torch.float32), "sum") / ctx.n_tokens
+        if int(self.demand_steps) == 0:
+            self.demand.copy_(rate)
+        else:
+            d = demand_decay(ctx.total_steps)
+            self.demand.mul_(d).add_(rate, alpha=1 - d)
+        self.demand_steps += 1
 
     def training_step(self, x: Tensor, ctx: StepContext) -> StepOutput:
-        if self.cfg.capacity == "zipf" and ctx.usage is not None:
+        zipf = self.cfg.capacity == "zipf"
+        if zipf:
             with torch.no_grad():
-                self.usage_rank.copy_(usage_ranks(ctx.usage))
+                self.usage_rank.copy_(usage_ranks(self.demand))
         main = self.batch_selector(x.shape[0], ctx)
         aux = None
         if ctx.aux_loss == "auxk":
             aux = self.aux_selector(ctx)
         elif ctx.usage is not None:
-            aux = zipf_aux_selector(ctx.usage, self.entitlement(ctx.usage), ctx)
-        out, codes = selector_training_step(self, x, ctx, main, None, aux)
+            aux = zipf_aux_selector(ctx.usage, self.entitlement(), ctx)
+        demand = TopK(min(self.cfg.k, self.num_features)) if zipf else None
+        out, codes, picks = self._step(x, ctx, main, aux, demand)
+        if picks is not None:
+            self.update_demand(picks, ctx)
         self.update_threshold(per_feature_min_kept(codes), ctx.threshold_ema, ctx.reduce)
         return out
+
+    def _step(self, x: Tensor, ctx: StepContext, main: object, aux: object | None,
+              observe: object | None) -> tuple[StepOutput, SparseCodes, SparseCodes | None]:
+        """saes.base.selector_training_step (main + aux, no Multi-TopK), plus an `observe` selector
+        read from the same matmul that adds nothing to the loss (the demand)."""
+        self.check_input(x)
+        selectors = [main] + [s for s in (aux, observe) if s is not None]
+        codes = encode(x - self.b_dec, self.W_enc, self.b_enc, selectors, matmul_dtype=ctx.matmul_dtype)
+        main_codes = codes[0]
+        x_hat = sparse_decode(main_codes, self.W_dec, self.b_dec)
+        sse = (x_hat - x).pow(2).sum()
+        loss = sse / ctx.denom
+        terms: dict[str, Tensor] = {}
+        if aux is not None:
+            residual = (x - x_hat).detach()
+            res_var = variance_from_sums(ctx.reduce(moment_sums(residual), "sum")).to(x.dtype)
+            term = aux_reconstruction_loss(residual, codes[1], self.W_dec, res_var)
+            loss = loss + ctx.aux_coef * term
+            terms["aux"] = term.detach()
+        picks = codes[-1] if observe is not None else None
+        return StepOutput(loss, sse.detach(), fired_counts(main_codes), terms), main_codes, picks
 
     def load_weight_tensors(self, tensors: dict[str, Tensor]) -> None:
         if "usage_rank" not in tensors:  # saved before the ranks were kept: ranked by id, as it then ran
             tensors = {**tensors, "usage_rank": torch.arange(self.num_features)}
         super().load_weight_tensors(tensors)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kw) -> None:
+        # A checkpoint written before the demand was kept: start it afresh (as at step 0).
+        for name in ("demand", "demand_steps"):
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone().zero_())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kw)

@@ -2,9 +2,10 @@
 
 The k*B budget of a batch of B tokens goes to the k*B largest entries of the B x F matrix, with
 no per-token or per-feature limit (the same selection rule as BatchTopK); what differs is the
-aux loss, aux_zipf by default: features firing below half their Zipf-law share of the usage
-(see saes/architectures/feature_choice.py for our reading of the paper) reconstruct the residual
-error with each token's k_aux largest pre-activations among them (AuxK's rule).
+aux loss, aux_zipf by default: features firing below half their entitlement, the Zipf-law share
+of their usage rank capped at the even share k/F (see saes/architectures/feature_choice.py for
+our reading of the paper, and saes.losses.zipf_entitlement_from_ranks for the cap), reconstruct
+the residual error with each token's k_aux largest pre-activations among them (AuxK's rule).
 """
 
 from __future__ import annotations

@@ -68,7 +68,9 @@ def test_zipf_targets_and_deficit():
     usage = torch.tensor([0.0, 0.3, 0.05, 0.01])
     t = zipf_target_rates(usage, k=0.5, exponent=1.0)
     h = sum(1 / r for r in range(1, 5))
-    torch.testing.assert_close(t, torch.tensor([0.5 / h / 4, 0.5 / h, 0.5 / h / 2, 0.5 / h / 3]))
+    # Zipf shares by rank (feature 1 first), the first capped at the even share k/F = 0.125
+    torch.testing.assert_close(t, torch.tensor([0.5 / h / 4, 0.125, 0.5 / h / 2, 0.5 / h / 3]))
+    assert 0.5 / h > 0.125  # the cap is exercised
     d = zipf_deficit(usage, 0.5, 1.0)
     assert float(d[0]) == 1.0 and float(d[1]) == 0.0
     torch.testing.assert_close(d[3], (1 - 0.01 / t[3]).clamp(0, 1))
@@ -97,3 +99,43 @@ def test_geometric_median_minimises_distance_and_resists_outliers():
     assert float(med.norm()) < 1.0 < float(pts.mean(0).norm())
     one = torch.tensor([[1.0, 2.0]])
     torch.testing.assert_close(geometric_median(one), one[0])
+
+
+def _head_heavy_usage(f: int, k: float, head: int, head_rate: float, dead: int, seed: int) -> torch.Tensor:
+    """Running firing rates summing to k: `head` features at `head_rate`, `dead` never fired, and the
+    rest of the budget spread unevenly (exponential weights) over the remaining features."""
+    g = torch.Generator().manual_seed(seed)
+    usage = torch.zeros(f)
+    usage[:head] = head_rate
+    rest = torch.arange(head, f - dead)
+    w = torch.empty(rest.numel()).exponential_(generator=g)
+    usage[rest] = (k - head * head_rate) * w / w.sum()
+    return usage[torch.randperm(f, generator=g)]  # ids carry no order
+
+
+@pytest.mark.parametrize("exponent", [0.7, 1.0, 1.5])
+def test_aux_zipf_never_flags_the_most_used_features(exponent):
+    """The review's case (k 32, 4608 features, the 45 most used firing on 4.5% of tokens): a feature
+    used at least as often as the average feature (k/F) is not under-used, whatever its Zipf rank;
+    dead features always are."""
+    from saes.losses import underused_features
+
+    f, k = 4608, 32.0
+    for seed in range(3):
+        usage = _head_heavy_usage(f, k, head=45, head_rate=0.045, dead=20, seed=seed)
+        flagged = torch.zeros(f, dtype=torch.bool)
+        flagged[underused_features(usage, zipf_target_rates(usage, k, exponent))] = True
+        assert not bool(flagged[usage >= k / f].any()), \
+            f"{int(flagged[usage >= k / f].sum())} features used at least k/F flagged under-used"
+        assert bool(flagged[usage == 0].all())
+        head = usage.topk(45).indices
+        assert not bool(flagged[head].any())
+
+
+def test_zipf_target_rates_are_capped_by_what_the_batch_gives_each_feature():
+    usage = torch.rand(100, generator=torch.Generator().manual_seed(0))
+    t = zipf_target_rates(usage, k=5.0, exponent=1.0)
+    h = sum(1 / r for r in range(1, 101))
+    ranks = usage_ranks(usage)
+    ref = torch.tensor([min(5.0 / h / (int(r) + 1), 5.0 / 100) for r in ranks])
+    torch.testing.assert_close(t, ref.float())
