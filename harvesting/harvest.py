@@ -42,13 +42,13 @@ class HarvestConfig:
     """What to harvest and where to put it. Every field is also a `sae harvest` flag."""
 
     model: str = field(default="smollm2-135m", metadata={"help": "offline alias (smollm2-135m, minilm-l6), hub id, local directory or .gguf file"})
-    corpus: str = field(default="wiki-vital", metadata={"help": "offline alias (wiki-vital), hub dataset id, or local text/json/jsonl/parquet/csv file or folder (an image folder for vision models)"})
+    corpus: str = field(default="wiki-vital", metadata={"help": "offline alias (wiki-vital, debian-text), hub dataset id, or local text/json/jsonl/parquet/csv file or folder (an image folder for vision models)"})
     hooks: tuple[str, ...] = field(default=("blocks.8.hook_resid_post",), metadata={"help": "hook points, all captured in one forward pass"})
     tokens: int = field(default=1_000_000, metadata={"help": "token budget: rows to store (vision: CLS + patch rows)"})
     out: str = field(default="cache/acts", metadata={"help": "cache directory (created; an unfinished one is resumed)"})
     context_length: int = field(default=128, metadata={"help": "tokens per context including the model's BOS/CLS/SEP"})
     batch_size: int = field(default=16, metadata={"help": "contexts (or images) per forward pass"})
-    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "dtype of the stored activations"})
+    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "dtype of the stored activations: float16 and bfloat16 halve the disk and every epoch's reads (the trainer and evals upcast them to float32 where they compute)"})
     shard_tokens: int = field(default=65_536, metadata={"help": "rows per shard file (shards end on a forward-pass boundary)"})
     seed: int = field(default=0, metadata={"help": "seed of the document order"})
     split: str = field(default="train", metadata={"help": "dataset split (hub datasets)"})

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harvesting.cache import MANIFEST, load_manifest_json, read_manifest, version_problem
+from harvesting.cache import MANIFEST, hooks_problem, load_manifest_json, read_manifest, version_problem
 from harvesting.integrity import cache_problems
 
 def cache_summary(path: str | Path) -> dict[str, Any]:
@@ -87,14 +87,16 @@ def verify_cache(path: str | Path) -> VerifyReport:
     checksum, header, shapes, dtypes, row counts; each shard has every hook's file; totals agree.
 
     Each problem names the shard and file, so a user knows what to re-harvest. A manifest from
-    another format version is one problem (nothing else is read).
+    another format version, or with hook points in a dtype this workbench cannot read, is one
+    problem (nothing else is read). Half caches verify like float32 ones: the checksums are of
+    the bytes on disk, whatever they encode.
     """
     path = Path(path)
     m = load_manifest_json(path)
     rep = VerifyReport(str(path))
-    version = version_problem(path, m)
-    if version:
-        rep.problems.append(f"{MANIFEST}: {version}")
+    unreadable = version_problem(path, m) or hooks_problem(path, m)
+    if unreadable:
+        rep.problems.append(f"{MANIFEST}: {unreadable}")
         return rep
     if m["status"] != "complete":
         rep.problems.append(f"{MANIFEST}: status is {m['status']!r}, not 'complete' (the harvest was interrupted; rerun it)")

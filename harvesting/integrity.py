@@ -16,7 +16,11 @@ from typing import Any
 
 from workbench.errors import WorkbenchError
 
-_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32", "I16": "int16"}
+# safetensors' dtype names in torch's spelling (the manifest's), for every type a file may hold,
+# so that a file of an unexpected type is named as torch would name it
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
+              "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
+              "F8_E5M2": "float8_e5m2"}
 
 
 class UnsafeEntry(WorkbenchError):

@@ -253,7 +253,7 @@ class CacheReader:
         drop_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = torch.float32,
         prefetch: int = 0,
         window_shards: int = 4,
         with_ids: bool = False,
@@ -262,6 +262,11 @@ class CacheReader:
 
         Every rank of a data-parallel job iterates the same global batches and takes its own
         contiguous slice of each, so ranks never overlap and together see every row once.
+
+        Rows come as `dtype` (float32 by default: a half cache's rows are upcast exactly), or as
+        stored with `dtype=None`, which is how the trainer reads a half cache: half the bytes go to
+        the device, and it upcasts them there. `normalize` scales in the returned dtype, so with
+        `dtype=None` on a half cache it rounds once more; upcast first where that matters.
 
         `prefetch=N` gathers N batches ahead in a background thread. That pays when the caller
         mostly waits on a device (the trainer asks for it on CUDA); in a busy CPU process it
@@ -296,7 +301,7 @@ class CacheReader:
                 out = {}
                 for k, v in batch.items():
                     if k in scales:
-                        v = v.to(dtype)
+                        v = v if dtype is None else v.to(dtype)
                         if scales[k] != 1.0:
                             v.mul_(scales[k])  # batches are fresh gathers, never views of the cache
                     out[k] = v

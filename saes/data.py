@@ -4,7 +4,8 @@ The trainer reads through one interface, the cache reader's (`harvesting.CacheRe
 `hooks`, `d_model(hook)`, `model_id`, `norm_scale(hook)`, `num_batches(...)` and
 `batches(hooks, batch_size, *, seed, epoch, start_batch, split, rank, world_size, ...)`, which
 yields `dict[hook, Tensor]` in an order fixed by (seed, epoch), so a resumed run reads exactly
-the batches it would have read. `TensorSource` implements the same interface over in-memory
+the batches it would have read; `dtype=None` asks for the rows as stored (a half cache's stay
+half until the trainer has moved them to its device, where it upcasts them to float32). `TensorSource` implements the same interface over in-memory
 tensors (benchmarks, tests, notebooks).
 
 Both pick the held-out split by one rule: the rows of the last ceil(C * heldout_fraction) of
@@ -135,8 +136,9 @@ class TensorSource:
 
     def batches(self, hooks: list[str], batch_size: int, *, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 normalize: bool = False, split: str = "train", heldout_fraction: float = 0.01, start_batch: int = 0,
-                drop_last: bool = True, rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32,
+                drop_last: bool = True, rank: int = 0, world_size: int = 1, dtype: torch.dtype | None = torch.float32,
                 prefetch: int = 0) -> Iterator[dict[str, Tensor]]:
+        """Batches as the cache reader yields them: `dtype` (None: as stored), this rank's slice of each."""
         if batch_size % world_size:
             raise WorkbenchError(f"batch size {batch_size} is not divisible by the world size {world_size}")
         data, lo, hi = self._rows(split, heldout_fraction)
@@ -156,7 +158,8 @@ class TensorSource:
             idx = idx[rank * per:(rank + 1) * per]
             out = {}
             for h in hooks:
-                x = data[h].index_select(0, idx).to(dtype)
+                x = data[h].index_select(0, idx)
+                x = x if dtype is None else x.to(dtype)
                 out[h] = x * self.norm_scale(h) if normalize else x
             yield out
 

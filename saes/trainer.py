@@ -198,7 +198,7 @@ class Trainer:
                 self.hooks, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, epoch=epoch,
                 split="train", heldout_fraction=self.cfg.heldout_fraction, start_batch=start,
                 rank=self.dist.rank, world_size=self.dist.world_size,
-                prefetch=self.prefetch,
+                prefetch=self.prefetch, dtype=None,  # as stored: a half cache's rows are upcast on the device
             )
             try:
                 for batch in it:
@@ -225,7 +225,7 @@ class Trainer:
     def train_step(self, batch: dict[str, Tensor]) -> None:
         xs, denoms, counts = {}, {}, {}
         for h in self.hooks:
-            x = batch[h].to(self.device, torch.float32, non_blocking=True)
+            x = batch[h].to(self.device, non_blocking=True).float()  # moved as stored (half: half the bytes), upcast there
             if self.scales[h] != 1.0:
                 x = x * self.scales[h]
             sums = self.dist.reduce(moment_sums(x), "sum")
