@@ -143,7 +143,7 @@ def _load(cls: type, args: argparse.Namespace):
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from steering.sweep import SweepConfig, format_table, run_sweep
+    from steering.sweep import SweepConfig, format_notes, format_table, run_sweep
 
     cfg = _load(SweepConfig, args)
     summary = run_sweep(cfg)
@@ -155,6 +155,7 @@ def _sweep(args: argparse.Namespace) -> int:
                 print(f"[{name}] {e['method']} at its chosen coefficient {e['coeff']:g}:")
                 print(side_by_side(e["prompt"], base["text"], e["text"]))
     print(format_table(summary))
+    print(format_notes(summary))
     print(f"wrote {cfg.out}/config.json, rows.jsonl, summary.json, table.md, plot.png")
     return 0
 

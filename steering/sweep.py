@@ -186,7 +186,7 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
         summary["concepts"][concept.name] = {**found, "methods": chosen, "examples": _examples(rows, concept.name, chosen)}
     _write_jsonl(out / "rows.jsonl", rows)
     atomic_write_json(out / "summary.json", summary)
-    table = format_table(summary)
+    table = format_table(summary) + "\n\n" + format_notes(summary)
     atomic_write_bytes(out / "table.md", (table + "\n").encode())
     from steering.plot import plot_sweep
 
@@ -228,6 +228,24 @@ def format_table(summary: dict[str, Any]) -> str:
         for method, r in c["methods"].items():
             label = f"sae (feature {c['feature']})" if method == "sae" else method
             lines.append(f"| {name} | {label} | " + " | ".join(_fmt(r[k]) for k in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def format_notes(summary: dict[str, Any]) -> str:
+    """What the table's judges are and how the coefficient was chosen, under the table."""
+    rule = summary["selection"]
+    budget = "no KL budget" if rule["max_kl"] is None else f"KL <= {rule['max_kl']:g}"
+    lines = [f"Coefficient chosen on the select prompts by {rule['score']} ({budget}, perplexity <= "
+             f"{rule['max_ppl_ratio']}x, distinct-2 >= {rule['min_distinct_ratio']}x, compression ratio <= "
+             f"{rule['max_compression_ratio']}x the unsteered text's), reported on the other prompts. "
+             "sae_feature is the sae method's own feature (it favours sae).", ""]
+    for name, c in summary["concepts"].items():
+        p = c.get("probe", {})
+        if "n_positive" in p:
+            lines.append(f"- {name}: probe = {p['kind']} on {p['n_positive']} + {p['n_negative']} judge texts that "
+                         f"no method reads (leave-one-out accuracy {_fmt(p['loo_accuracy'])})")
+        else:
+            lines.append(f"- {name}: probe = {p.get('kind', 'none')}")
     return "\n".join(lines)
 
 

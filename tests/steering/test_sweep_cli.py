@@ -155,6 +155,7 @@ def test_steer_prints_base_and_steered_side_by_side_and_sweep_reruns_from_config
              "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "| sea | diffmean |" in r.stdout
+    assert "probe = logistic regression" in r.stdout and "2 + 2 judge texts that no method reads" in r.stdout
     first = (out / "rows.jsonl").read_text()
     r = _sae("steer-sweep", "--config", str(out / "config.json"))
     assert r.returncode == 0, r.stderr
