@@ -166,7 +166,7 @@ def config(args: argparse.Namespace, arch: str, out: str, precision: str, **over
     fields = dict(arch=(arch,), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch_size,
                   epochs=args.epochs, out=out, progress=False, checkpoint_every=0, log_every=10,
                   precision=precision, seed=args.seed, heldout_fraction=0.0, resume=False, device=args.device,
-                  capacity=capacity or "uniform", lr=args.lr)
+                  capacity=capacity or "uniform", lr=args.lr, aux_loss=args.aux)
     return TrainConfig(**{**fields, **overrides})
 
 
@@ -274,6 +274,8 @@ def main() -> int:
                     help="dense reference: constant rate without clipping, or the trainer's schedule and clipping")
     ap.add_argument("--no-fp32", action="store_true", help="skip the workbench fp32-selection run")
     ap.add_argument("--lr", type=float, default=0.0, help="Adam rate (0 = the trainer's width-scaled default)")
+    ap.add_argument("--aux", default="auto", choices=["auto", "auxk", "zipf", "none"],
+                    help="aux loss of every workbench run (auto = each architecture's default)")
     args = ap.parse_args()
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"date: {datetime.date.today()}  machine: {machine()}")

@@ -135,7 +135,7 @@ class TrainConfig:
         metadata=_h(f"{_used_by('inference')}: rule outside training, a learned threshold or the batch rule")
     )
     capacity: Literal["uniform", "zipf"] = field(
-        default="uniform", metadata=_h(f"{_used_by('capacity')}: capacities of k*B/F tokens per feature, or Zipf by usage rank")
+        default="uniform", metadata=_h(f"{_used_by('capacity')}: capacities of k*B/F tokens per feature, or Zipf by demand rank")
     )
     zipf_exponent: float = field(default=1.0, metadata=_h("exponent of the Zipf law (capacities and aux_zipf targets)"))
     init_b_dec: Literal["geometric_median", "mean", "zeros"] = field(
@@ -177,7 +177,8 @@ class TrainConfig:
         f"{_used_by('jumprelu_bandwidth')}: straight-through kernel width"))
     jumprelu_init_threshold: float = field(default=0.1, metadata=_h(
         f"{_used_by('jumprelu_init_threshold')}: initial threshold without a data sample (the trainer starts at L0 ~ k)"))
-    threshold_ema: float = field(default=0.99, metadata=_h(f"{_used_by('inference')}: decay of the running inference threshold"))
+    threshold_ema: float = field(default=0.99, metadata=_h(
+        f"{_used_by('inference')}: decay of the running inference threshold (recalibrated on the last batches at the end)"))
     # ---- bookkeeping
     log_every: int = field(default=10, metadata=_h("steps between metric lines in metrics.jsonl"))
     checkpoint_every: int = field(default=100, metadata=_h("steps between checkpoints (0 = only at the end)"))

@@ -147,3 +147,15 @@ def test_zipf_ranks_follow_what_features_learn_a_frequent_high_id_feature_climbs
     assert rank == 0, f"the frequent feature {F - 1} ranks {rank} (usage_rank {loaded.usage_rank.tolist()})"
     caps = zipf_capacities(-loaded.usage_rank.float(), K * B, B, 1.0)  # what a batch gives each rank
     assert int(caps[F - 1]) == int(caps.max())
+
+
+def test_a_checkpoint_without_the_demand_still_loads() -> None:
+    """Checkpoints written before the running demand was kept resume with the demand started afresh."""
+    sae = fc(capacity="zipf")
+    with torch.no_grad():
+        sae.demand.fill_(0.5)
+        sae.demand_steps.fill_(7)
+    old = {k: v for k, v in fc(seed=1, capacity="zipf").state_dict().items() if not k.startswith("demand")}
+    sae.load_state_dict(old)
+    assert float(sae.demand.abs().sum()) == 0.0 and int(sae.demand_steps) == 0
+    assert torch.equal(sae.W_dec, fc(seed=1).W_dec)
