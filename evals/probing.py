@@ -9,8 +9,9 @@ On the train split the k features with the largest |mean over positives - mean o
 are selected and an L2-regularised logistic regression (scikit-learn, C = 1, inputs standardised
 on train) is fitted on them; we report test accuracy for k in {1, 2, 5, 20}, next to the same
 probe on the raw activations (all dimensions and top-k dimensions), per class with its test size
-and binomial standard error sqrt(p(1 - p) / n_test), and averaged over classes (the standard
-error of that mean: sqrt(sum of squared per-class errors) / classes).
+and binomial standard error sqrt(p(1 - p) / n_test) (0 at an accuracy of 0 or 1, where it says
+nothing: read it with n_test), and averaged over classes (the standard error of that mean:
+sqrt(sum of squared per-class errors) / classes).
 
 Which documents: only ones the SAE did not train on (`unseen_documents`). A probe on the SAE's
 own training documents asks whether it memorised them, not whether its features carry the
