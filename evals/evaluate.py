@@ -221,9 +221,9 @@ def _heldout(sae, reader: CacheReader, cfg: EvalConfig, result: EvalResult) -> t
         result.notes.append(f"cannot tell whether this is the cache the SAE was trained on ({why}), so cannot tell "
                             f"whether its held-out rows are unseen")
     if seen:
-        what = "" if cfg.corpus else " and the spliced loss on the cache's held-out contexts"
+        what = "reconstruction is" if cfg.corpus else "reconstruction and the spliced loss (when it runs) are"
         result.notes.append(f"{seen:,} of the {n:,} evaluated held-out rows ({100.0 * seen / n:.1f}%) are rows the SAE "
-                            f"trained on: reconstruction{what} are partly measured on training data")
+                            f"trained on: {what} partly measured on training data")
     return frac, training
 
 
