@@ -335,7 +335,10 @@ class Trainer:
         sae.fold_input_scale(self.scales[s.hook])
         train_record = {**config_to_dict(self.cfg), "lr": s.lr, "aux_loss": s.aux, "k_aux": self.k_aux_for(s),
                         "dead_tokens": self.dead_tokens, "steps": self.step, "tokens": self.tokens,
-                        "matmul_dtype": self._matmul_dtype_name()}
+                        "matmul_dtype": self._matmul_dtype_name(),
+                        # the cache's content hash: `sae eval` tells its own training cache from another
+                        # one by it, even after the cache moved or another harvest took its path
+                        "cache_identity": self.identity.get("data")}
         sae.cfg = dataclasses.replace(sae.cfg, train=train_record)
         return sae.eval()
 

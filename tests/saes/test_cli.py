@@ -51,6 +51,9 @@ def test_sae_train_prints_summary_and_saves_a_loadable_sae(cache, tmp_path, caps
     sae = load_sae(tmp_path / "run" / "blocks.1.hook_resid_post" / "topk-k3-x2")
     assert sae.cfg.hook == "blocks.1.hook_resid_post" and sae.cfg.model_id == "synthetic-model"
     assert sae.cfg.train["arch"] == ["topk", "batchtopk"] and sae.cfg.d_in == D
+    # the training cache's content hash, by which `sae eval` knows its own cache wherever it lies
+    from harvesting import CacheReader
+    assert sae.cfg.train["cache_identity"] == CacheReader(cache).identity
     # Same command again (with the old, hidden spelling --hook): nothing to train, same summary.
     assert main(args(cache, tmp_path / "run", "--hook", "blocks.1.hook_resid_post", "--arch", "topk", "batchtopk")) == 0
     again = capsys.readouterr().out.strip().splitlines()
