@@ -15,13 +15,16 @@ sae harvest --model smollm2-135m --corpus wiki-vital \
   --tokens 100000 --out "$OUT/acts"
 sae cache info "$OUT/acts"
 sae cache verify "$OUT/acts"
+echo "   and 100k tokens more (another shuffle seed, blocks.8 only): documents for sparse probing that the SAE never trains on"
+sae harvest --model smollm2-135m --corpus wiki-vital --hooks blocks.8.hook_resid_post \
+  --tokens 100000 --seed 1 --out "$OUT/probe-acts"
 
 echo "== 2. train: a TopK SAE (8x width, k 32) on blocks.8 of that cache; prints held-out FVU, L0 and dead %"
 sae train --cache "$OUT/acts" --hooks blocks.8.hook_resid_post --arch topk --k 32 --expansion 8 \
   --batch-size 2048 --epochs 3 --out "$OUT/saes"
 
 echo "== 3. eval: spliced CE/KL scores, held-out FVU, L0, dead %, probing -> eval.json + Pareto plot"
-sae eval --sae "$OUT/saes" --cache "$OUT/acts" --ce-contexts 32
+sae eval --sae "$OUT/saes" --cache "$OUT/acts" --ce-contexts 32 --probe-cache "$OUT/probe-acts"
 
 echo "== 4. browse: feature dashboards from the cache in one pass, and a static HTML feature browser"
 sae browse --sae "$OUT/saes" --cache "$OUT/acts"
