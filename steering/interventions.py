@@ -41,6 +41,8 @@ class Intervention:
 
     def apply(self, act: Tensor, site: HookSite, state: RunState | None = None) -> Tensor:
         mask = self.positions.mask(site.positions, act.shape[0], state)
+        if state is not None:
+            note_steered(state, self, site.positions, mask, act.shape[0])
         d = self.delta(act, site)
         if mask is None:
             return act + d
@@ -126,6 +128,25 @@ class SAEEdit(Intervention):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "edits": [e.__dict__ for e in self.edits]}
+
+
+def note_steered(state: RunState, iv: Intervention, positions: Tensor, mask: Tensor | None, batch: int) -> None:
+    """Count, per row, the real (not left-pad) positions `iv` touches in this pass, in
+    `state.extra["steered"][id(iv)]`: the record that shows a hook which fired on the prompt but
+    not on the generated tokens (steering.generation reports it per prompt)."""
+    pos = positions.to(torch.long).view(1, -1).cpu()
+    real = pos >= state.pad(batch, pos.device).view(-1, 1)
+    hit = real if mask is None else (mask.cpu() & real)
+    counts = state.extra.setdefault("steered", {})
+    counts[id(iv)] = counts[id(iv)] + hit.sum(1) if id(iv) in counts else hit.sum(1)
+
+
+def steered_counts(state: RunState, interventions: Sequence[Intervention], batch: int) -> list[list[int]]:
+    """Per row, one count per intervention (in the order given) of the positions it touched."""
+    counts = state.extra.get("steered", {})
+    zero = torch.zeros(batch, dtype=torch.long)
+    cols = [counts.get(id(iv), zero) for iv in interventions]
+    return [[int(c[i]) for c in cols] for i in range(batch)]
 
 
 def feature_values(codes: Any, feats: Tensor) -> Tensor:
