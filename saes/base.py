@@ -117,6 +117,9 @@ class SparseAutoencoder(nn.Module):
     unit_norm_decoder: ClassVar[bool] = True
     # Names of extra tensors saved in sae.safetensors besides the four weights (e.g. threshold).
     extra_tensors: ClassVar[tuple[str, ...]] = ()
+    # Its training step is per-token top-k over one encoder matmul, which `saes.feature_parallel`
+    # can split across ranks by features (`--feature-parallel`); the layout refuses the others.
+    feature_parallel: ClassVar[bool] = False
 
     @classmethod
     def sweep_k(cls, k: int) -> int:

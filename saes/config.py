@@ -187,6 +187,9 @@ class TrainConfig:
     progress: bool = field(default=True, metadata=_h("show a progress bar"))
     verify: bool = field(default=False, metadata=_h("check every shard's checksum before training (as `sae cache verify`); "
                                                    "sizes and headers are always checked"))
+    feature_parallel: int = field(default=1, metadata=_h(
+        "split each SAE's features (and their Adam state) over this many ranks of a torchrun launch: the "
+        "processes form (processes / N) data-parallel replicas of N consecutive ranks (TopK; see saes.feature_parallel)"))
     deterministic: Literal["auto", "on", "off"] = field(default="auto", metadata=_h(
         "bit-identical GPU kernels (sorted reductions, no atomics; slower weight gradients): auto = on whenever "
         "checkpoints are written, so a resumed run equals an uninterrupted one"))
@@ -219,6 +222,7 @@ class TrainConfig:
             "init_sample_tokens": self.init_sample_tokens >= 1,
             "prefetch": self.prefetch >= -1,
             "eval_tokens": self.eval_tokens >= 0,
+            "feature_parallel": self.feature_parallel >= 1,
             "heldout_fraction": 0 <= self.heldout_fraction < 1,
             "warmup_fraction": 0 <= self.warmup_fraction <= 1,
             "decay_fraction": 0 <= self.decay_fraction <= 1,

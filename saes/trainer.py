@@ -45,6 +45,7 @@ from saes.checkpoint import (
 from saes.config import RESUMABLE_FIELDS, TrainConfig
 from saes.data import ActivationSource, open_cache
 from saes.distributed import DistContext, setup_distributed
+from saes.feature_parallel import FeatureParallel, check_layout, feature_layout
 from saes.guards import finite_flags, identity_differences, raise_if_not_finite, run_identity
 from saes.heldout import evaluate_heldout
 from saes.kernels import deterministic as deterministic_kernels
@@ -97,7 +98,13 @@ class Trainer:
         self.identity = run_identity(self.source, self.device)
         # Bit-identical kernels whenever the run may be resumed (see TrainConfig.deterministic).
         self.deterministic = cfg.deterministic == "on" or (cfg.deterministic == "auto" and cfg.checkpoint_every > 0)
-        self.plan = plan = plan_run(cfg, self.source, self.dist.world_size)
+        # Feature parallel (saes.feature_parallel): replicas of N ranks, each rank holding F/N features;
+        # the data is split over the replicas. Otherwise every rank is a replica of its own.
+        self.layout: FeatureParallel | None = feature_layout(cfg.feature_parallel, self.dist)
+        self.data: DistContext = self.layout.data if self.layout is not None else self.dist
+        self.plan = plan = plan_run(cfg, self.source, self.data.world_size)
+        if self.layout is not None:
+            check_layout(self.layout.n, plan.saes)
         self.hooks, self.out, self.scales = plan.hooks, plan.out, plan.scales
         self.steps_per_epoch, self.total_steps = plan.steps_per_epoch, plan.total_steps
         self.dead_tokens, self.usage_decay, self.threshold_ema = plan.dead_tokens, plan.usage_decay, plan.threshold_ema
@@ -112,6 +119,9 @@ class Trainer:
         if not resumed:
             initialise(self.slots, init_sample(self.source, cfg, self.hooks, self.scales), cfg.init_b_dec,
                        self.device, self.dist.broadcast_)
+        if self.layout is not None:  # every rank started with the whole SAE (initialised or resumed): keep a shard
+            for s in self.slots:
+                self.layout.shard(s, lambda ps: make_adam(ps, s.lr, cfg.adam_betas, cfg.adam_eps, self.device))
         if self.dist.is_main:
             atomic_write_json(self.out / RUN_FILE, self._run_record())
             save_config(cfg, self.out / "train_config.json")
@@ -151,8 +161,9 @@ class Trainer:
     def checkpoint(self) -> Path | None:
         """Write the trainer state (rank 0 only; all ranks hold the same state)."""
         path = None
+        slots = self.whole_slots()
         if self.dist.is_main:
-            tensors = [pack_slot(s) for s in self.slots]
+            tensors = [pack_slot(s) for s in slots]
             state = {"format": STATE_FORMAT, "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                      "config": config_to_dict(self.cfg), "saes": [s.name for s in self.slots], "identity": self.identity,
                      # Metric sums of the current logging window, so a resumed run logs the same lines.
@@ -197,7 +208,7 @@ class Trainer:
             it = self.source.batches(
                 self.hooks, self.cfg.batch_size, shuffle=True, seed=self.cfg.seed, epoch=epoch,
                 split="train", heldout_fraction=self.cfg.heldout_fraction, start_batch=start,
-                rank=self.dist.rank, world_size=self.dist.world_size,
+                rank=self.data.rank, world_size=self.data.world_size,
                 prefetch=self.prefetch, dtype=None,  # as stored: a half cache's rows are upcast on the device
             )
             try:
@@ -228,9 +239,9 @@ class Trainer:
             x = batch[h].to(self.device, non_blocking=True).float()  # moved as stored (half: half the bytes), upcast there
             if self.scales[h] != 1.0:
                 x = x * self.scales[h]
-            sums = self.dist.reduce(moment_sums(x), "sum")
-            # every rank holds batch_size / world_size rows (the reader drops partial batches): no host sync
-            xs[h], denoms[h], counts[h] = x, variance_from_sums(sums).to(torch.float32), x.shape[0] * self.dist.world_size
+            sums = self.data.reduce(moment_sums(x), "sum")
+            # every replica holds batch_size / replicas rows (the reader drops partial batches): no host sync
+            xs[h], denoms[h], counts[h] = x, variance_from_sums(sums).to(torch.float32), x.shape[0] * self.data.world_size
         mult = self.lr_factor()
         losses, norms = [], []
         for s in self.slots:
@@ -242,16 +253,18 @@ class Trainer:
                 denom=denoms[s.hook], n_tokens=n, step=self.step, total_steps=self.total_steps,
                 matmul_dtype=self.matmul_dtype, dead=dead, usage=s.usage, aux_loss=aux, aux_coef=self.cfg.aux_coef,
                 k_aux=self.k_aux_for(s), multi_topk=self.cfg.multi_topk, sparsity_coef=self.sparsity_coef(s.sae),
-                zipf_exponent=self.cfg.zipf_exponent, threshold_ema=self.threshold_ema, reduce=self.dist.reduce,
+                zipf_exponent=self.cfg.zipf_exponent, threshold_ema=self.threshold_ema, reduce=self.data.reduce,
             )
             out = s.step_fn(xs[s.hook], ctx)
             s.opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            if self.dist.enabled:
-                s.sum_grads(self.dist.reduce)
+            if self.data.enabled:
+                s.sum_grads(self.data.reduce)
             s.sae.project_decoder_grad()
             norm = None
-            if self.cfg.grad_clip > 0:
+            if self.cfg.grad_clip > 0 and self.layout is not None:
+                norm = self.layout.clip_grad_norm_(s, self.cfg.grad_clip)
+            elif self.cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(s.params, self.cfg.grad_clip, foreach=self.device.type != "cpu" or None)
             losses.append(out.loss)
             norms.append(norm)
@@ -354,13 +367,20 @@ class Trainer:
             if hasattr(it, "close"):
                 it.close()
 
+    def whole_slots(self) -> list[Slot]:
+        """The slots with whole SAEs on rank 0 (gathered under feature parallelism; a collective then)."""
+        if self.layout is None:
+            return self.slots
+        return self.layout.gather(self.slots) or []
+
     def finish(self) -> dict[str, Any]:
         summary: dict[str, Any] = {}
+        slots = self.whole_slots()
         if self.dist.is_main:
-            folded = [self.folded(s) for s in self.slots]
+            folded = [self.folded(s) for s in slots]
             evals = self.evaluate(folded)
             rows = []
-            for s, sae, ev in zip(self.slots, folded, evals):
+            for s, sae, ev in zip(slots, folded, evals):
                 d = self.out / s.name
                 stats = {"firing_counts": s.fired_total.cpu(), "tokens_since_fired": s.since_fired.cpu(),
                          "tokens": torch.tensor([self.tokens])}

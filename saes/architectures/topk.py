@@ -17,6 +17,7 @@ class TopKSAE(SparseAutoencoder):
     architecture = "topk"
     aux_losses = ("auxk",)
     default_aux = "auxk"
+    feature_parallel = True
 
     def encode(self, x: Tensor, *, matmul_dtype: torch.dtype | None = None) -> SparseCodes:
         return self._encode_with(x, TopK(self.cfg.k), matmul_dtype)
