@@ -2,6 +2,8 @@
 
     sae train --cache cache/smollm2-wiki-1m --hooks blocks.8.hook_resid_post --arch topk --k 32 --expansion 8
     torchrun --nproc-per-node 4 -m workbench.cli train ...      # data parallel over 4 GPUs / processes
+    torchrun --nproc-per-node 8 -m workbench.cli train ... --feature-parallel 4
+                                         # 2 data-parallel replicas x 4 ranks holding F/4 features each (TopK)
     sae sae info cache/saes/smollm2-wiki-1m                      # what a run or SAE directory holds
 
 Every flag of `sae train` is a field of `saes.TrainConfig`; several values for --hooks, --arch,
