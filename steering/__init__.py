@@ -6,6 +6,9 @@
         logits = lm.bridge(tokens)
     out = generate(lm, ["I woke up and"], [add_feature(sae, 123, 8.0, positions=Positions("generated"))])
 
+Which feature: `select_direction(name, SelectionContext(...))` picks by activation rise, output
+score, concept output score, gradient score or SAE-TS (steering.selection, one registry).
+
 Measured, not printed: `run_sweep(SweepConfig(...))` puts SAE features next to DiffMean, PCA of
 differences and DiffMean through the SAE, on the same prompts and measures (steering.sweep).
 """
@@ -31,6 +34,7 @@ from steering.interventions import (
 from steering.measures import Judge, NeutralKL, compression_ratio, distinct_n, score_generation
 from steering.positions import Positions, RunState
 from steering.probe import LinearProbe, fit_probe
+from steering.selection import SELECTORS, Selection, SelectionContext, select_direction
 from steering.setup import check_fit, load_for_steering
 from steering.stats import FeatureStats, measure_stats, stats_from_activations
 from steering.sweep import SweepConfig, run_sweep
@@ -38,10 +42,10 @@ from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff
 
 __all__ = [
     "AddVector", "BUILTIN", "Concept", "ConsistencyConfig", "FeatureEdit", "FeatureStats", "Generation",
-    "Intervention", "Judge", "LinearProbe", "NeutralKL", "Positions", "RunState", "SAEEdit", "STEER_PROMPTS",
-    "SelectionRule", "SweepConfig", "ablate_features", "add_direction", "add_feature", "check_fit", "choose_coeff",
+    "Intervention", "Judge", "LinearProbe", "NeutralKL", "Positions", "RunState", "SAEEdit", "SELECTORS",
+    "STEER_PROMPTS", "Selection", "SelectionContext", "SelectionRule", "SweepConfig", "ablate_features", "add_direction", "add_feature", "check_fit", "choose_coeff",
     "clamp_features", "compression_ratio", "concept_feature", "diffmean", "diffmean_sae", "distinct_n", "fit_probe",
     "generate", "load_concept", "load_for_steering", "measure_stats",
     "neutral_texts", "pca_diff", "run_consistency", "run_sweep", "run_with_interventions", "scale_features",
-    "score_generation", "shift_features", "stats_from_activations", "steering",
+    "score_generation", "select_direction", "shift_features", "stats_from_activations", "steering",
 ]

@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's verbs to the root `sae` command."""
     from steering.consistency import ConsistencyConfig
     from steering.interventions import UNITS
+    from steering.selection.registry import selector_names
     from steering.sweep import METHODS, SweepConfig
 
     p = add_verb(sub, "steer", _steer, help="generate with and without steering; print both side by side",
@@ -30,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=METHODS, default="sae", metavar="METHOD",
                    help="with --concept: which direction; sae = the concept's most contrastive feature "
                    f"(choices: {', '.join(METHODS)}; default: sae)")
+    p.add_argument("--select", choices=selector_names(), default="rise", metavar="SELECTOR",
+                   help="with --concept and --method sae: how the feature is picked; rise = largest activation rise "
+                   "on the concept's texts (what it reads); output, concept_output, gradient = what it does to the "
+                   "next token; sae_ts = a solved vector, not one feature "
+                   f"(choices: {', '.join(selector_names())}; default: rise)")
     p.add_argument("--coeff", type=float, required=True, help="coefficient, in --unit")
     p.add_argument("--unit", choices=UNITS, default="mean_active", metavar="UNIT",
                    help="unit of --coeff: raw (coeff * W_dec[f]); max or mean_active (times the feature's max or "
@@ -70,12 +76,12 @@ def _optional(parser: argparse.ArgumentParser, dest: str) -> None:
 def _steer(args: argparse.Namespace) -> int:
     from steering.concepts import load_concept, neutral_texts
     from steering.generation import generate
-    from steering.interventions import add_direction, add_feature, check_feature, clamp_features, unit_scale
+    from steering.interventions import add_direction, add_feature, check_feature, clamp_features
     from steering.positions import Positions
     from saes import load_sae
     from steering.setup import load_model_for
     from steering.stats import measure_stats
-    from steering.sweep import SweepConfig, concept_directions
+    from steering.sweep import SweepConfig, concept_directions, method_name
 
     positions = Positions.parse(args.positions)
     if any(not p.strip() for p in args.prompt):
@@ -88,11 +94,22 @@ def _steer(args: argparse.Namespace) -> int:
     hook = sae.cfg.hook
     stats = measure_stats(lm, neutral_texts(8), hook, sae)
     if concept is not None:
-        cfg = SweepConfig(sae=args.sae, methods=(args.method,), concepts=(args.concept,))
-        dirs, judge, found = concept_directions(lm, sae, concept, cfg)
+        cfg = SweepConfig(sae=args.sae, methods=(args.method,), concepts=(args.concept,), select=(args.select,),
+                          positions=args.positions)
+        dirs, judge, found = concept_directions(lm, sae, concept, cfg, stats.mean_norm)
         print(f"concept {concept.name!r}: most contrastive SAE feature {found['feature']}")
-        if args.method == "sae":
-            features = [found["feature"]]
+        sel = found["selected"].get(method_name(args.select), {})
+        if args.method == "sae" and sel:
+            print(f"selected by {args.select}: " + (f"feature {sel['feature']}" if sel["feature"] is not None
+                                                    else "a solved vector") + f" (score {sel['score']:.3g})")
+        if args.method == "sae" and sel.get("feature") is not None:
+            features = [sel["feature"]]
+        elif args.method == "sae":
+            unit = args.unit if args.unit in ("raw", "norm") else "norm"
+            iv = add_direction(hook, dirs[method_name(args.select)], args.coeff, unit=unit, stats=stats,
+                               positions=positions, label=args.select)
+            ivs, what = [iv], f"{args.select} vector x {args.coeff:g} ({unit})"
+            features = []
         else:
             unit = args.unit if args.unit in ("raw", "norm") else "norm"
             iv = add_direction(hook, dirs[args.method], args.coeff, unit=unit, stats=stats, positions=positions,
@@ -103,9 +120,11 @@ def _steer(args: argparse.Namespace) -> int:
         features = list(args.feature)
     if features:
         if args.clamp:
-            vals = {f: args.coeff * unit_scale(args.unit, sae.W_dec[f], stats, f) for f in features}
-            ivs = [clamp_features(sae, vals, positions=positions)]
-            what = "clamp " + ", ".join(f"feature {f} to {v:.3g}" for f, v in vals.items())
+            unit = args.unit
+            iv = clamp_features(sae, {f: args.coeff for f in features}, unit=unit, stats=stats, positions=positions)
+            ivs = [iv]
+            what = "clamp " + ", ".join(f"feature {e.feature} to {e.value:.3g}" for e in iv.edits)
+            what += f" ({args.coeff:g} x {unit})"
         else:
             ivs = [add_feature(sae, f, args.coeff, unit=args.unit, stats=stats, positions=positions) for f in features]
             what = "add " + ", ".join(f"feature {iv.label.split()[-1]} x {iv.coeff:.3g}" for iv in ivs)
@@ -113,8 +132,10 @@ def _steer(args: argparse.Namespace) -> int:
     kw = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed)
     base, steered = generate(lm, args.prompt, [], **kw), generate(lm, args.prompt, ivs, **kw)
     print(f"{lm.model_id} at {hook} (mean norm {stats.mean_norm:.3g}): {what}, positions {args.positions}")
-    for prompt, a, b in zip(args.prompt, base.texts, steered.texts):
+    for prompt, a, b, n, k in zip(args.prompt, base.texts, steered.texts, steered.read_positions,
+                                  steered.steered_positions):
         print(side_by_side(prompt, a, b))
+        print(f"  steered positions: {', '.join(map(str, k))} of {n} read (prompt + generated tokens the model read)")
     return 0
 
 

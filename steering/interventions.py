@@ -14,6 +14,7 @@ value changes nothing at all), where decoding and re-adding the error would roun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class AddVector(Intervention):
     coeff: float = 1.0
     positions: Positions = field(default_factory=Positions)
     label: str = ""
+    unit: str = "raw"  # what one unit of the coefficient the user gave was (see add_feature)
+    per_unit: float = 1.0  # its size: coeff = (user's coefficient) * per_unit
 
     def delta(self, act: Tensor, site: HookSite) -> Tensor:
         if self.vector.shape[-1] != act.shape[-1]:
@@ -73,7 +76,8 @@ class AddVector(Intervention):
         return (self.coeff * self.vector).to(device=act.device, dtype=act.dtype)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "coeff": self.coeff, "label": self.label,
+        return {**super().describe(), "coeff": self.coeff, "label": self.label, "unit": self.unit,
+                "per_unit": self.per_unit, "coeff_in_unit": self.coeff / self.per_unit if self.per_unit else math.nan,
                 "vector_norm": float(self.vector.norm())}
 
 
@@ -98,6 +102,7 @@ class SAEEdit(Intervention):
     edits: Sequence[FeatureEdit]
     positions: Positions = field(default_factory=Positions)
     hook: str = ""
+    units: dict = field(default_factory=dict)  # feature -> {"unit", "per_unit"} the values were given in
 
     def __post_init__(self) -> None:
         self.hook = self.hook or self.sae.cfg.hook
@@ -127,7 +132,7 @@ class SAEEdit(Intervention):
         return d.reshape(act.shape).to(device=act.device, dtype=act.dtype)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "edits": [e.__dict__ for e in self.edits]}
+        return {**super().describe(), "edits": [{**e.__dict__, **self.units.get(e.feature, {})} for e in self.edits]}
 
 
 def note_steered(state: RunState, iv: Intervention, positions: Tensor, mask: Tensor | None, batch: int) -> None:
@@ -176,7 +181,8 @@ def add_feature(sae: Any, feature: int, coeff: float, *, unit: str = "raw", stat
     check_feature(sae, feature)
     v = sae.W_dec[feature].detach()
     scale = unit_scale(unit, v, stats, feature)
-    return AddVector(sae.cfg.hook, v, coeff * scale, positions or Positions(), label=f"feature {feature}")
+    return AddVector(sae.cfg.hook, v, coeff * scale, positions or Positions(), label=f"feature {feature}", unit=unit,
+                     per_unit=scale)
 
 
 def add_direction(hook: str, vector: Tensor, coeff: float, *, unit: str = "raw", stats: Any = None,
@@ -185,7 +191,8 @@ def add_direction(hook: str, vector: Tensor, coeff: float, *, unit: str = "raw",
     if unit not in ("raw", "norm"):
         raise choices_error("unit for a direction", unit, ("raw", "norm"))
     scale = unit_scale(unit, vector, stats, None)
-    return AddVector(hook, vector.detach(), coeff * scale, positions or Positions(), label=label)
+    return AddVector(hook, vector.detach(), coeff * scale, positions or Positions(), label=label, unit=unit,
+                     per_unit=scale)
 
 
 def unit_scale(unit: str, vector: Tensor, stats: Any, feature: int | None) -> float:
@@ -202,9 +209,25 @@ def unit_scale(unit: str, vector: Tensor, stats: Any, feature: int | None) -> fl
     return float(getattr(stats, unit)[feature])
 
 
-def clamp_features(sae: Any, features: dict[int, float], *, positions: Positions | None = None) -> SAEEdit:
-    """Set each feature to a value (where it is silent too)."""
-    return SAEEdit(sae, [FeatureEdit(f, "set", v) for f, v in features.items()], positions or Positions())
+CLAMP_UNITS = UNITS
+
+
+def clamp_features(sae: Any, features: dict[int, float], *, unit: str = "raw", stats: Any = None,
+                   positions: Positions | None = None) -> SAEEdit:
+    """Set each feature to a value (where it is silent too): encode, set, decode, keep the error term.
+
+    unit raw: the value is the activation; max / mean_active: the value times the feature's max or
+    mean-when-active activation (`stats`), so "clamp to 5x max" (Templeton et al.) is `5.0, unit="max"`;
+    norm: the activation at which the feature's decoded part has norm value x the hook's mean norm.
+    The unit and its size are recorded in `describe()`.
+    """
+    if unit not in CLAMP_UNITS:
+        raise choices_error("clamp unit", unit, CLAMP_UNITS)
+    for f in features:
+        check_feature(sae, f)
+    scale = {f: unit_scale(unit, sae.W_dec[f], stats, f) for f in features}
+    return SAEEdit(sae, [FeatureEdit(f, "set", v * scale[f]) for f, v in features.items()], positions or Positions(),
+                   units={f: {"unit": unit, "per_unit": scale[f], "value_in_unit": v} for f, v in features.items()})
 
 
 def scale_features(sae: Any, features: dict[int, float], *, positions: Positions | None = None) -> SAEEdit:

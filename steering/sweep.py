@@ -1,7 +1,8 @@
 """Coefficient sweep per method, with the coefficient chosen on half the prompts and reported on the other.
 
-For each concept, every method gives one direction at the SAE's hook: `sae` (the concept's
-feature's decoder row), `diffmean`, `pca` (of paired differences) and `diffmean_sae` (DiffMean
+For each concept, every method gives one direction at the SAE's hook: `sae` (the decoder row of
+the feature each `select` selector picks, steering.selection: `sae` for `rise`, the concept's most
+contrastive feature, and `sae_<selector>` for the others, e.g. `sae_output`), `diffmean`, `pca` (of paired differences) and `diffmean_sae` (DiffMean
 through the SAE's features). All are added as `coeff * mean_norm * unit(direction)` so one grid of
 coefficients means the same push for every method. Each (method, coeff) generates from every
 prompt and is judged by the unsteered model (steering.measures); the KL on neutral text is its
@@ -22,6 +23,7 @@ plot.png.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -39,6 +41,7 @@ from steering.measures import Judge, NeutralKL, mean_scores, score_generation
 from steering.positions import Positions
 from steering.probe import fit_probe
 from steering.reading import hook_activations
+from steering.selection.registry import SelectionContext, select_direction, selector_names
 from steering.stats import measure_stats
 from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff
 from workbench.config import save_config
@@ -79,12 +82,22 @@ class SweepConfig:
                                                                         "not chosen"})
     neutral: int = field(default=8, metadata={"help": "neutral texts for the KL cost and activation statistics"})
     sae_top: int = field(default=0, metadata={"help": "diffmean_sae keeps this many features (0: all)"})
+    select: tuple[str, ...] = field(default=("rise",), metadata={
+        "help": "how the sae method picks its feature; several give one sae method each (rise: activation rise, "
+                "the sae method; others are named sae_<selector>)", "choices": selector_names, "what": "selector"})
+    candidates: int = field(default=32, metadata={"help": "candidate features per source (activation rise, logit "
+                                                          "lens) that output, concept_output and sae_ts score"})
     device: str = field(default="cpu", metadata={"help": "device"})
 
     def __post_init__(self) -> None:
         for m in self.methods:
             if m not in METHODS:
                 raise choices_error("steering method", m, METHODS)
+        for sel in self.select:
+            if sel not in selector_names():
+                raise choices_error("feature selector", sel, selector_names())
+        if "sae" in self.methods and not self.select:
+            raise WorkbenchError("the sae method needs at least one selector (--select)")
         if not self.concepts:
             raise WorkbenchError("give at least one concept")
         if not self.coeffs:
@@ -98,24 +111,34 @@ class SweepConfig:
                              self.max_compression_ratio)
 
 
-def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig) -> tuple[dict[str, torch.Tensor], Judge, dict]:
-    """Each method's direction for one concept, the judge reading its presence, and what was found."""
+def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig,
+                       mean_norm: float = 1.0) -> tuple[dict[str, torch.Tensor], Judge, dict]:
+    """Each method's direction for one concept, the judge reading its presence, and what was found
+    (`mean_norm`: the hook's mean norm, the scale SAE-TS measures effects at)."""
     hook = sae.cfg.hook
     pos = hook_activations(lm, concept.positive, hook, read=cfg.read)
     neg = hook_activations(lm, concept.negative, hook, read=cfg.read)
     feat, rise = concept_feature(sae, pos, neg)
     dm = diffmean(pos, neg)
     dirs: dict[str, torch.Tensor] = {}
+    selected: dict[str, dict] = {}
+    judge = Judge(hook, sae=sae, feature=feat, target_words=tuple(concept.target_words))
     for m in cfg.methods:
         if m == "sae":
-            dirs[m] = sae.W_dec[feat].detach().float().cpu()
+            prompts = STEER_PROMPTS[: cfg.prompts][::2]  # the selection half: the report half stays unseen
+            ctx = SelectionContext(lm, sae, pos, neg, judge.target_ids(lm) if concept.target_words else [],
+                                   prompts, Positions.parse(cfg.positions), cfg.candidates, mean_norm)
+            for name in cfg.select:
+                sel = select_direction(name, ctx)
+                key = method_name(name)
+                dirs[key] = sel.vector
+                selected[key] = sel.describe()
         elif m == "diffmean":
             dirs[m] = dm
         elif m == "pca":
             dirs[m] = pca_diff(pos[: min(len(pos), len(neg))], neg[: min(len(pos), len(neg))])
         else:
             dirs[m] = diffmean_sae(sae, pos, neg, top=cfg.sae_top or None).float()
-    judge = Judge(hook, sae=sae, feature=feat, target_words=tuple(concept.target_words))
     probe_info: dict[str, Any] = {"kind": "none: the concept has no judge texts (give judge_positive and "
                                           "judge_negative, or at least 3 positive and negative texts)"}
     if concept.judge_positive and concept.judge_negative:
@@ -128,7 +151,13 @@ def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig) ->
     else:
         log.warning("concept %s has no judge texts: the probe readout is NaN", concept.name)
     cos = {m: float(torch.nn.functional.cosine_similarity(v, dm, dim=0)) for m, v in dirs.items()}
-    return dirs, judge, {"feature": feat, "feature_rise": rise, "cos_to_diffmean": cos, "probe": probe_info}
+    return dirs, judge, {"feature": feat, "feature_rise": rise, "cos_to_diffmean": cos, "probe": probe_info,
+                         "selected": selected}
+
+
+def method_name(selector: str) -> str:
+    """The sweep's method for a selector: `sae` for rise (as it always was), `sae_<selector>` otherwise."""
+    return "sae" if selector == "rise" else f"sae_{selector}"
 
 
 def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, Any]:
@@ -154,7 +183,7 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
     summary: dict[str, Any] = {"mean_norm": stats.mean_norm, "selection": asdict(cfg.rule()),
                                "neutral_texts": neutral, "concepts": {}}
     for concept in concepts:
-        dirs, judge, found = concept_directions(lm, sae, concept, cfg)
+        dirs, judge, found = concept_directions(lm, sae, concept, cfg, stats.mean_norm)
         log.info("concept %s: SAE feature %d (rise %.3g)", concept.name, found["feature"], found["feature_rise"])
         base_scores = score_generation(lm, base_gen, judge)
         rows += _rows(concept.name, "none", 0.0, prompts, split, base_gen.texts, base_scores, 0.0)
@@ -182,7 +211,7 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
                 texts, scores_c, cost = (base_gen.texts, base_scores, 0.0) if c == 0 else results[(method, c)]
                 rows += _rows(concept.name, method, c, prompts, split, texts, scores_c, cost)
         _write_jsonl(out / "rows.jsonl", rows)  # after every concept: a long sweep keeps what it finished
-        chosen = select(rows, concept.name, list(cfg.methods), cfg.rule())
+        chosen = select(rows, concept.name, list(dirs), cfg.rule())
         summary["concepts"][concept.name] = {**found, "methods": chosen, "examples": _examples(rows, concept.name, chosen)}
     _write_jsonl(out / "rows.jsonl", rows)
     atomic_write_json(out / "summary.json", summary)
@@ -190,7 +219,9 @@ def run_sweep(cfg: SweepConfig, lm: Any = None, sae: Any = None) -> dict[str, An
     atomic_write_bytes(out / "table.md", (table + "\n").encode())
     from steering.plot import plot_sweep
 
-    plot_sweep(rows, cfg, out / "plot.png")
+    shown = copy.copy(cfg)  # one curve per method the sweep ran, the sae_<selector> ones included
+    shown.methods = tuple(dict.fromkeys(r["method"] for r in rows if r["method"] != "none"))
+    plot_sweep(rows, shown, out / "plot.png")
     return summary
 
 
@@ -226,7 +257,13 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = ["| concept | method | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for name, c in summary["concepts"].items():
         for method, r in c["methods"].items():
-            label = f"sae (feature {c['feature']})" if method == "sae" else method
+            sel = c.get("selected", {}).get(method, {})
+            if method == "sae":
+                label = f"sae (feature {c['feature']})"
+            elif sel.get("feature") is not None:
+                label = f"{method} (feature {sel['feature']})"
+            else:
+                label = method
             lines.append(f"| {name} | {label} | " + " | ".join(_fmt(r[k]) for k in COLUMNS) + " |")
     return "\n".join(lines)
 
