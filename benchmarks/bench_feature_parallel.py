@@ -12,9 +12,14 @@ ranks feature-parallel, no data parallelism). Per rank it reports:
 - params+Adam MiB: the bytes of the parameters and Adam moments the rank holds after training,
   counted from its tensors (what the layout divides: W_enc, b_enc, W_dec and their moments; b_dec
   is replicated);
-- peak RSS MiB (CPU) or peak CUDA MiB (GPU), the largest over the ranks: everything the process
-  held at its peak, including the torch runtime (~the same in every process) and the start, when a
-  rank holds the whole SAE once before keeping its shard (see saes.feature_parallel);
+- training peak MiB, the largest over the ranks: the process's peak memory (RSS on a CPU,
+  allocated CUDA memory on a GPU) up to the last training step, less what it held before the
+  trainer was built (the torch runtime and the activations, the same in every process). It
+  includes the start, when a rank holds the whole SAE once before keeping its shard (see
+  saes.feature_parallel), and every step's activations (the [B, F/N] pre-activations);
+- save peak MiB on rank 0, counted the same way up to the end: the final checkpoint and the saved
+  SAE are gathered whole onto rank 0 (one ordinary file), so rank 0 briefly holds the whole SAE
+  and its Adam state, as the one process does;
 - tokens/s of the whole run (all ranks together), the training loop only.
 
 Ranks share this machine's cores (one thread each), so tokens/s here says what the collectives
@@ -56,19 +61,37 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.set_device(rank)
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
-        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
     from saes import TensorSource, TrainConfig, Trainer
     from saes.synthetic import random_dictionary, sparse_activations
 
+    # A tiny one-process run first (before the group exists): it loads what a trainer loads on first
+    # use (~170 MiB of modules, triton and sympy among them), which would otherwise count as training memory.
+    warm = TrainConfig(arch=("topk",), k=(4,), expansion=(2,), batch_size=64, out=os.path.join(out, f"warm{rank}"),
+                       progress=False, checkpoint_every=0, heldout_fraction=0.0, init_sample_tokens=64,
+                       precision="float32", device=f"cuda:{rank}" if cuda else "cpu", log_every=10**6)
+    Trainer(cfg=warm, source=TensorSource(torch.randn(128, 16))).train()
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+        dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
+
+    def peak() -> int:
+        if cuda:
+            return torch.cuda.max_memory_allocated()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
     try:
         x = sparse_activations(random_dictionary(2 * args.d, args.d, seed=1), args.tokens, active=8, seed=2)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        before = peak()
+        steps = args.tokens // args.batch
+        at_last_step: list[int] = []
         cfg = TrainConfig(arch=("topk",), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch,
                           out=os.path.join(out, "run"), progress=False, checkpoint_every=0, heldout_fraction=0.0,
                           init_sample_tokens=min(4096, args.tokens), precision="float32", feature_parallel=world,
                           device=f"cuda:{rank}" if cuda else "cpu", deterministic="off", log_every=10**6)
-        trainer = Trainer(cfg, TensorSource(x))
+        trainer = Trainer(cfg, TensorSource(x),
+                          callback=lambda tr, step: at_last_step.append(peak()) if step == steps else None)
         try:
             t0 = time.perf_counter()
             trainer.train()
@@ -77,9 +100,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
             held = sum(p.numel() * p.element_size() for p in s.params)
             held += sum(v.numel() * v.element_size() for p in s.params for v in s.opt.state.get(p, {}).values()
                         if isinstance(v, torch.Tensor) and v.dim() > 0)
-            peak = (torch.cuda.max_memory_allocated() if cuda
-                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-            rec = {"rank": rank, "held_bytes": held, "peak_bytes": peak, "seconds": seconds,
+            rec = {"rank": rank, "held_bytes": held, "train_peak": at_last_step[0] - before,
+                   "save_peak": peak() - before, "before": before, "seconds": seconds,
                    "tokens": trainer.session_tokens, "num_features": s.sae.num_features}
             Path(out, f"rank{rank}.json").write_text(json.dumps(rec))
         finally:
@@ -123,10 +145,11 @@ def main() -> int:
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"SAE: TopK d_in {args.d}, F {f:,}, k {args.k}; {args.tokens:,} synthetic tokens, batch {args.batch} "
           f"({args.tokens // args.batch} steps)")
-    peak_name = "peak CUDA MiB" if args.device == "cuda" else "peak RSS MiB"
+    kind = "CUDA" if args.device == "cuda" else "RSS"
     print()
-    print(f"| ranks | params+Adam MiB / rank | vs 1 process | {peak_name} / rank (max) | vs 1 process | tokens/s |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| ranks | params+Adam MiB / rank | vs 1 process | training peak {kind} MiB / rank (max) | vs 1 process "
+          f"| save peak {kind} MiB, rank 0 | vs 1 process | tokens/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for world in args.ranks:
         if f % world:
@@ -134,12 +157,14 @@ def main() -> int:
             continue
         recs = measure(world, args)
         held = max(r["held_bytes"] for r in recs)
-        peak = max(r["peak_bytes"] for r in recs)
+        train = max(r["train_peak"] for r in recs)
+        save = recs[0]["save_peak"]
         tps = recs[0]["tokens"] / max(recs[0]["seconds"], 1e-9)
         if base is None:
-            base = (held, peak)
-        print(f"| {world} | {held / MiB:,.1f} | {held / base[0]:.2f}x | {peak / MiB:,.0f} | {peak / base[1]:.2f}x | "
-              f"{tps:,.0f} |", flush=True)
+            base = (held, train, save)
+        print(f"| {world} | {held / MiB:,.1f} | {held / base[0]:.2f}x | {train / MiB:,.0f} | {train / base[1]:.2f}x | "
+              f"{save / MiB:,.0f} | {save / base[2]:.2f}x | {tps:,.0f} |", flush=True)
+    print(f"\n(before the trainer, each process held {recs[0]['before'] / MiB:,.0f} MiB: the runtime and the activations)")
     return 0
 
 
