@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from saes.base import SparseAutoencoder, StepContext, StepOutput
+from saes.kernels import SparseCodes, sparse_decode
 from saes.losses import moment_sums, variance_from_sums
 from saes.registry import architecture_classes, sae_class
 from workbench.distributed import DistContext
@@ -241,7 +242,8 @@ class FeatureParallel:
         rows, j = ((ids >= lo) & (ids < hi)).nonzero(as_tuple=True)
         lid = ids[rows, j] - lo
         vals = pre[rows, lid].relu()
-        part = pre.new_zeros(pre.shape[0], W_dec.shape[1]).index_add(0, rows, vals.unsqueeze(1) * W_dec[lid])
+        # the sparse decode kernel (saes.kernels): no [picks, d] gather of decoder rows, forward or backward
+        part = sparse_decode(SparseCodes.from_rows_cols(vals, rows, lid, pre.shape[0], W_dec.shape[0]), W_dec)
         return _FromFeatures.apply(part, self.features), vals, lid
 
     def training_step(self, sae: SparseAutoencoder, x: Tensor, ctx: StepContext) -> StepOutput:
