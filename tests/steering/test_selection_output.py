@@ -87,3 +87,10 @@ def test_concept_target_probability_is_the_steered_next_token_mass(tiny_lm, tiny
         with torch.no_grad(), steering(tiny_lm, [iv], prompt_len=b.tokens.shape[1]):
             p = torch.softmax(tiny_lm.bridge(b.tokens)[0, -1].float(), -1)
         torch.testing.assert_close(got.target_prob[i], p[targets].sum(), atol=1e-5, rtol=1e-4)
+
+
+def test_the_kv_cached_prefix_gives_the_same_scores_as_rerunning_the_prompt(tiny_lm, tiny_sae):
+    a = output_scores(tiny_lm, tiny_sae, [1, 5, 9, 40], targets=[2054, 3000], batch_size=3)
+    b = output_scores(tiny_lm, tiny_sae, [1, 5, 9, 40], targets=[2054, 3000], batch_size=3, use_cache=False)
+    torch.testing.assert_close(a.output, b.output, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(a.target_prob, b.target_prob, atol=1e-7, rtol=1e-4)
