@@ -99,3 +99,16 @@ def test_cli_select_bad_value_is_one_line_exit_2():
         assert len(lines) == 1 and "bogus" in lines[0] and "concept_output" in lines[0], r.stderr
     r = subprocess.run([sae_bin, "steer", "--help"], capture_output=True, text=True)
     assert "rise, output, concept_output, gradient, sae_ts" in " ".join(r.stdout.split())
+
+
+@pytest.mark.parametrize("selector", ["gradient", "sae_ts"])
+def test_cli_steer_select_prints_the_pick_and_the_steered_positions(saved_tiny, tmp_path, selector):
+    concept = tmp_path / "sea.json"
+    concept.write_text(json.dumps({"name": "sea", "positive": POS, "negative": NEG, "target_words": ["sea", "ocean"]}))
+    sae_bin = str(Path(sys.executable).parent / "sae")
+    r = subprocess.run([sae_bin, "steer", "--sae", str(saved_tiny["good"]), "--model", str(saved_tiny["model"]),
+                        "--prompt", "a dog", "--concept", str(concept), "--select", selector, "--coeff", "0.5",
+                        "--unit", "norm", "--max-new-tokens", "3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"selected by {selector}:" in r.stdout
+    assert "steered positions:" in r.stdout
