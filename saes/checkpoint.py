@@ -110,6 +110,10 @@ def pack_slot(slot: "Slot") -> dict[str, torch.Tensor]:
     t.update(flatten_optimizer(slot.opt, slot.param_names))
     t.update({"health.since_fired": slot.since_fired, "health.fired_total": slot.fired_total,
               "health.usage": slot.usage, "health.usage_steps": torch.tensor(slot.usage_seen)})
+    # A batch-rule SAE's calibration batches seen so far (only inside the run's last few steps): a run
+    # resumed there must calibrate its threshold on the same batches as an uninterrupted one. (Rank 0
+    # writes checkpoints, so a data-parallel run resumed there calibrates on rank 0's slices alone.)
+    t.update({f"calibration.{i:03d}": x for i, x in enumerate(slot.recent)})
     return t
 
 
@@ -129,6 +133,7 @@ def unpack_slot(slot: "Slot", tensors: dict[str, torch.Tensor], device: torch.de
     slot.fired_total.copy_(tensors["health.fired_total"])
     slot.usage.copy_(tensors["health.usage"])
     slot.usage_seen = int(tensors["health.usage_steps"])
+    slot.recent = [tensors[k].to(device) for k in sorted(k for k in tensors if k.startswith("calibration."))]
 
 
 def config_differences(saved: dict[str, Any], now: dict[str, Any], may_differ: tuple[str, ...]) -> str:

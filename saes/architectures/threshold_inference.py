@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 # The calibration set: the run's last batches, up to this many tokens, this many batches, and
 # this many pre-activations (tokens x features, 512 MiB in float32) when the SAE is wide; at
-# least the last batch. The batches are not in checkpoints: a run resumed from a checkpoint
-# taken within its last CALIBRATION_BATCHES steps calibrates on the batches it trained on itself.
+# least the last batch. A checkpoint taken among those steps carries the batches seen so far
+# (saes/checkpoint.py), so a resumed run calibrates on the same set as an uninterrupted one.
 CALIBRATION_TOKENS = 16_384
 CALIBRATION_BATCHES = 16
 CALIBRATION_ENTRIES = 2**27

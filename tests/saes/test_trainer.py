@@ -205,3 +205,27 @@ def test_deterministic_kernels_whenever_the_run_may_be_resumed(tmp_path, mode, e
           TensorSource(X), callback=lambda t, step: seen.add(is_deterministic()))
     assert seen == {expect}
     assert not is_deterministic()  # restored after the run
+
+
+def test_resume_inside_the_threshold_calibration_window_equals_uninterrupted_run(tmp_path):
+    """Batch-rule SAEs calibrate their threshold on the run's last batches: a checkpoint taken among
+    them must carry the ones already seen, or a resumed run calibrates on fewer and saves another threshold."""
+    kw = dict(arch=("batchtopk", "mutual_choice"), checkpoint_every=5, epochs=2)
+    src = TensorSource(X)
+    full = train(base_cfg(tmp_path / "full", **kw), src)
+    total = full["steps"]
+
+    def kill(trainer, step):
+        if step == total - 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(base_cfg(tmp_path / "cut", **kw), src, callback=kill)
+    ckpt = json.loads((tmp_path / "cut" / "checkpoint" / "latest.json").read_text())
+    assert total - 16 < ckpt["step"] < total - 1, "the checkpoint must fall inside the calibration window"
+    train(base_cfg(tmp_path / "cut", **kw), src)
+    wa, wb = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert wa.keys() == wb.keys() and len(wa) == 2
+    for name in wa:
+        for t in wa[name]:
+            assert torch.equal(wa[name][t], wb[name][t]), f"{name}/{t} differs after resume"
