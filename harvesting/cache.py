@@ -60,6 +60,29 @@ def dtype_from_name(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def to_stored(a: torch.Tensor, dtype: torch.dtype, hook: str) -> torch.Tensor:
+    """Rows of hook `hook` cast to the cache's dtype on the CPU, refusing values the cast would make inf.
+
+    float16 ends at 65504: a residual stream beyond it (models with massive activations) would be
+    stored as inf and poison every norm and every SAE trained on the cache. bfloat16 has float32's
+    range, so only float16 can refuse; values already NaN or inf are stored as they are (the
+    trainer names them).
+    """
+    out = a.detach().to("cpu", dtype)
+    if out.dtype != a.dtype and not bool(torch.isfinite(out).all()):
+        src = a.detach().to("cpu", torch.float32)
+        over = torch.isfinite(src) & ~torch.isfinite(out)
+        if bool(over.any()):
+            big = float(src[over].abs().max())
+            name = str(dtype).removeprefix("torch.")
+            raise WorkbenchError(
+                f"activations of hook {hook!r} reach {big:.6g}, beyond what {name} holds "
+                f"(largest {torch.finfo(dtype).max:.6g}); harvest with --dtype bfloat16 (float32's range in half "
+                f"the bytes) or float32"
+            )
+    return out
+
+
 def hook_file_name(index: int, hook: str) -> str:
     return f"shard_{index:05d}.{hook}.safetensors"
 
@@ -306,7 +329,7 @@ class CacheWriter:
         for h, a in acts.items():
             if a.shape != (n, self.hooks[h]):
                 raise WorkbenchError(f"activations for {h} have shape {tuple(a.shape)}; expected ({n}, {self.hooks[h]})")
-            self._pending.acts.setdefault(h, []).append(a.detach().to("cpu", self.dtype))
+            self._pending.acts.setdefault(h, []).append(to_stored(a, self.dtype, h))
         for k, v in ids.items():
             self._pending.ids.setdefault(k, []).append(v.detach().cpu())
         self._pending.rows += n
@@ -339,7 +362,7 @@ class CacheWriter:
             row_ids = {k: torch.cat(v) for k, v in ids.items()}
             entry["files"]["rows"] = self._write(rows_file_name(index), row_ids)
             for h in self.hooks:
-                a = torch.cat(acts[h]).to(self.dtype) if acts.get(h) else torch.empty(0, self.hooks[h], dtype=self.dtype)
+                a = to_stored(torch.cat(acts[h]), self.dtype, h) if acts.get(h) else torch.empty(0, self.hooks[h], dtype=self.dtype)
                 norms = a.float().norm(dim=1).double()
                 entry["norms"][h] = {"sum": float(norms.sum()), "sum_sq": float((norms * norms).sum())}
                 entry["files"][h] = self._write(hook_file_name(index, h), {"acts": a})

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from harvesting.cache import CacheWriter, dtype_from_name
+from harvesting.cache import CacheWriter, dtype_from_name, to_stored
 from harvesting.reader import CacheReader
 from workbench.errors import WorkbenchError
 
@@ -45,7 +45,7 @@ def convert_cache(src: str | Path, out: str | Path, dtype: str, *, progress: boo
     for i in tqdm(range(len(writer.shards), n), unit="shard", desc=f"convert to {dtype}", disable=not progress):
         s = reader.shards[i]
         data = reader.load_shard(i)
-        acts = {h: [data.pop(h)] for h in hooks}
+        acts = {h: [to_stored(data.pop(h), writer.dtype, h)] for h in hooks}  # refused before a file is written
         ids = {k: [data[k]] for k in writer.row_fields}
         writer.record(writer.write_shard(i, (s["rows"][0], s["rows"][1]), (s["contexts"][0], s["contexts"][1]), acts, ids))
         writer.absorb()

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from harvesting.cache import DTYPES, MANIFEST, CacheWriter, read_manifest
+from harvesting.cache import DTYPES, MANIFEST, CacheWriter, read_manifest, to_stored
 from harvesting.corpus import Context, open_documents, pack_contexts
 from harvesting.plan import Batch, ShardEnd, owner, plan_shards
 from workbench.config import config_to_dict
@@ -196,7 +196,7 @@ def _run_plan(lm: LoadedModel, cfg: HarvestConfig, device: torch.device, writer:
                                  f"{step.keep.shape[1]} (every input of a harvest must have the same size)")
         mask = step.keep.to(device)
         for h, a in out.items():
-            acts.setdefault(h, []).append(a[mask].to("cpu", writer.dtype))
+            acts.setdefault(h, []).append(to_stored(a[mask], writer.dtype, h))
         for k, v in step.ids.items():
             ids.setdefault(k, []).append(v[step.keep].to(torch.int64 if k == "context_ids" else torch.int32))
     if dist.enabled:

@@ -196,3 +196,43 @@ def test_old_float32_caches_still_read(tmp_path) -> None:
     shutil.copytree(path, old)
     r = CacheReader(old)
     assert next(iter(r.batches("h", 8, dtype=None)))["h"].dtype == torch.float32
+
+
+# -- values a half type cannot hold ------------------------------------------------------------------
+
+def test_float16_overflow_is_refused_not_stored_as_inf(tmp_path) -> None:
+    """float16 ends at 65504; a value beyond it would be stored as inf and poison every norm and
+    every SAE trained on the cache. The writer refuses it in one line and says what to use instead."""
+    acts = torch.ones(10, 4)
+    acts[3, 2] = 7e4
+    ids = torch.arange(10)
+    rows = {"token_ids": ids.to(torch.int32), "doc_ids": ids.to(torch.int32), "context_ids": ids // 5,
+            "positions": (ids % 5).to(torch.int32)}
+    w = CacheWriter(tmp_path / "f16", {"h": 4}, "float16", shard_tokens=100)
+    with pytest.raises(WorkbenchError) as e:
+        w.add({"h": acts}, rows, contexts=2)
+    msg = str(e.value)
+    assert "\n" not in msg and "'h'" in msg and "70000" in msg and "float16" in msg and "bfloat16" in msg, msg
+    w = CacheWriter(tmp_path / "bf16", {"h": 4}, "bfloat16", shard_tokens=100)  # bfloat16 has float32's range
+    w.add({"h": acts}, rows, contexts=2)
+    w.finish()
+    assert torch.isfinite(CacheReader(tmp_path / "bf16").load_shard(0)["h"]).all()
+
+
+def test_a_float16_harvest_or_conversion_that_would_overflow_is_refused(tiny_causal_dir, text_corpus, tmp_path) -> None:
+    from harvesting import convert_cache, load_model
+
+    lm = load_model(str(tiny_causal_dir))
+    with torch.no_grad():
+        for name, p in lm.bridge.named_parameters():
+            if "embed" in name:
+                p.mul_(1e7)  # a residual stream far beyond float16's range, as no float32 value is
+    f32 = harvest(_cfg(tiny_causal_dir, text_corpus, tmp_path / "f32", tokens=200), model=lm)
+    assert float(_stored(f32, HOOKS[0]).abs().max()) > 65504
+    for attempt in (lambda: harvest(_cfg(tiny_causal_dir, text_corpus, tmp_path / "f16", tokens=200, dtype="float16"), model=lm),
+                    lambda: convert_cache(f32, tmp_path / "conv", "float16")):
+        with pytest.raises(WorkbenchError) as e:
+            attempt()
+        assert "\n" not in str(e.value) and "float16" in str(e.value) and "bfloat16" in str(e.value), str(e.value)
+    assert torch.isfinite(_stored(convert_cache(f32, tmp_path / "bf", "bfloat16"), HOOKS[0]).float()).all()
+    assert not any((tmp_path / "conv").glob("shard_*")), "a refused conversion leaves no shard file behind"
