@@ -1,6 +1,7 @@
 """Data-parallel training: what each rank does (the process group itself is `workbench.distributed`).
 
-Every rank holds every SAE and reads its slice of the same global batch. Losses are divided by
+Every rank holds every SAE (or, with `--feature-parallel N`, its 1/N of each SAE's features:
+saes/feature_parallel.py) and reads its slice of the same global batch. Losses are divided by
 the global batch's variance, so summing each rank's gradients gives exactly the one-process
 gradient of the global batch (up to float summation order); the trainer sums gradients with one
 all-reduce per SAE instead of wrapping modules in DDP, which keeps the decoder-gradient
