@@ -140,3 +140,29 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any], may_differ: t
     """"field: checkpoint X, now Y; ..." for every config field outside `may_differ` that changed ("" if none)."""
     diff = sorted(k for k in set(saved) | set(now) if k not in may_differ and saved.get(k) != now.get(k))
     return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
+
+
+def resumable_state(out: Path, cfg: Any, identity: dict[str, Any],
+                    names: list[str]) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]] | None:
+    """The latest checkpoint of the run at `out` (None when there is none), refused in one line
+    unless `cfg.resume` asks for it and it was trained by this config, on this data, for these SAEs."""
+    from saes.config import RESUMABLE_FIELDS
+    from saes.guards import identity_differences
+    from workbench.config import config_to_dict
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        return None
+    if not cfg.resume:
+        raise WorkbenchError(
+            f"{out} already holds a run (checkpoint {ckpt.name}); pass --resume to continue it, "
+            f"or choose another --out"
+        )
+    state, tensors = load_checkpoint(ckpt, len(names))
+    shown = config_differences(state["config"], config_to_dict(cfg), RESUMABLE_FIELDS)
+    if shown:
+        raise WorkbenchError(f"cannot resume {out}: the run config differs ({shown}); use another --out")
+    identity_differences(state.get("identity"), identity, out, cfg.cache)
+    if state["saes"] != names:
+        raise WorkbenchError(f"cannot resume {out}: it trains {state['saes']}, this run {names}")
+    return state, tensors

@@ -34,19 +34,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saes.base import SparseAutoencoder, StepContext
-from saes.checkpoint import (
-    config_differences,
-    latest_checkpoint,
-    load_checkpoint,
-    pack_slot,
-    save_checkpoint,
-    unpack_slot,
-)
-from saes.config import RESUMABLE_FIELDS, TrainConfig
+from saes.checkpoint import latest_checkpoint, pack_slot, resumable_state, save_checkpoint, unpack_slot
+from saes.config import TrainConfig
 from saes.data import ActivationSource, open_cache
 from saes.distributed import DistContext, setup_distributed
 from saes.feature_parallel import FeatureParallel, check_layout, feature_layout
-from saes.guards import finite_flags, identity_differences, raise_if_not_finite, run_identity
+from saes.guards import finite_flags, raise_if_not_finite, run_identity
 from saes.heldout import evaluate_heldout
 from saes.kernels import deterministic as deterministic_kernels
 from saes.initialise import init_sample, initialise
@@ -173,21 +166,10 @@ class Trainer:
         return path
 
     def _maybe_resume(self) -> bool:
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is None:
+        found = resumable_state(self.out, self.cfg, self.identity, [s.name for s in self.slots])
+        if found is None:
             return False
-        if not self.cfg.resume:
-            raise WorkbenchError(
-                f"{self.out} already holds a run (checkpoint {ckpt.name}); pass --resume to continue it, "
-                f"or choose another --out"
-            )
-        state, tensors = load_checkpoint(ckpt, len(self.slots))
-        shown = config_differences(state["config"], config_to_dict(self.cfg), RESUMABLE_FIELDS)
-        if shown:
-            raise WorkbenchError(f"cannot resume {self.out}: the run config differs ({shown}); use another --out")
-        identity_differences(state.get("identity"), self.identity, self.out, self.cfg.cache)
-        if state["saes"] != [s.name for s in self.slots]:
-            raise WorkbenchError(f"cannot resume {self.out}: it trains {state['saes']}, this run {[s.name for s in self.slots]}")
+        state, tensors = found
         for s, t in zip(self.slots, tensors):
             unpack_slot(s, t, self.device)
         for s, w in zip(self.slots, state.get("windows", [{}] * len(self.slots))):
