@@ -18,8 +18,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Sequence
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
