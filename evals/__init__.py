@@ -12,6 +12,7 @@ from evals.cache_pass import CachePassResult, cache_pass
 from evals.contexts import ContextBatch, cache_contexts, corpus_contexts
 from evals.evaluate import EvalConfig, check_fits_cache, check_fits_model, evaluate
 from evals.health import FeatureStats, max_cosine_to_others, weight_stats
+from evals.intervals import Interval, bootstrap_interval, paired_bootstrap_interval, ratio_interval
 from evals.loading import SAERef, expand_sae_paths, load_for_eval
 from evals.pareto import pareto_plot
 from evals.probing import pooled_from_cache, sparse_probing, topk_by_mean_diff, wiki_vital_labels
@@ -25,8 +26,10 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "FeatureStats",
+    "Interval",
     "ReconstructionStats",
     "SAERef",
+    "bootstrap_interval",
     "cache_contexts",
     "cache_pass",
     "check_fits_cache",
@@ -37,8 +40,10 @@ __all__ = [
     "expand_sae_paths",
     "load_for_eval",
     "max_cosine_to_others",
+    "paired_bootstrap_interval",
     "pareto_plot",
     "pooled_from_cache",
+    "ratio_interval",
     "sparse_probing",
     "spliced_losses",
     "topk_by_mean_diff",
