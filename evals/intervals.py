@@ -96,6 +96,23 @@ def _index_chunks(rng: np.random.Generator, n: int, n_resamples: int):
         done += m
 
 
+def resample_counts(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0):
+    """Yield `[m, n]` matrices of how often each of the `n` units is drawn, m resamples at a time
+    (`n_resamples` in all): a statistic that is a function of weighted sums (``counts @ sums``)
+    is then recomputed for a whole chunk of resamples with one matrix product."""
+    rng = np.random.default_rng(seed)
+    for idx in _index_chunks(rng, n, n_resamples):
+        m = idx.shape[0]
+        flat = (idx + (np.arange(m) * n)[:, None]).ravel()
+        yield np.bincount(flat, minlength=m * n).reshape(m, n).astype(np.float64)
+
+
+def percentile_interval(estimate: float, resampled: ArrayLike, n: int,
+                        level: float = DEFAULT_LEVEL) -> Interval:
+    """The percentile interval of statistics already recomputed on resamples (non-finite ones dropped)."""
+    return _percentiles(estimate, np.asarray(resampled, dtype=np.float64).reshape(-1), n, level)
+
+
 _AXIS_STATISTICS = {np.mean, np.sum, np.median, np.nanmean}
 
 
@@ -168,4 +185,4 @@ def ratio_interval(numerator: ArrayLike, denominator: ArrayLike, *,
 
 
 __all__ = ["DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "Interval", "bootstrap_interval",
-           "paired_bootstrap_interval", "ratio_interval"]
+           "paired_bootstrap_interval", "percentile_interval", "ratio_interval", "resample_counts"]

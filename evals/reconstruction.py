@@ -29,6 +29,13 @@ means over the N evaluated tokens):
   reconstruction is not systematically shrunk (< 1) or inflated (> 1).
 - ``l0 = mean_t #{f : f_t ≠ 0}`` (with its distribution), ``l1 = mean_t Σ_f f_t``.
 
+FVU's interval (``intervals.fvu``, and ``explained_variance`` from it): a percentile bootstrap
+95% interval resampling blocks of ``FVU_BLOCK_ROWS`` consecutive rows (the cache stores rows in
+context order, so a block is about one context; tokens of a context are correlated, so blocks
+rather than single tokens are the honest unit). Each block keeps its SSE, Σ|x|², Σx and row count;
+a resample's FVU is recomputed from the drawn blocks' sums, its own mean included. Past
+``MAX_BLOCKS`` blocks, neighbours merge pairwise (the block doubles), so the state stays bounded.
+
 Sums are kept in float64, so the variance from ``Σ|x|² - N|μ|²`` loses nothing that matters at
 activation scales, and the state is O(d_model + F) whatever the number of tokens (plus one block
 of ``SAEBENCH_BATCH_TOKENS`` rows for the legacy variant's batch mean).
@@ -39,11 +46,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from evals.intervals import DEFAULT_LEVEL, DEFAULT_RESAMPLES, Interval, percentile_interval, resample_counts
+
 # SAEBench's default batch for its variance metrics: 16 prompts of 128 tokens.
 SAEBENCH_BATCH_TOKENS = 16 * 128
+# FVU's bootstrap unit: blocks of consecutive rows (about one context), at most MAX_BLOCKS of them.
+FVU_BLOCK_ROWS = 128
+MAX_BLOCKS = 4096
 
 
 @dataclass
@@ -66,11 +79,61 @@ class ReconstructionStats:
     l0_hist: Tensor = field(init=False)
     _block_x: list[Tensor] = field(init=False, repr=False)  # rows of the open SAEBench block
     _block_rss: list[Tensor] = field(init=False, repr=False)
+    block_rows: int = FVU_BLOCK_ROWS  # rows per bootstrap block (doubles past MAX_BLOCKS)
+    _blocks: list[list[Any]] = field(init=False, repr=False)  # closed blocks: [sse, sum_sq, n, sum_x]
+    _open: list[Any] = field(init=False, repr=False)  # the block being filled
 
     def __post_init__(self) -> None:
         self.sum_x = torch.zeros(self.d_in, dtype=torch.float64)
         self.l0_hist = torch.zeros(self.num_features + 1, dtype=torch.int64)
         self._block_x, self._block_rss = [], []
+        self._blocks = []
+        self._open = self._empty_block()
+
+    def _empty_block(self) -> list[Any]:
+        return [0.0, 0.0, 0, torch.zeros(self.d_in, dtype=torch.float64)]
+
+    def _add_to_fvu_blocks(self, x: Tensor, rss: Tensor) -> None:
+        """Per-block sums for FVU's interval (see the module docstring), in row order."""
+        sq = x.pow(2).sum(1)
+        start = 0
+        while start < x.shape[0]:
+            blk = self._open
+            take = min(self.block_rows - blk[2], x.shape[0] - start)
+            sl = slice(start, start + take)
+            blk[0] += float(rss[sl].sum())
+            blk[1] += float(sq[sl].sum())
+            blk[2] += take
+            blk[3] += x[sl].sum(0).cpu()
+            start += take
+            if blk[2] >= self.block_rows:
+                self._blocks.append(blk)
+                self._open = self._empty_block()
+                if len(self._blocks) >= MAX_BLOCKS:
+                    pairs = zip(self._blocks[0::2], self._blocks[1::2])
+                    self._blocks = [[a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]] for a, b in pairs]
+                    self.block_rows *= 2
+
+    def fvu_interval(self, *, n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
+                     seed: int = 0) -> Interval | None:
+        """Bootstrap interval of FVU over the blocks (None before any row)."""
+        blocks = self._blocks + ([self._open] if self._open[2] else [])
+        if not blocks:
+            return None
+        sse = np.array([b[0] for b in blocks])
+        sq = np.array([b[1] for b in blocks])
+        n = np.array([b[2] for b in blocks], dtype=np.float64)
+        sx = torch.stack([b[3] for b in blocks]).numpy()
+
+        def fvu(c: np.ndarray) -> np.ndarray:  # c: [m, blocks] draw counts
+            s = c @ sx
+            with np.errstate(divide="ignore", invalid="ignore"):
+                tss = c @ sq - (s * s).sum(1) / (c @ n)
+                return np.where(tss > 0, (c @ sse) / tss, np.nan)
+
+        estimate = float(fvu(np.ones((1, len(blocks))))[0])
+        stats = np.concatenate([fvu(c) for c in resample_counts(len(blocks), n_resamples, seed)])
+        return percentile_interval(estimate, stats, len(blocks), level)
 
     @torch.no_grad()
     def update(self, x: Tensor, x_hat: Tensor, l0: Tensor, l1: Tensor) -> None:
@@ -79,6 +142,7 @@ class ReconstructionStats:
         x, x_hat = x.double(), x_hat.double()
         rss = (x - x_hat).pow(2).sum(1)
         self._add_to_blocks(x32, rss)
+        self._add_to_fvu_blocks(x, rss)
         self.n += x.shape[0]
         self.sse += float(rss.sum())
         self.sum_sq += float(x.pow(2).sum())
@@ -151,4 +215,14 @@ class ReconstructionStats:
             "l0_quantiles": quantiles,
             "l0_max": int(torch.nonzero(counts).max()) if counts.sum() else 0,
             "l1": self.l1_sum / n,
+            "intervals": self._intervals(),
         }
+
+    def _intervals(self) -> dict[str, dict[str, Any]]:
+        iv = self.fvu_interval()
+        if iv is None:
+            return {}
+        how = {"resampled": f"blocks of {self.block_rows} consecutive rows (about a context each)",
+               "method": "percentile bootstrap", "resamples": DEFAULT_RESAMPLES}
+        ev = Interval(1.0 - iv.estimate, 1.0 - iv.high, 1.0 - iv.low, iv.n, iv.level)
+        return {"fvu": {**iv.to_dict(), **how}, "explained_variance": {**ev.to_dict(), **how}}

@@ -28,7 +28,8 @@ and a separator predicting the next document's first token do not); KL(clean || 
 scored token of every context (not per context). Scores:
 ``ce_loss_score = (CE_zero - CE_sae) / (CE_zero - CE_clean)`` (1 = as good as clean, 0 = as bad
 as zero ablation) and ``kl_div_score = (KL_zero - KL_sae) / KL_zero``. The settings matched are
-recorded in the result's ``definition``.
+recorded in the result's ``definition``. Each score comes with a percentile-bootstrap 95% interval
+(``intervals``) that resamples whole contexts, from each context's loss sums (`score_intervals`).
 
 One stacked forward pass instead of V separate ones is the whole cost model: the extra work is
 one SAE encode/decode per batch and the log-softmaxes (benchmarks/bench_eval.py measures it
@@ -45,6 +46,7 @@ import torch
 from torch import Tensor
 
 from evals.contexts import ContextBatch
+from evals.intervals import DEFAULT_RESAMPLES, ratio_interval
 from workbench.errors import WorkbenchError
 from workbench.hooks import replacing
 
@@ -113,10 +115,12 @@ def definition(splice_positions: str, special_ids: Iterable[int], act_dtype: str
 @torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
 def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean: Tensor | None = None,
                    error_term: bool = True, splice_positions: str = "text",
-                   device: torch.device | str = "cpu") -> dict[str, Any]:
+                   device: torch.device | str = "cpu", n_resamples: int = DEFAULT_RESAMPLES,
+                   seed: int = 0) -> dict[str, Any]:
     """CE and KL of the model with the SAE (and ablations) spliced in at `hook`, over `contexts`.
 
     `splice_positions`: "text" (SAEBench's exclude_special_tokens_from_reconstruction=True) or "all".
+    `intervals` holds bootstrap 95% intervals of the scores, resampling contexts (`score_intervals`).
     """
     if splice_positions not in SPLICE_POSITIONS:
         raise WorkbenchError(f"unknown splice positions {splice_positions!r}; valid choices: "
@@ -127,6 +131,10 @@ def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean
     kl_sum = torch.zeros(v, dtype=torch.float64)
     n_ce = n_kl = 0
     n_ctx = 0
+    length = 0
+    # Per-context sums [V, contexts], kept so the intervals resample whole contexts.
+    ce_ctx: list[Tensor] = []
+    kl_ctx: list[Tensor] = []
     err = _ErrorStats()
     special: set[int] = set()
     act_dtype: list[str] = []
@@ -150,20 +158,28 @@ def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean
         ce_mask = keep[:, :-1]
         tgt = tokens[:, 1:].unsqueeze(0).expand(v, -1, -1).unsqueeze(-1)
         nll = -logp[:, :, :-1].gather(-1, tgt).squeeze(-1)  # [V, B, T-1]
-        ce_sum += nll[:, ce_mask].double().sum(-1).cpu()
+        per_ctx = (nll.double() * ce_mask).sum(-1).cpu()  # [V, B]
+        ce_ctx.append(per_ctx)
+        ce_sum += per_ctx.sum(-1)
         n_ce += int(ce_mask.sum())
         # KL(clean || variant) at every text position.
         lp_clean = logp[0][keep]  # [n, vocab]
         p_clean = lp_clean.exp()
+        rows = keep.nonzero()[:, 0].cpu()  # the context of each text position
+        kl_b = torch.zeros(v, b, dtype=torch.float64)
         for i in range(1, v):
             kl = (p_clean * (lp_clean - logp[i][keep])).sum(-1)
-            kl_sum[i] += float(kl.double().sum())
+            kl_b[i].index_add_(0, rows, kl.double().cpu())
+        kl_ctx.append(kl_b)
+        kl_sum += kl_b.sum(-1)
         n_kl += int(keep.sum())
         n_ctx += b
+        length = max(length, tokens.shape[1])
         del logp
     ce = (ce_sum / max(n_ce, 1)).tolist()
     kl = (kl_sum / max(n_kl, 1)).tolist()
-    out: dict[str, Any] = {"contexts": n_ctx, "ce_tokens": n_ce, "kl_tokens": n_kl}
+    out: dict[str, Any] = {"contexts": n_ctx, "context_length": length, "input_tokens": n_ctx * length,
+                           "ce_tokens": n_ce, "kl_tokens": n_kl}
     for i, name in enumerate(variants):
         out[f"ce_{name}"] = ce[i]
         if name != "clean":
@@ -173,8 +189,30 @@ def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean
         out["error_max_abs_diff"] = err.max_abs
         out["error_rel_diff"] = (err.sq_diff / err.sq_x) ** 0.5 if err.sq_x else 0.0
     out.update(scores(out))
+    if n_ctx:
+        out["intervals"] = score_intervals(variants, torch.cat(ce_ctx, 1).numpy(), torch.cat(kl_ctx, 1).numpy(),
+                                           n_resamples=n_resamples, seed=seed)
     out["definition"] = definition(splice_positions, special, act_dtype[0] if act_dtype else None)
     return out
+
+
+def score_intervals(variants: tuple[str, ...], ce_ctx, kl_ctx, *, n_resamples: int = DEFAULT_RESAMPLES,
+                    seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Bootstrap 95% intervals of the CE loss and KL div scores, resampling contexts.
+
+    `ce_ctx`, `kl_ctx` [V, contexts]: each context's sum of NLL (of KL) over its scored tokens, per
+    variant. Every variant is scored on the same tokens, so the token counts cancel and each score
+    is a ratio of sums over contexts, recomputed per resample with numerator and denominator drawn
+    together: CE (Σ zero - Σ sae) / (Σ zero - Σ clean), KL (Σ zero - Σ sae) / Σ zero. Contexts, not
+    tokens, are the unit: a context's tokens share a document and move together.
+    """
+    i = {name: n for n, name in enumerate(variants)}
+    z, s, c = i["zero"], i["sae"], i["clean"]
+    ce = ratio_interval(ce_ctx[z] - ce_ctx[s], ce_ctx[z] - ce_ctx[c], n_resamples=n_resamples, seed=seed)
+    kl = ratio_interval(kl_ctx[z] - kl_ctx[s], kl_ctx[z], n_resamples=n_resamples, seed=seed)
+    return {name: {**iv.to_dict(), "resampled": "contexts", "method": "percentile bootstrap",
+                   "resamples": n_resamples}
+            for name, iv in (("ce_loss_score", ce), ("kl_div_score", kl))}
 
 
 def scores(r: dict[str, Any]) -> dict[str, float]:

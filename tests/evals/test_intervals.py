@@ -105,3 +105,84 @@ def test_bad_arguments_are_one_clear_error():
         bootstrap_interval([1.0, 2.0], level=95)
     with pytest.raises(WorkbenchError, match="numerator"):
         ratio_interval([1.0, 2.0], [1.0])
+
+
+# --- the spliced scores' intervals: per-context sums, contexts resampled -----------------------
+
+def test_spliced_intervals_resample_the_contexts_own_losses(tiny_lm, tiny_cache) -> None:
+    """The interval is the bootstrap of the per-context sums: rebuilt here by scoring each context
+    alone (its CE and KL sums = the mean times its scored tokens) and bootstrapping those."""
+    from evals import cache_contexts, spliced_losses
+    from evals.splice import VARIANTS
+    from harvesting import CacheReader
+
+    from .conftest import HOOK, make_sae
+
+    batches = list(cache_contexts(CacheReader(tiny_cache), HOOK, heldout_fraction=0.1, max_contexts=6,
+                                  batch_contexts=3))
+    sae = make_sae(seed=3)
+    got = spliced_losses(tiny_lm, sae, HOOK, batches, error_term=False, n_resamples=400, seed=11)
+    sums = {v: [] for v in ("clean", "sae", "zero")}
+    kls = {v: [] for v in ("sae", "zero")}
+    for cb in batches:
+        for j in range(cb.tokens.shape[0]):
+            one = type(cb)(cb.tokens[j:j + 1], cb.keep[j:j + 1], cb.special_ids)
+            r = spliced_losses(tiny_lm, sae, HOOK, [one], error_term=False)
+            for v in sums:
+                sums[v].append(r[f"ce_{v}"] * r["ce_tokens"])
+            for v in kls:
+                kls[v].append(r[f"kl_{v}"] * r["kl_tokens"])
+    s = {v: np.array(x) for v, x in sums.items()}
+    k = {v: np.array(x) for v, x in kls.items()}
+    ce = ratio_interval(s["zero"] - s["sae"], s["zero"] - s["clean"], n_resamples=400, seed=11)
+    kl = ratio_interval(k["zero"] - k["sae"], k["zero"], n_resamples=400, seed=11)
+    iv = got["intervals"]
+    assert iv["ce_loss_score"]["n"] == 6 and iv["ce_loss_score"]["resampled"] == "contexts"
+    assert iv["ce_loss_score"]["estimate"] == pytest.approx(got["ce_loss_score"], rel=1e-9)
+    for name, ref in (("ce_loss_score", ce), ("kl_div_score", kl)):
+        assert iv[name]["low"] == pytest.approx(ref.low, rel=1e-5), name
+        assert iv[name]["high"] == pytest.approx(ref.high, rel=1e-5), name
+        assert iv[name]["low"] < got[name] < iv[name]["high"], name
+    assert got["input_tokens"] == 6 * 32 and got["context_length"] == 32
+    assert "sae" in VARIANTS
+
+
+# --- FVU's interval: blocks of consecutive rows --------------------------------------------------
+
+def _recon_stats(rng, rows: int, block_rows: int):
+    import torch
+
+    from evals.reconstruction import ReconstructionStats
+
+    x = torch.from_numpy(rng.normal(0.0, 1.0, size=(rows, 3)) + 5.0)  # mean 5: FVU subtracts it
+    e = torch.from_numpy(rng.normal(0.0, 0.5, size=(rows, 3)))
+    st = ReconstructionStats(3, 4, block_rows=block_rows)
+    for lo in range(0, rows, 300):  # batches that do not align with the blocks
+        sl = slice(lo, lo + 300)
+        n = x[sl].shape[0]
+        st.update(x[sl], x[sl] - e[sl], torch.zeros(n, dtype=torch.long), torch.zeros(n))
+    return st
+
+
+def test_fvu_interval_is_covered_at_the_stated_rate():
+    # x ~ N(5, I), x_hat = x - e, e ~ N(0, 0.25 I): FVU = E|e|^2 / E|x - mu|^2 = 0.25.
+    rng = np.random.default_rng(99)
+    hits = 0
+    for rep in range(REPS):
+        iv = _recon_stats(rng, 1280, 8).fvu_interval(n_resamples=300, seed=rep)
+        hits += iv.low <= 0.25 <= iv.high
+    assert 0.90 <= hits / REPS <= 0.99, hits / REPS
+
+
+def test_fvu_interval_in_the_summary_and_bounded_blocks(monkeypatch):
+    import evals.reconstruction as rec
+
+    monkeypatch.setattr(rec, "MAX_BLOCKS", 8)
+    st = _recon_stats(np.random.default_rng(0), 1000, 16)  # 62 blocks of 16 -> merged down past 8
+    assert st.block_rows >= 128 and len(st._blocks) < 8
+    summ = st.summary()
+    iv = summ["intervals"]["fvu"]
+    assert iv["estimate"] == pytest.approx(summ["fvu"], rel=1e-9)
+    assert iv["low"] < summ["fvu"] < iv["high"]
+    ev = summ["intervals"]["explained_variance"]
+    assert ev["low"] == pytest.approx(1 - iv["high"]) and ev["estimate"] == pytest.approx(summ["explained_variance"])
