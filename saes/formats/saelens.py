@@ -202,8 +202,78 @@ def _norm_factor(factor: float | None, where: Path) -> float:
     return float(factor)
 
 
-def export_saelens(sae: SparseAutoencoder, directory: str | Path) -> Path:
-    """Write `sae` as a SAELens 6 directory that SAELens's `SAE.load_from_disk` reads with our outputs."""
+# The metadata a SAELens 6 training run writes (`LanguageModelSAETrainingRunner._set_sae_metadata`
+# plus `SAEMetadata`'s two version fields), in that order. SAELens's `ActivationsStore.from_sae`
+# (and so SAEBench) reads model_name, hook_name, context_size, prepend_bos, seqpos_slice,
+# dataset_path and the separator settings from here, and refuses a file without prepend_bos.
+SAELENS_METADATA_KEYS = (
+    "sae_lens_version", "sae_lens_training_version", "dataset_path", "hook_name", "model_name",
+    "model_class_name", "hook_head_index", "context_size", "seqpos_slice", "model_from_pretrained_kwargs",
+    "prepend_bos", "exclude_special_tokens", "sequence_separator_token", "disable_concat_sequences",
+)
+
+
+def _recorded_cache(sae: SparseAutoencoder, cache: str | Path | None) -> dict[str, Any] | None:
+    """The manifest of the cache `sae` was trained on: `cache` if given (it must be one), else the one
+    its training record names, when that path still holds a manifest (relative paths: from here)."""
+    if cache is not None:
+        path = Path(cache)
+        if not (path / "manifest.json").is_file():
+            raise WorkbenchError(f"{str(path)!r} is not an activation cache (no manifest.json); give the cache the "
+                                 f"SAE was trained on, or none")
+        return read_json(path / "manifest.json")
+    recorded = (sae.cfg.train or {}).get("cache")
+    if isinstance(recorded, str) and recorded and (Path(recorded) / "manifest.json").is_file():
+        try:
+            return read_json(Path(recorded) / "manifest.json")
+        except WorkbenchError:  # a damaged record: write what the SAE alone knows
+            return None
+    return None
+
+
+def saelens_metadata(sae: SparseAutoencoder, cache: str | Path | None = None) -> dict[str, Any]:
+    """Every metadata field a SAELens 6 save writes, from what the SAE and its training cache know.
+
+    From the cache's manifest: `context_size` (our context_length counts BOS, as SAELens's does),
+    `prepend_bos` (the model's prefix is BOS), `exclude_special_tokens` (the prefix/suffix ids,
+    never stored, so never trained on), `sequence_separator_token` (the id stored between packed
+    documents), `disable_concat_sequences` (False: documents are packed), `dataset_path` (the corpus).
+    Without a cache, the metadata of an SAE we imported from SAELens, else None (SAELens's "not
+    known"): such a file loads in SAELens, but its ActivationsStore then asks for them.
+    """
+    imported = (sae.cfg.train or {}).get("imported_from") or {}
+    src = imported.get("cfg") if imported.get("format") == "saelens" and isinstance(imported.get("cfg"), dict) else {}
+    known: dict[str, Any] = dict(_settings(src, Path(str(imported.get("path", "?"))))) if src else {}
+    meta: dict[str, Any] = {k: known.get(k) for k in SAELENS_METADATA_KEYS}
+    meta.update({
+        "sae_lens_version": WRITTEN_VERSION, "sae_lens_training_version": WRITTEN_VERSION,
+        "hook_name": sae.cfg.hook, "model_name": sae.cfg.model_id or known.get("model_name"),
+        "model_class_name": known.get("model_class_name") or "HookedTransformer", "hook_head_index": None,
+        "seqpos_slice": known.get("seqpos_slice") or [None],  # every position of the context
+    })
+    m = _recorded_cache(sae, cache)
+    if m is not None:
+        tok = m.get("tokenizer") or {}
+        prefix, suffix = list(tok.get("prefix_ids") or []), list(tok.get("suffix_ids") or [])
+        corpus = m.get("corpus") or {}
+        meta.update({
+            "dataset_path": corpus.get("id") if isinstance(corpus, dict) else corpus,
+            "context_size": m.get("context_length"),
+            "prepend_bos": bool(prefix),
+            "exclude_special_tokens": sorted(set(prefix) | set(suffix)) or False,
+            "sequence_separator_token": tok.get("separator_id"),
+            "disable_concat_sequences": False,
+            "model_from_pretrained_kwargs": {},  # activations of the model as loaded, no weight processing
+        })
+    return meta
+
+
+def export_saelens(sae: SparseAutoencoder, directory: str | Path, *, cache: str | Path | None = None) -> Path:
+    """Write `sae` as a SAELens 6 directory that SAELens's `SAE.load_from_disk` reads with our outputs.
+
+    `cache`: the activation cache the SAE was trained on (default: the one its training record
+    names), for the metadata SAELens's activation store needs (`saelens_metadata`).
+    """
     arch = saelens_rule(sae)
     d = Path(directory)
     tensors = {n: t.detach().cpu().contiguous() for n, t in sae.weight_tensors().items()
@@ -213,13 +283,13 @@ def export_saelens(sae: SparseAutoencoder, directory: str | Path) -> Path:
     elif "threshold" not in tensors:
         raise WorkbenchError(f"a {sae.architecture!r} SAE declares a threshold rule but saves no threshold tensor; "
                              f"it cannot be written as a SAELens jumprelu")
+    meta = saelens_metadata(sae, cache)
+    meta.update({"exported_by": "sae-workbench", "workbench_cfg": config_to_dict(sae.cfg)})
     cfg: dict[str, Any] = {
         "architecture": arch, "d_in": sae.d_in, "d_sae": sae.num_features,
         "dtype": str(tensors["W_dec"].dtype).removeprefix("torch."), "device": "cpu",
         "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-        "metadata": {"model_name": sae.cfg.model_id or None, "hook_name": sae.cfg.hook, "hook_head_index": None,
-                     "sae_lens_version": WRITTEN_VERSION, "sae_lens_training_version": WRITTEN_VERSION,
-                     "exported_by": "sae-workbench", "workbench_cfg": config_to_dict(sae.cfg)},
+        "metadata": meta,
     }
     if arch == "topk":
         cfg["k"] = sae.cfg.k
