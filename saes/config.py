@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from saes.architectures import DEFAULT_ARCHITECTURE
@@ -59,6 +60,10 @@ class SAEConfig:
     # Normalisation folded into the weights at save time: the SAE was trained on
     # `input_scale * x`; the saved weights take raw x (DESIGN.md). Kept for the record.
     input_scale: float = 1.0
+    # Whitening folded into the weights at save time (saes.whitening): "none", "pca" or "zca". With
+    # one, the saved weights still take raw x, but decoder rows are the atoms in the model's units
+    # (not unit-norm) and codes keep their whitened-space magnitudes.
+    whiten: str = "none"
     dtype: str = "float32"
     format_version: int = SAE_FORMAT_VERSION
     train: dict[str, Any] = field(default_factory=dict)
@@ -141,7 +146,16 @@ class TrainConfig:
     init_b_dec: Literal["geometric_median", "mean", "zeros"] = field(
         default="geometric_median", metadata=_h("initial decoder bias, from a sample of the training data")
     )
-    init_sample_tokens: int = field(default=16384, metadata=_h("tokens read to estimate b_dec and the input scale"))
+    init_sample_tokens: int = field(default=16384, metadata=_h("tokens read to estimate b_dec, the input scale and a whitening"))
+    whiten: Literal["none", "pca", "zca"] = field(default="none", metadata=_h(
+        "whiten inputs before training, folded into the saved weights (saes.whitening): pca (principal axes, "
+        "unit variance each, as Donhauser et al.) or zca (the same, rotated back to the input axes)"))
+    whiten_source: str = field(default="init", metadata=_h(
+        "where the whitening's mean and covariance come from: init (the initialisation sample) or a control cache "
+        "directory with the same hook points (its first --init-sample-tokens rows)"))
+    whiten_eps: float = field(default=1e-4, metadata=_h(
+        "added to every covariance eigenvalue before whitening, relative to their mean (keeps near-empty "
+        "directions from being blown up into noise)"))
     # ---- optimisation
     lr: float = field(default=0.0, metadata=_h("Adam learning rate (0 = auto: 8e-4 / sqrt(F / 2^14))"))
     adam_betas: tuple[float, ...] = field(default=(0.9, 0.999), metadata=_h("Adam beta1 beta2"))
@@ -234,6 +248,7 @@ class TrainConfig:
             "adam_eps": self.adam_eps > 0,
             "jumprelu_bandwidth": self.jumprelu_bandwidth > 0,
             "jumprelu_init_threshold": self.jumprelu_init_threshold >= 0,
+            "whiten_eps": self.whiten_eps >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -244,6 +259,14 @@ class TrainConfig:
                 raise WorkbenchError(f"--{name} values must be >= 1; got {bad}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise WorkbenchError(f"--adam-betas needs two values in [0, 1); got {list(self.adam_betas)}")
+        if self.whiten not in ("none", "pca", "zca"):
+            raise choices_error("whitening", self.whiten, ("none", "pca", "zca"))
+        if self.whiten_source != "init" and not Path(self.whiten_source).is_dir():
+            raise WorkbenchError(f"--whiten-source {self.whiten_source!r} is neither 'init' nor a cache directory")
+        if self.whiten != "none":
+            from saes.whitening import check_foldable  # it builds SAEs from SAEConfig: imported late
+
+            check_foldable(self.arch, self.whiten)
 
     def sae_grid(self, hooks: list[str]) -> list[tuple[str, str, int, int]]:
         """(hook, arch, k, expansion) of every SAE this run trains, in a fixed order.

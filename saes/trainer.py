@@ -58,10 +58,11 @@ from saes.run_log import (
 )
 from saes.slot import Slot, make_adam, width_scaled_lr
 from saes.storage import save_sae
+from saes.whitening import fit_run_whitening, fold_whitening, whiten_sample
 from workbench.config import config_to_dict, save_config
 from workbench.device import resolve_device
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_write_json
+from workbench.io import atomic_save_safetensors, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,13 @@ class Trainer:
         self.session_time = 0.0
         self.slots = self._build_slots()
         resumed = self._maybe_resume()
-        if not resumed:
-            initialise(self.slots, init_sample(self.source, cfg, self.hooks, self.scales), cfg.init_b_dec,
-                       self.device, self.dist.broadcast_)
+        fit_on_init = cfg.whiten != "none" and cfg.whiten_source == "init"
+        sample = init_sample(self.source, cfg, self.hooks, self.scales) if not resumed or fit_on_init else None
+        # --whiten: fitted before anything reads whitened rows; a resumed run refits the same map (same rows)
+        self.whitening = fit_run_whitening(cfg, self.source, self.hooks, self.scales, sample)
+        if sample is not None and not resumed:
+            initialise(self.slots, whiten_sample(sample, self.whitening), cfg.init_b_dec, self.device,
+                       self.dist.broadcast_)
         if self.layout is not None:  # every rank started with the whole SAE (initialised or resumed): keep a shard
             for s in self.slots:
                 self.layout.shard(s, lambda ps: make_adam(ps, s.lr, cfg.adam_betas, cfg.adam_eps, self.device))
@@ -221,6 +226,8 @@ class Trainer:
             x = batch[h].to(self.device, non_blocking=True).float()  # moved as stored (half: half the bytes), upcast there
             if self.scales[h] != 1.0:
                 x = x * self.scales[h]
+            if h in self.whitening:
+                x = self.whitening[h].apply(x)
             sums = self.data.reduce(moment_sums(x), "sum")
             # every replica holds batch_size / replicas rows (the reader drops partial batches): no host sync
             xs[h], denoms[h], counts[h] = x, variance_from_sums(sums).to(torch.float32), x.shape[0] * self.data.world_size
@@ -327,7 +334,10 @@ class Trainer:
     def folded(self, s: Slot) -> SparseAutoencoder:
         """A copy of the SAE that takes raw activations (input scale folded in), in eval mode."""
         sae = copy.deepcopy(s.sae)
-        sae.fold_input_scale(self.scales[s.hook])
+        if s.hook in self.whitening:  # the map already takes raw x: the scale is folded in with it
+            fold_whitening(sae, self.whitening[s.hook].rescaled(self.scales[s.hook]))
+        else:
+            sae.fold_input_scale(self.scales[s.hook])
         train_record = {**config_to_dict(self.cfg), "lr": s.lr, "aux_loss": s.aux, "k_aux": self.k_aux_for(s),
                         "dead_tokens": self.dead_tokens, "steps": self.step, "tokens": self.tokens,
                         "matmul_dtype": self._matmul_dtype_name(),
@@ -377,6 +387,9 @@ class Trainer:
                                   world_size=self.dist.world_size, matmul_dtype=self._matmul_dtype_name(),
                                   rows=rows)
             atomic_write_json(self.out / SUMMARY_FILE, summary)
+            for h, w in self.whitening.items():  # the map in raw units, for the record (the SAEs do not need it)
+                atomic_save_safetensors(self.out / "whitening" / f"{h}.safetensors", w.rescaled(self.scales[h]).tensors(),
+                                        {"kind": w.kind, "tokens": str(w.tokens), "source": self.cfg.whiten_source})
         self.dist.barrier()
         return summary
 
