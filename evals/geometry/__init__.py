@@ -8,11 +8,16 @@ from evals.geometry.clusters import (angular_similarity, cluster_agreement, cooc
                                      lobes_vs_geometry, neighbour_clusters, phi_coefficients,
                                      spectral_clusters)
 from evals.geometry.decoder import covariance_spectrum, feature_map, power_law_slope
-from evals.geometry.plots import plot_cluster_pca, plot_feature_map, plot_spectrum
+from evals.geometry.multidim import (clusters_as_lists, cyclic_order_test, engels_graph_clusters, mixture_index,
+                                     mutual_information_bits, plane_indices, separability_index)
+from evals.geometry.plots import plot_cluster_pca, plot_feature_map, plot_planes_by_token, plot_spectrum
 from evals.geometry.reconstruct import cluster_reconstructions, pca_2d
 
 __all__ = [
     "angular_similarity", "cluster_agreement", "cluster_reconstructions", "cooccurrence_clusters",
     "covariance_spectrum", "feature_map", "geometric_clusters", "lobes_vs_geometry", "neighbour_clusters", "pca_2d", "phi_coefficients",
     "plot_cluster_pca", "plot_feature_map", "plot_spectrum", "power_law_slope", "spectral_clusters",
+    # irreducible multi-dimensional features (Engels et al. 2024)
+    "clusters_as_lists", "cyclic_order_test", "engels_graph_clusters", "mixture_index", "mutual_information_bits",
+    "plane_indices", "plot_planes_by_token", "separability_index",
 ]

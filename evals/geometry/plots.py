@@ -59,3 +59,30 @@ def plot_feature_map(coords: np.ndarray, density: np.ndarray, labels: np.ndarray
     ax.set_xticks([])
     ax.set_yticks([])
     return ax.figure
+
+
+def plot_planes_by_token(coords: np.ndarray, labels, planes=((1, 2), (2, 3), (3, 4), (4, 5)), order=None,
+                         indices: list[dict] | None = None, title: str = ""):
+    """Points in PC planes (1-based pairs), one colour per token, as in Engels et al.'s figures; with
+    `indices` (rows from `plane_indices`) each panel's title carries its separability and mixture."""
+    plt = _plt()
+    labels = np.asarray(labels)
+    names = list(order) if order is not None else list(dict.fromkeys(labels.tolist()))
+    cmap = plt.get_cmap("hsv" if len(names) > 10 else "tab10")
+    fig, axes = plt.subplots(1, len(planes), figsize=(3.2 * len(planes), 3.2), squeeze=False)
+    by_plane = {(r["pc_a"], r["pc_b"]): r for r in indices or []}
+    for ax, (a, b) in zip(axes[0], planes):
+        for j, name in enumerate(names):
+            sel = labels == name
+            if sel.any():
+                ax.scatter(coords[sel, a - 1], coords[sel, b - 1], s=5,
+                           color=cmap(j / max(len(names), 1) if len(names) > 10 else j), label=str(name))
+        r = by_plane.get((a, b))
+        ax.set_title(f"PC{a}-PC{b}" + (f"  S={r['separability']:.2f} M={r['mixture']:.2f}" if r else ""), fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=6, markerscale=2, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
