@@ -54,7 +54,8 @@ class EvalConfig:
     corpus: str = field(default="", metadata={"help": "score the spliced loss on this corpus instead of the cache's held-out contexts"})
     heldout_fraction: float | None = field(default=None, metadata={"help": "held-out fraction of the cache (default: the one the SAE was trained with, else 0.01); rows of it the SAE trained on are counted and labelled"})
     max_tokens: int = field(default=0, metadata={"help": "at most this many held-out tokens for reconstruction (0 = all)"})
-    ce_contexts: int = field(default=160, metadata={"help": "contexts for the spliced loss (SAEBench: 10 batches of 16)"})
+    ce_tokens: int = field(default=0, metadata={"help": "input tokens the spliced loss covers, in whole contexts (rounded up; default 20,480 = SAEBench's 10 batches x 16 prompts x 128 tokens); fewer when the held-out split is smaller (eval.json records the count used)"})
+    ce_contexts: int = field(default=0, metadata={"help": "contexts for the spliced loss, instead of --ce-tokens (give one of the two, not both)"})
     batch_contexts: int = field(default=0, metadata={"help": "contexts per stacked forward pass (0 = fit the logits in about 1 GiB; 8 GiB on CUDA)"})
     context_length: int = field(default=128, metadata={"help": "tokens per context when packing --corpus"})
     batch_size: int = field(default=4096, metadata={"help": "tokens per SAE batch in cache passes"})
@@ -96,6 +97,21 @@ def check_fits_cache(sae, reader: CacheReader, hook: str) -> None:
                              f"d_model={reader.d_model(hook)} there; it was trained on another model")
 
 
+SAEBENCH_CE_TOKENS = 10 * 16 * 128  # SAEBench core: n_eval_reconstruction_batches x batch_size_prompts x context
+
+
+def ce_context_count(cfg: EvalConfig, length: int) -> int:
+    """Contexts for the spliced loss: --ce-contexts, else --ce-tokens (default SAEBench's 20,480)
+    rounded up to whole contexts of `length` tokens."""
+    if cfg.ce_tokens and cfg.ce_contexts:
+        raise WorkbenchError(f"give --ce-tokens ({cfg.ce_tokens}) or --ce-contexts ({cfg.ce_contexts}), not both")
+    if cfg.ce_tokens < 0 or cfg.ce_contexts < 0:
+        raise WorkbenchError(f"--ce-tokens and --ce-contexts must be positive; got {cfg.ce_tokens}, {cfg.ce_contexts}")
+    if cfg.ce_contexts:
+        return cfg.ce_contexts
+    return -(-(cfg.ce_tokens or SAEBENCH_CE_TOKENS) // length)
+
+
 def _auto_batch_contexts(lm, length: int, variants: int, device: torch.device) -> int:
     vocab = int(getattr(lm.bridge.cfg, "d_vocab", 0) or len(lm.tokenizer))
     budget = (8 if device.type == "cuda" else 1) * 2**30
@@ -121,6 +137,7 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     if cfg.splice_positions not in SPLICE_POSITIONS:
         raise WorkbenchError(f"unknown splice positions {cfg.splice_positions!r}; valid choices: "
                              f"{', '.join(SPLICE_POSITIONS)}")
+    ce_context_count(cfg, 1)  # --ce-tokens with --ce-contexts is refused before any long pass
     device = resolve_device(cfg.device)
     path = None
     if isinstance(sae, (str, Path)):
@@ -182,16 +199,22 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
             else:
                 raise WorkbenchError("the spliced loss needs contexts: give a cache (its held-out documents) or a corpus")
             bc = cfg.batch_contexts or _auto_batch_contexts(lm, length, v, device)
+            n_contexts = ce_context_count(cfg, length)
             if cfg.corpus:
-                ctx = corpus_contexts(lm, cfg.corpus, context_length=length, max_contexts=cfg.ce_contexts,
+                ctx = corpus_contexts(lm, cfg.corpus, context_length=length, max_contexts=n_contexts,
                                       batch_contexts=bc, seed=cfg.seed)
                 text = f"corpus {cfg.corpus}"
             else:
-                ctx = cache_contexts(reader, hook, heldout_fraction=frac, max_contexts=cfg.ce_contexts,
+                ctx = cache_contexts(reader, hook, heldout_fraction=frac, max_contexts=n_contexts,
                                      batch_contexts=bc)
                 text = "held-out contexts of the cache"
             result.spliced = {"text": text, **spliced_losses(lm, sae, hook, ctx, mean=mean, error_term=cfg.error_term,
                                                              splice_positions=cfg.splice_positions, device=device)}
+            result.spliced["tokens_asked"] = n_contexts * length
+            if result.spliced["contexts"] < n_contexts:
+                result.notes.append(f"the spliced loss covers {result.spliced['input_tokens']:,} tokens "
+                                    f"({result.spliced['contexts']} contexts), not the {n_contexts * length:,} "
+                                    f"asked ({text}: there are no more)")
             if mean is None:
                 result.notes.append("no cache: mean ablation skipped (it needs the mean activation)")
     if reader is not None and pool is not None:

@@ -87,12 +87,23 @@ class EvalResult:
                 return section[key]
         return None
 
+    def interval(self, key: str) -> dict[str, Any] | None:
+        """A metric's bootstrap interval (estimate, low, high, n, level, resampled) if it has one."""
+        for section in (self.spliced, self.reconstruction, self.probing):
+            if key in (section.get("intervals") or {}):
+                return section["intervals"][key]
+        return None
+
     def rows(self) -> list[tuple[str, str]]:
         out = []
         for section, key, label, spec in HEADLINE:
             val = getattr(self, section).get(key)
             if val is not None:
-                out.append((label, _fmt(val, spec)))
+                iv = (getattr(self, section).get("intervals") or {}).get(key)
+                shown = _fmt(val, spec)
+                if iv:  # the 95% bootstrap interval beside the value, in its format
+                    shown += f" [{_fmt(iv['low'], spec)}, {_fmt(iv['high'], spec)}]"
+                out.append((label, shown))
         if self.probing.get("skipped"):
             out.append(("probing", "skipped (see note)"))
         elif self.probing:
@@ -158,8 +169,17 @@ def comparison_table(results: list[EvalResult]) -> str:
             ("KL score", "kl_div_score", "{:.4f}"), ("CE+SAE", "ce_sae", "{:.4f}"), ("dead%", "dead_pct", "{:.2f}")]
     names = [r.name for r in results]
     w = max([len(n) for n in names] + [3])
-    head = f"{'SAE':<{w}}  " + "  ".join(f"{c[0]:>9}" for c in cols)
+
+    def cell(r: EvalResult, key: str, spec: str) -> str:
+        iv = r.interval(key)  # the 95% interval as value ± half its width (the exact ends are in eval.json)
+        val = _fmt(r.get(key), spec)
+        return f"{val}±{(iv['high'] - iv['low']) / 2:.4f}" if iv and r.get(key) is not None else val
+    cells = [[cell(r, k, s) for _, k, s in cols] for r in results]
+    widths = [max([9, len(c[0])] + [len(row[i]) for row in cells]) for i, c in enumerate(cols)]
+    head = f"{'SAE':<{w}}  " + "  ".join(f"{c[0]:>{widths[i]}}" for i, c in enumerate(cols))
     lines = [head]
-    for r in results:
-        lines.append(f"{r.name:<{w}}  " + "  ".join(f"{_fmt(r.get(k), s):>9}" for _, k, s in cols))
-    return "\n".join(lines)
+    for r, row in zip(results, cells):
+        lines.append(f"{r.name:<{w}}  " + "  ".join(f"{v:>{widths[i]}}" for i, v in enumerate(row)))
+    lines.append("(± half the width of a bootstrap 95% interval)" if any(r.interval("fvu") or r.interval("ce_loss_score")
+                                                                       for r in results) else "")
+    return "\n".join(ln for ln in lines if ln)
