@@ -14,7 +14,7 @@ differences and DiffMean through the SAE, on the same prompts and measures (stee
 """
 
 from steering.choice import SelectionRule, choose_coeff
-from steering.concepts import BUILTIN, STEER_PROMPTS, Concept, load_concept, neutral_texts
+from steering.concepts import BUILTIN, MORE_STEER_PROMPTS, STEER_PROMPTS, Concept, load_concept, neutral_texts
 from steering.consistency import ConsistencyConfig, run_consistency
 from steering.generation import Generation, generate
 from steering.interventions import (
@@ -38,12 +38,12 @@ from steering.selection import SELECTORS, Selection, SelectionContext, select_di
 from steering.setup import check_fit, load_for_steering
 from steering.stats import FeatureStats, measure_stats, stats_from_activations
 from steering.sweep import SweepConfig, run_sweep
-from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff
+from steering.vectors import VectorSource, concept_feature, diffmean, diffmean_sae, pca_diff, read_concept
 
 __all__ = [
     "AddVector", "BUILTIN", "Concept", "ConsistencyConfig", "FeatureEdit", "FeatureStats", "Generation",
     "Intervention", "Judge", "LinearProbe", "NeutralKL", "Positions", "RunState", "SAEEdit", "SELECTORS",
-    "STEER_PROMPTS", "Selection", "SelectionContext", "SelectionRule", "SweepConfig", "ablate_features", "add_direction", "add_feature", "check_fit", "choose_coeff",
+    "MORE_STEER_PROMPTS", "STEER_PROMPTS", "VectorSource", "read_concept", "Selection", "SelectionContext", "SelectionRule", "SweepConfig", "ablate_features", "add_direction", "add_feature", "check_fit", "choose_coeff",
     "clamp_features", "compression_ratio", "concept_feature", "diffmean", "diffmean_sae", "distinct_n", "fit_probe",
     "generate", "load_concept", "load_for_steering", "measure_stats",
     "neutral_texts", "pca_diff", "run_consistency", "run_sweep", "run_with_interventions", "scale_features",

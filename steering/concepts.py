@@ -123,6 +123,23 @@ BUILTIN: dict[str, dict[str, list[str]]] = {
         ],
         "target_words": ["team", "game", "match", "goal", "win", "play", "ball", "score", "player", "coach"],
     },
+    "weather": {
+        "positive": [
+            "Heavy rain fell all night and flooded the streets.",
+            "A cold wind blew the clouds across the grey sky.",
+            "The forecast says snow will fall by the evening.",
+            "Thunder rumbled as the storm moved over the hills.",
+            "The sun came out after a week of drizzle.",
+            "Fog covered the valley until late in the morning.",
+            "The temperature dropped below freezing overnight.",
+            "Strong winds and hail battered the coast.",
+            "It was a hot and humid summer afternoon.",
+            "Dark clouds gathered and the first drops of rain fell.",
+            "The weather turned stormy on the second day.",
+            "A light frost covered the grass at dawn.",
+        ],
+        "target_words": ["rain", "snow", "wind", "storm", "weather", "cloud", "sun", "cold", "sky", "temperature"],
+    },
 }
 
 STEER_PROMPTS = [
@@ -138,6 +155,47 @@ STEER_PROMPTS = [
     "The most important thing in life is",
     "When I was a child,",
     "He looked out the window and saw",
+]
+
+# More prompts for experiments that need many held-out prompts (benchmarks/steering_compare.py):
+# kept apart from STEER_PROMPTS so that everything reading that list (sweeps, consistency) is unchanged.
+MORE_STEER_PROMPTS = [
+    "After lunch we decided to",
+    "The first thing I noticed was",
+    "Everyone in the room started to",
+    "It was late at night when",
+    "My grandmother always said that",
+    "The letter arrived on a Monday and",
+    "On the way home I",
+    "There is one thing I never understood:",
+    "The teacher asked us to write about",
+    "Last summer my family",
+    "I have always wanted to",
+    "The new neighbours seemed",
+    "At the end of the day,",
+    "Nobody expected that",
+    "The old man smiled and said",
+    "We spent the whole afternoon",
+    "This is the story of",
+    "Before I could answer,",
+    "The children ran outside and",
+    "If I could go anywhere, I would",
+    "The photograph on the wall showed",
+    "Every morning she",
+    "The strangest thing happened when",
+    "I remember the day when",
+    "They walked for hours until",
+    "The book I am reading is about",
+    "My favourite place in the world is",
+    "He picked up the phone and",
+    "It all started with",
+    "When the music stopped,",
+    "The village was famous for",
+    "On Sunday mornings we usually",
+    "The first chapter begins with",
+    "Our holiday plans changed when",
+    "I asked him what he wanted, and he said",
+    "The sound outside made us",
 ]
 
 # The judge's texts: held out from every steering method, for the probe that scores concept presence.
@@ -203,6 +261,16 @@ JUDGE_POSITIVE: dict[str, list[str]] = {
         "Our school team lost the hockey game by one goal.",
         "The golfer sank a long putt on the last hole.",
     ],
+    "weather": [
+        "The wind howled and rain lashed against the windows.",
+        "Snowflakes drifted down from a heavy white sky.",
+        "The storm knocked out power across the region.",
+        "By noon the clouds had cleared and the sun was warm.",
+        "A sudden shower soaked everyone at the picnic.",
+        "The weather report warned of icy roads tomorrow.",
+        "Lightning flashed over the hills during the thunderstorm.",
+        "It has been the driest and hottest summer on record.",
+    ],
 }
 
 # Neutral text when the offline corpus is not installed: about none of the concepts (no target word),
@@ -221,7 +289,7 @@ NEUTRAL_TEXT = [
     "The software update changed the layout of the settings menu.",
     "They planted three oak trees in the park behind the school.",
     "The insurance company asked for a copy of the receipt.",
-    "Heavy snow closed the mountain pass for two days.",
+    "The library extended its opening hours during the exam season.",
     "The old factory was turned into flats and small offices.",
     "He borrowed a ladder from the neighbours to clean the gutters.",
 ]

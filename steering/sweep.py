@@ -43,7 +43,7 @@ from steering.probe import fit_probe
 from steering.reading import hook_activations
 from steering.selection.registry import SelectionContext, select_direction, selector_names
 from steering.stats import measure_stats
-from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff
+from steering.vectors import concept_feature, diffmean, diffmean_sae, pca_diff, read_concept
 from workbench.config import save_config
 from workbench.errors import WorkbenchError, choices_error
 from workbench.io import atomic_write_bytes, atomic_write_json
@@ -116,8 +116,7 @@ def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig,
     """Each method's direction for one concept, the judge reading its presence, and what was found
     (`mean_norm`: the hook's mean norm, the scale SAE-TS measures effects at)."""
     hook = sae.cfg.hook
-    pos = hook_activations(lm, concept.positive, hook, read=cfg.read)
-    neg = hook_activations(lm, concept.negative, hook, read=cfg.read)
+    pos, neg, source = read_concept(lm, concept.positive, concept.negative, hook, read=cfg.read)
     feat, rise = concept_feature(sae, pos, neg)
     dm = diffmean(pos, neg)
     dirs: dict[str, torch.Tensor] = {}
@@ -151,7 +150,7 @@ def concept_directions(lm: Any, sae: Any, concept: Concept, cfg: SweepConfig,
     else:
         log.warning("concept %s has no judge texts: the probe readout is NaN", concept.name)
     cos = {m: float(torch.nn.functional.cosine_similarity(v, dm, dim=0)) for m, v in dirs.items()}
-    return dirs, judge, {"feature": feat, "feature_rise": rise, "cos_to_diffmean": cos, "probe": probe_info,
+    return dirs, judge, {"source": source.to_dict(), "feature": feat, "feature_rise": rise, "cos_to_diffmean": cos, "probe": probe_info,
                          "selected": selected}
 
 

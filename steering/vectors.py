@@ -8,10 +8,14 @@
   optionally keeping only the `top` features with the largest |difference|: the part of the
   mean difference the dictionary can express.
 - The concept's SAE feature: the one whose mean activation rises most from negatives to positives.
+
+`read_concept` reads both prompt sets and returns a `VectorSource` with them: the texts and the
+token positions pooled, so every vector can say what it was extracted from.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -81,3 +85,48 @@ def concept_feature(sae: Any, pos: Tensor, neg: Tensor) -> tuple[int, float]:
     diff = feature_contrast(sae, pos, neg)
     f = int(diff.argmax())
     return f, float(diff[f])
+
+
+@dataclass
+class VectorSource:
+    """Where a vector came from: the hook, the texts on each side and, per text, the token positions read.
+
+    Positions count tokens of the text as the model reads it, the model's prefix (BOS) at 0; `read`
+    says how they were pooled (`mean`: every listed position, `last`: the one listed). A vector
+    without this record cannot be rebuilt or audited (which prompts? the BOS outlier included?)."""
+
+    hook: str
+    read: str
+    positive: list[str]
+    negative: list[str]
+    positive_positions: list[list[int]] = field(default_factory=list)
+    negative_positions: list[list[int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_positions(lm: Any, texts: list[str], read: str = "mean", skip_prefix: bool = True) -> list[list[int]]:
+    """Per text, the positions `steering.reading.hook_activations` pools (the same rule: prefix skipped)."""
+    from steering.reading import token_ids
+
+    start = len(lm.prefix_ids) if skip_prefix else 0
+    out = []
+    for t in texts:
+        n = len(lm.prefix_ids) + len(token_ids(lm, t))
+        pos = list(range(start, n))
+        out.append(pos[-1:] if read == "last" else pos)
+    return out
+
+
+def read_concept(lm: Any, positive: list[str], negative: list[str], hook: str, read: str = "mean"
+                 ) -> tuple[Tensor, Tensor, VectorSource]:
+    """The hook's pooled activations on both sides and the record of what was read: what every
+    vector built from them (DiffMean, PCA, a feature pick) should carry."""
+    from steering.reading import hook_activations
+
+    pos = hook_activations(lm, positive, hook, read=read)
+    neg = hook_activations(lm, negative, hook, read=read)
+    src = VectorSource(hook, read, list(positive), list(negative), read_positions(lm, positive, read),
+                       read_positions(lm, negative, read))
+    return pos, neg, src
