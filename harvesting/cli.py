@@ -1,4 +1,4 @@
-"""`sae harvest`, `sae cache info|verify` and `sae hooks`."""
+"""`sae harvest`, `sae cache info|verify|convert` and `sae hooks`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ver = add_verb(cache, "verify", _verify, help="check every shard's checksum, shape and dtype; names any bad shard")
     ver.add_argument("path", help="cache directory")
+    conv = add_verb(cache, "convert", _convert, help="write a cache again with its activations in another dtype",
+                    description="Write the complete cache --cache again at --out with its activations stored as --dtype: "
+                    "bfloat16 or float16 halve the disk and every epoch's reads, and the result is byte for byte the "
+                    "cache `sae harvest --dtype` writes from the same config (float16 refuses values beyond 65504).\n"
+                    "Run the same command again to resume an interrupted conversion.")
+    conv.add_argument("--cache", required=True, help="the cache to convert")
+    conv.add_argument("--dtype", required=True, metavar="DTYPE", help="bfloat16, float16 or float32")
+    conv.add_argument("--out", required=True, help="the new cache directory")
+    conv.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
 
     h = add_verb(sub, "hooks", _hooks, help="list a model's hook points")
     h.add_argument("model", help="offline alias, hub id, local directory or .gguf file")
@@ -66,6 +75,17 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"{args.path}: {p}")
     print(f"{args.path}: {len(rep.problems)} problem(s) in {rep.files_checked} files")
     return 1
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from harvesting.cache import dtype_from_name
+    from harvesting.convert import convert_cache
+    from harvesting.inspect_cache import cache_summary, format_summary
+
+    dtype_from_name(args.dtype)  # a bad --dtype is named with the choices before anything is read
+    out = convert_cache(args.cache, args.out, args.dtype, progress=args.progress)
+    print(format_summary(cache_summary(out)))
+    return 0
 
 
 def _hooks(args: argparse.Namespace) -> int:

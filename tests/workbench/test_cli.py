@@ -124,7 +124,7 @@ def test_missing_action_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sae"]) == 2
     assert capsys.readouterr().err == "sae sae: error: missing ACTION; valid choices: info, export\n"
     assert main(["cache", "inof"]) == 2
-    assert capsys.readouterr().err == "sae cache: error: unknown action 'inof'; valid choices: info, verify\n"
+    assert capsys.readouterr().err == "sae cache: error: unknown action 'inof'; valid choices: info, verify, convert\n"
 
 
 def test_packages_can_share_a_noun_and_keep_old_spellings_hidden(capsys: pytest.CaptureFixture[str]) -> None:
