@@ -11,7 +11,7 @@ from evals.geometry.decoder import covariance_spectrum, feature_map, power_law_s
 from evals.geometry.multidim import (clusters_as_lists, cyclic_order_test, engels_graph_clusters, mixture_index,
                                      mutual_information_bits, plane_indices, separability_index)
 from evals.geometry.plots import plot_cluster_pca, plot_feature_map, plot_planes_by_token, plot_spectrum
-from evals.geometry.reconstruct import cluster_reconstructions, pca_2d
+from evals.geometry.reconstruct import cache_codes, cluster_reconstructions, pca_2d, reconstructions_from_codes
 
 __all__ = [
     "angular_similarity", "cluster_agreement", "cluster_reconstructions", "cooccurrence_clusters",
@@ -19,5 +19,5 @@ __all__ = [
     "plot_cluster_pca", "plot_feature_map", "plot_spectrum", "power_law_slope", "spectral_clusters",
     # irreducible multi-dimensional features (Engels et al. 2024)
     "clusters_as_lists", "cyclic_order_test", "engels_graph_clusters", "mixture_index", "mutual_information_bits",
-    "plane_indices", "plot_planes_by_token", "separability_index",
+    "plane_indices", "plot_planes_by_token", "separability_index", "cache_codes", "reconstructions_from_codes",
 ]

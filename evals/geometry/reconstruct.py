@@ -64,3 +64,48 @@ def pca_2d(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((points.shape[0], 2)), np.zeros(2)
     pca = PCA(n_components=2).fit(points)
     return pca.transform(points), pca.explained_variance_ratio_
+
+
+@torch.no_grad()
+def cache_codes(sae, cache: str | Path, max_tokens: int = 100_000, batch_size: int = 4096) -> dict[str, object]:
+    """Every token's SAE code, read once, as a sparse [tokens, features] matrix (`codes`, scipy CSC)
+    with `token_ids`: scanning hundreds of clusters then costs one pass over the cache, not one each."""
+    from scipy.sparse import coo_matrix
+
+    reader = CacheReader(cache)
+    hook = check_compatible(sae, reader)
+    rows, cols, vals, toks = [], [], [], []
+    seen = 0
+    for i in range(len(reader.shards)):
+        if seen >= max_tokens:
+            break
+        shard = reader.load_shard(i, [hook])
+        x = shard[hook]
+        for a in range(0, x.shape[0], batch_size):
+            b = min(a + batch_size, x.shape[0], a + max_tokens - seen)
+            c = sae.encode(x[a:b].float())
+            keep = c.vals > 0
+            rows.append((c.rows[keep] + seen).numpy())
+            cols.append(c.cols[keep].numpy())
+            vals.append(c.vals[keep].float().numpy())
+            if "token_ids" in shard:
+                toks.append(shard["token_ids"][a:b].numpy())
+            seen += b - a
+            if seen >= max_tokens:
+                break
+    codes = coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(seen, sae.num_features)).tocsc()
+    return {"codes": codes, "token_ids": np.concatenate(toks) if toks else np.zeros(0, np.int64)}
+
+
+def reconstructions_from_codes(codes: dict[str, object], w_dec: Tensor, members: list[int] | Tensor) -> dict[str, np.ndarray]:
+    """`cluster_reconstructions` from codes read by `cache_codes`: `recon`, `winner`, `token_ids`
+    (and `rows`, the token index in the cache) for the tokens where any member fires."""
+    members_np = np.asarray(torch.as_tensor(members, dtype=torch.long))
+    sub = codes["codes"][:, members_np].tocsr()
+    hit = np.flatnonzero(np.diff(sub.indptr) > 0)
+    z = sub[hit].toarray().astype(np.float32)
+    recon = z @ w_dec.detach()[torch.as_tensor(members_np)].float().numpy()
+    toks = codes["token_ids"]
+    return {"recon": recon, "winner": members_np[z.argmax(1)] if len(hit) else np.zeros(0, np.int64),
+            "token_ids": toks[hit] if len(toks) else np.zeros(0, np.int64), "rows": hit}

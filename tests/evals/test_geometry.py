@@ -232,3 +232,19 @@ def test_cluster_reconstructions_refuse_a_cache_without_the_sae_hook(tiny):
     with pytest.raises(WorkbenchError, match=r"blocks\.0\.hook_resid_post.*holds only blocks\.1\.hook_resid_post") as e:
         cluster_reconstructions(sae, tiny["cache"], [0, 1])
     assert "\n" not in str(e.value)
+
+
+def test_reconstructions_from_codes_equal_cluster_reconstructions(tiny):
+    """Reading the codes once and slicing a cluster out of them gives the same rows, reconstructions,
+    winners and tokens as reading the cache for that cluster."""
+    from evals.geometry import cache_codes, cluster_reconstructions, reconstructions_from_codes
+    from saes import load_sae
+
+    sae = load_sae(tiny["sae"])
+    codes = cache_codes(sae, tiny["cache"], max_tokens=10**9, batch_size=100)
+    for members in ([3, 11, 40], [0], [5, 6, 7, 8, 9]):
+        want = cluster_reconstructions(sae, tiny["cache"], members, max_tokens=10**9, batch_size=100)
+        got = reconstructions_from_codes(codes, sae.W_dec, members)
+        np.testing.assert_allclose(got["recon"], want["recon"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(got["token_ids"], want["token_ids"])
+        np.testing.assert_array_equal(got["winner"], want["winner"])
