@@ -33,10 +33,11 @@ def site_activations(lm, tokens: Tensor, hooks: Sequence[str], positions: dict[s
 
 
 @torch.no_grad()
-def patched_logits(lm, tokens: Tensor, hook: str, positions: Tensor, values: Tensor | None,
+def patched_logits(lm, tokens: Tensor, hook: str | None, positions: Tensor, values: Tensor | None,
                    batch_size: int = 64) -> Tensor:
     """Last-position logits [N, vocab] with act[n, positions[n]] := values[n] at `hook` (None: clean)."""
-    lm.check_hooks([hook])
+    if values is not None:
+        lm.check_hooks([hook])
     device = next(lm.bridge.parameters()).device
     outs = []
     for s in range(0, tokens.shape[0], batch_size):
