@@ -79,6 +79,41 @@ def save_checkpoint(run_dir: Path, step: int, trainer_state: dict[str, Any],
     return d
 
 
+def stream_state_file(step_dir: Path, rank: int) -> Path:
+    return Path(step_dir) / f"stream-{rank:05d}.safetensors"
+
+
+def save_stream_state(run_dir: Path, step: int, rank: int, state: dict[str, Any]) -> None:
+    """One rank's shuffle buffer (`saes.stream.ShuffleBuffer.state`) into the step directory of `step`.
+
+    Every rank writes its own before rank 0 writes trainer.json and points latest.json at the step
+    (the trainer puts a barrier between), so a checkpoint named by latest.json holds the buffers,
+    generators and corpus positions of the same step as its SAEs.
+    """
+    d = Path(run_dir) / CHECKPOINT_DIR / step_dir_name(step)
+    d.mkdir(parents=True, exist_ok=True)
+    tensors = {"rng": state["rng"]}
+    tensors.update({f"rows.{h}": v.contiguous() for h, v in state["rows"].items()})
+    tensors.update({f"pending.{h}": v.contiguous() for h, v in state["pending"].items()})
+    atomic_save_safetensors(stream_state_file(d, rank), tensors,
+                            {"step": str(step), "chunks": str(state["chunks"]), "n": str(state["n"])})
+
+
+def load_stream_state(step_dir: Path, rank: int) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    f = stream_state_file(step_dir, rank)
+    if not f.is_file():
+        raise WorkbenchError(f"checkpoint {step_dir} lacks {f.name} (the shuffle buffer of rank {rank}): it was written "
+                             f"by a run with other ranks or without --shuffle-buffer; use another --out")
+    with safe_open(str(f), "pt") as fh:
+        meta = fh.metadata()
+    t = load_file(str(f))
+    return {"chunks": int(meta["chunks"]), "n": int(meta["n"]), "rng": t["rng"],
+            "rows": {k[5:]: v for k, v in t.items() if k.startswith("rows.")},
+            "pending": {k[8:]: v for k, v in t.items() if k.startswith("pending.")}}
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     p = Path(run_dir) / CHECKPOINT_DIR / LATEST
     if not p.is_file():
@@ -159,7 +194,9 @@ def resumable_state(out: Path, cfg: Any, identity: dict[str, Any],
             f"or choose another --out"
         )
     state, tensors = load_checkpoint(ckpt, len(names))
-    shown = config_differences(state["config"], config_to_dict(cfg), RESUMABLE_FIELDS)
+    # a field added since the checkpoint was written held its default then
+    saved = {**config_to_dict(type(cfg)()), **state["config"]}
+    shown = config_differences(saved, config_to_dict(cfg), RESUMABLE_FIELDS)
     if shown:
         raise WorkbenchError(f"cannot resume {out}: the run config differs ({shown}); use another --out")
     identity_differences(state.get("identity"), identity, out, cfg.cache)

@@ -60,8 +60,9 @@ def summary_line(row: dict[str, Any], run: dict[str, Any]) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(TrainConfig, args)
-    if not cfg.cache:
-        raise WorkbenchError("--cache DIR is required (an activation cache written by `sae harvest`)")
+    if not cfg.cache and not cfg.model:
+        raise WorkbenchError("--cache DIR is required (an activation cache written by `sae harvest`), "
+                             "or --model M to train from a model's forward passes")
     from saes.trainer import train
 
     summary = train(cfg)

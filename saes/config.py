@@ -120,6 +120,20 @@ class TrainConfig:
 
     # ---- data
     cache: str = field(default="", metadata=_h("activation cache directory (from `sae harvest`)"))
+    # ---- data straight from a model, no cache (saes.stream, harvesting.stream)
+    model: str = field(default="", metadata=_h(
+        "train straight from this model's forward passes, no cache (offline alias, hub id or local directory; "
+        "with --corpus and --tokens, as `sae harvest` takes them)"))
+    corpus: str = field(default="", metadata=_h("with --model: the corpus, as `sae harvest --corpus` (default wiki-vital)"))
+    tokens: int = field(default=0, metadata=_h("with --model: tokens harvested per epoch, held-out split included (0 = 1000000)"))
+    context_length: int = field(default=0, metadata=_h("with --model: tokens per context (0 = 128, as `sae harvest`)"))
+    harvest_batch_size: int = field(default=0, metadata=_h("with --model: contexts per forward pass (0 = 16, as `sae harvest --batch-size`)"))
+    corpus_seed: int = field(default=0, metadata=_h("with --model: seed of the document order (`sae harvest --seed`)"))
+    model_dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata=_h("with --model: dtype the model runs in"))
+    shuffle_buffer: int = field(default=0, metadata=_h(
+        "rows of the seeded shuffle buffer the stream passes through (0 = 131072 with --model; with --cache, 0 keeps "
+        "the cache's own epoch shuffle, and a value reads the cache in harvest order through the buffer: the batches "
+        "of a --model run with the same value)"))
     hook: tuple[str, ...] = field(default=(), metadata=_h("hook point(s) to train on; empty = the cache's only hook",
                                                           flag="--hooks", aliases=("--hook",)))
     out: str = field(default="", metadata=_h("run directory (default: <cache parent>/saes/<cache name>)"))
@@ -237,6 +251,10 @@ class TrainConfig:
             "prefetch": self.prefetch >= -1,
             "eval_tokens": self.eval_tokens >= 0,
             "feature_parallel": self.feature_parallel >= 1,
+            "tokens": self.tokens >= 0,
+            "context_length": self.context_length >= 0,
+            "harvest_batch_size": self.harvest_batch_size >= 0,
+            "shuffle_buffer": self.shuffle_buffer >= 0,
             "heldout_fraction": 0 <= self.heldout_fraction < 1,
             "warmup_fraction": 0 <= self.warmup_fraction <= 1,
             "decay_fraction": 0 <= self.decay_fraction <= 1,
@@ -259,6 +277,7 @@ class TrainConfig:
                 raise WorkbenchError(f"--{name} values must be >= 1; got {bad}")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise WorkbenchError(f"--adam-betas needs two values in [0, 1); got {list(self.adam_betas)}")
+        _check_data_source(self)
         if self.whiten not in ("none", "pca", "zca"):
             raise choices_error("whitening", self.whiten, ("none", "pca", "zca"))
         if self.whiten_source != "init" and not Path(self.whiten_source).is_dir():
@@ -283,6 +302,22 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _check_data_source(cfg: TrainConfig) -> None:
+    """A cache or a model, not both; the stream's fields only with --model, where they mean something."""
+    if cfg.cache and cfg.model:
+        raise WorkbenchError(f"give --cache DIR or --model M, not both (--cache {cfg.cache!r}, --model {cfg.model!r})")
+    if not cfg.model:
+        defaults = TrainConfig.__dataclass_fields__
+        stray = [n for n in ("corpus", "tokens", "context_length", "harvest_batch_size", "corpus_seed", "model_dtype")
+                 if getattr(cfg, n) != defaults[n].default]
+        if stray:
+            raise WorkbenchError(f"--{stray[0].replace('_', '-')} only applies with --model (training from a model's "
+                                 f"forward passes); a cache already fixes it")
+    if 0 < cfg.shuffle_buffer < cfg.batch_size:
+        raise WorkbenchError(f"--shuffle-buffer {cfg.shuffle_buffer} must hold at least one batch "
+                             f"(--batch-size {cfg.batch_size})")
 
 
 def _check_number_types(cfg: object) -> None:

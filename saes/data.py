@@ -164,6 +164,26 @@ class TensorSource:
             yield out
 
 
+def open_source(cfg: Any, device: Any) -> ActivationSource:
+    """What a `TrainConfig` trains on: the model's forward passes (`model`), the cache read as that
+    stream (`cache` with `shuffle_buffer`), or the cache reader (see saes.stream)."""
+    if cfg.model:
+        try:
+            from harvesting.stream import model_stream
+        except ImportError as e:
+            raise WorkbenchError(f"training from a model needs the harvesting package ({e})") from None
+        return model_stream(cfg, device)
+    if not cfg.cache:
+        raise WorkbenchError("--cache DIR is required (an activation cache written by `sae harvest`), "
+                             "or --model M to train from a model's forward passes")
+    reader = open_cache(cfg.cache, verify=cfg.verify)
+    if cfg.shuffle_buffer:
+        from saes.stream import CacheStream
+
+        return CacheStream(reader, cfg.heldout_fraction, cfg.init_sample_tokens, cfg.epochs)
+    return reader
+
+
 def open_cache(path: str | Path, verify: bool = False) -> ActivationSource:
     """The cache reader for `path`, with a clear error when there is no cache there (`verify`: checksums first)."""
     p = Path(path)

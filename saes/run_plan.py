@@ -82,8 +82,9 @@ def plan_run(cfg: TrainConfig, source: ActivationSource, world_size: int = 1) ->
         raise WorkbenchError(f"--batch-size {b} must be divisible by the number of ranks ({world_size})")
     steps_per_epoch = source.num_batches(b, split="train", heldout_fraction=cfg.heldout_fraction)
     if steps_per_epoch == 0:
+        more = " or raise --tokens" if cfg.model else ""
         raise WorkbenchError(
-            f"the training split holds fewer tokens than one batch of {b}; lower --batch-size or --heldout-fraction"
+            f"the training split holds fewer tokens than one batch of {b}; lower --batch-size or --heldout-fraction{more}"
         )
     total = steps_per_epoch * cfg.epochs
     if cfg.max_tokens:
@@ -123,6 +124,9 @@ def resolve_hooks(cfg: TrainConfig, source: ActivationSource) -> list[str]:
 def resolve_out(cfg: TrainConfig) -> Path:
     if cfg.out:
         return Path(cfg.out)
+    if cfg.model:  # a cacheless run: beside where `sae harvest` would put the cache
+        corpus = Path(cfg.corpus or "wiki-vital").stem
+        return Path("cache") / "saes" / f"{Path(cfg.model.rstrip('/')).name}-{corpus}"
     if not cfg.cache:
         raise WorkbenchError("no output directory: pass out= (or --out DIR)")
     c = Path(cfg.cache)

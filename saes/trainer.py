@@ -34,9 +34,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saes.base import SparseAutoencoder, StepContext
-from saes.checkpoint import latest_checkpoint, pack_slot, resumable_state, save_checkpoint, unpack_slot
+from saes.checkpoint import (
+    latest_checkpoint,
+    load_stream_state,
+    pack_slot,
+    resumable_state,
+    save_checkpoint,
+    save_stream_state,
+    unpack_slot,
+)
 from saes.config import TrainConfig
-from saes.data import ActivationSource, open_cache
+from saes.data import ActivationSource, open_source
 from saes.distributed import DistContext, setup_distributed
 from saes.feature_parallel import FeatureParallel, check_layout, feature_layout
 from saes.guards import finite_flags, raise_if_not_finite, run_identity
@@ -58,6 +66,7 @@ from saes.run_log import (
 )
 from saes.slot import Slot, make_adam, width_scaled_lr
 from saes.storage import save_sae
+from saes.stream import DEFAULT_BUFFER_ROWS, ShuffleBuffer, StreamSource, buffer_seed
 from saes.whitening import fit_run_whitening, fold_whitening, whiten_sample
 from workbench.config import config_to_dict, save_config
 from workbench.device import resolve_device
@@ -88,7 +97,9 @@ class Trainer:
         self.dist: DistContext = setup_distributed(self.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.source = source if source is not None else open_cache(cfg.cache, verify=cfg.verify)
+        # the cache reader, or a stream (the model's forward passes, or a cache in harvest order) that the
+        # trainer draws from through a shuffle buffer (saes.stream)
+        self.source = source if source is not None else open_source(cfg, self.device)
         self.identity = run_identity(self.source, self.device)
         # Bit-identical kernels whenever the run may be resumed (see TrainConfig.deterministic).
         self.deterministic = cfg.deterministic == "on" or (cfg.deterministic == "auto" and cfg.checkpoint_every > 0)
@@ -96,6 +107,11 @@ class Trainer:
         # the data is split over the replicas. Otherwise every rank is a replica of its own.
         self.layout: FeatureParallel | None = feature_layout(cfg.feature_parallel, self.dist)
         self.data: DistContext = self.layout.data if self.layout is not None else self.dist
+        self.buffer: ShuffleBuffer | None = None
+        if isinstance(self.source, StreamSource):  # each data-parallel rank streams its own share
+            self.source.shard(self.data.rank, self.data.world_size)
+            self.buffer = ShuffleBuffer(cfg.shuffle_buffer or DEFAULT_BUFFER_ROWS, cfg.batch_size // self.data.world_size,
+                                        buffer_seed(cfg.seed, self.data.rank))
         self.plan = plan = plan_run(cfg, self.source, self.data.world_size)
         if self.layout is not None:
             check_layout(self.layout.n, plan.saes)
@@ -160,6 +176,9 @@ class Trainer:
         """Write the trainer state (rank 0 only; all ranks hold the same state)."""
         path = None
         slots = self.whole_slots()
+        if self.buffer is not None:  # every rank's buffer is in the step directory before latest.json names it
+            save_stream_state(self.out, self.step, self.dist.rank, self.buffer.state())
+            self.dist.barrier()
         if self.dist.is_main:
             tensors = [pack_slot(s) for s in slots]
             state = {"format": STATE_FORMAT, "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
@@ -179,6 +198,8 @@ class Trainer:
             unpack_slot(s, t, self.device)
         for s, w in zip(self.slots, state.get("windows", [{}] * len(self.slots))):
             s.window = dict(w)
+        if self.buffer is not None:  # the stream continues at the same corpus position, buffer and generator
+            self.buffer.load_state(load_stream_state(latest_checkpoint(self.out), self.dist.rank))
         self.step, self.tokens, self.elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed"])
         if self.dist.is_main:
             truncate_metrics(self.out, self.step)
@@ -190,6 +211,17 @@ class Trainer:
     def batches(self):
         """Global batches from the current step on, epoch after epoch, this rank's slice of each."""
         step = self.step
+        if self.buffer is not None:  # a stream: this rank's batches drawn from its shuffle buffer
+            it = self.buffer.batches(self.source.train_chunks(self.buffer.chunks))
+            try:
+                for batch in it:
+                    if step >= self.total_steps:
+                        break
+                    yield batch
+                    step += 1
+            finally:
+                it.close()
+            return
         while step < self.total_steps:
             epoch, start = divmod(step, self.steps_per_epoch)
             it = self.source.batches(
