@@ -8,6 +8,7 @@ Definitions (FVU with the per-dimension mean, SAEBench's CE/KL scores) are in ea
 docstring: `evals.reconstruction`, `evals.splice`, `evals.health`, `evals.probing`.
 """
 
+from evals.absorption import absorption
 from evals.cache_pass import CachePassResult, cache_pass
 from evals.contexts import ContextBatch, cache_contexts, corpus_contexts
 from evals.evaluate import EvalConfig, check_fits_cache, check_fits_model, evaluate
@@ -29,6 +30,7 @@ __all__ = [
     "Interval",
     "ReconstructionStats",
     "SAERef",
+    "absorption",
     "bootstrap_interval",
     "cache_contexts",
     "cache_pass",

@@ -65,6 +65,8 @@ class EvalConfig:
     probing: bool = field(default=True, metadata={"help": "sparse probing on the corpus's document labels (wiki-vital topics)"})
     probe_max_per_class: int = field(default=300, metadata={"help": "positives per one-vs-rest probing task (as many negatives)"})
     probe_cache: str = field(default="", metadata={"help": "cache whose documents sparse probing uses (default: --cache); only documents the SAE did not train on are probed"})
+    absorption: bool = field(default=False, metadata={"help": "first-letter feature absorption (SAEBench's absorption eval; needs the model; minutes on CPU, so off by default)"})
+    absorption_words: int = field(default=2000, metadata={"help": "single-token alphabetic words sampled for absorption (0 = the whole vocabulary: tens of minutes on 2 CPUs)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N (auto: cuda if present)"})
     seed: int = field(default=0, metadata={"help": "seed of the probing tasks"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
@@ -219,7 +221,21 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
                 result.notes.append("no cache: mean ablation skipped (it needs the mean activation)")
     if reader is not None and pool is not None:
         _probe(pool, probe_docs, cfg, result)
+    if cfg.absorption:
+        _absorption(sae, lm, hook, cfg, result)
     return result
+
+
+def _absorption(sae, lm, hook: str, cfg: EvalConfig, result: EvalResult) -> None:
+    """The first-letter absorption metric, or a note saying why it could not run."""
+    if lm is None or lm.modality != "text" or lm.suffix_ids:
+        result.notes.append("absorption skipped: it needs a causal language model (give --model)")
+        return
+    from evals.absorption import absorption
+
+    result.absorption = absorption(sae, lm, hook, words=cfg.absorption_words, seed=cfg.seed, progress=cfg.progress)
+    if result.absorption.get("note"):
+        result.notes.append(f"absorption: {result.absorption['note']}")
 
 
 def _heldout(sae, reader: CacheReader, cfg: EvalConfig, result: EvalResult) -> tuple[float, TrainingDocuments | None]:

@@ -71,6 +71,7 @@ class EvalResult:
     health: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
     probing: dict[str, Any] = field(default_factory=dict)
+    absorption: dict[str, Any] = field(default_factory=dict)  # first-letter absorption (evals.absorption)
     settings: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # held-out fraction, rows the SAE trained on, its cache
     notes: list[str] = field(default_factory=list)
@@ -117,12 +118,13 @@ class EvalResult:
             if "test_documents" in self.probing:
                 out.append(("probe: documents (test)", f"{self.probing['documents_probed']:,} "
                                                        f"({self.probing['test_documents']:,})"))
+        out.extend(absorption_rows(self.absorption))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": EVAL_FORMAT, "format_version": EVAL_FORMAT_VERSION, "sae": self.sae,
                 "reconstruction": self.reconstruction, "spliced": self.spliced, "health": self.health,
-                "weights": self.weights, "probing": self.probing, "settings": self.settings, "data": self.data,
+                "weights": self.weights, "probing": self.probing, "absorption": self.absorption, "settings": self.settings, "data": self.data,
                 "notes": self.notes}
 
     def save(self, directory: str | Path) -> Path:
@@ -150,6 +152,18 @@ class EvalResult:
         return (f"<div><b>{html.escape(self.name)}</b> <small>{html.escape(str(self.sae.get('architecture', '')))}, "
                 f"{self.sae.get('num_features', '?')} features, {html.escape(str(self.sae.get('hook', '')))}</small>"
                 f"<table>{cells}</table>{spark}{'<ul>' + notes + '</ul>' if notes else ''}</div>")
+
+
+def absorption_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
+    """The absorption lines of the table: the two SAEBench means and what they rest on."""
+    if not a or a.get("mean_absorption_fraction") is None:
+        return [("absorption", "no letter evaluated (see note)")] if a else []
+    top = sorted(a["absorbing_features"].items(), key=lambda kv: -sum(len(r["tokens"]) for r in kv[1]))[:3]
+    named = ", ".join(f"#{f} ({'/'.join(r['letter'] for r in rows)})" for f, rows in top) or "none"
+    return [("absorption fraction (mean)", f"{a['mean_absorption_fraction']:.4f}"),
+            ("full absorption rate (mean)", f"{a['mean_full_absorption']:.4f}"),
+            ("absorption: letters (words)", f"{a['letters_evaluated']} ({a['words']:,}, {a['test_words']:,} test)"),
+            ("top absorbing features", named)]
 
 
 def _density_svg(hist: dict[str, Any], width: int = 240, height: int = 60) -> str:

@@ -26,6 +26,7 @@ CSS = """
 .fc .heat{position:relative;display:inline-block;margin:3px}
 .fc .heat img{display:block;width:160px;height:160px;image-rendering:pixelated}
 .fc .heat .g{position:absolute;inset:0;display:grid}
+.fc .absorb{border-left:4px solid #c40;background:#fff6ee;padding:2px 10px;margin:8px 0}
 """
 
 
@@ -106,6 +107,7 @@ def feature_html(data: FeatureData, f: int, link: Link = lambda g: None, images:
     top = data.top_tokens(f, 8)
     if top:
         out.append(f'<p>Top tokens: {", ".join(f"<b>{show_token(s)}</b>" for s in top)}</p>')
+    out.append(absorption_html(data, f))
     out.append('<div class="cols">')
     if data.has("logit_top_ids"):
         def lens(ids: list[int], vals: list[float], cls: str) -> str:
@@ -125,6 +127,46 @@ def feature_html(data: FeatureData, f: int, link: Link = lambda g: None, images:
         out.append(_vision_html(data, f, images))
     else:
         out.append(_contexts_html(data, f, mx))
+    out.append("</div>")
+    return "".join(out)
+
+
+def absorption_of(data: FeatureData) -> dict:
+    """The absorption section of the SAE's eval.json (`sae eval --absorption`), {} when it has none; read once."""
+    if "_absorption" not in data.__dict__:
+        import json
+        from pathlib import Path
+
+        found: dict = {}
+        p = Path(str(data.meta.get("sae_dir") or "")) / "eval.json"
+        if data.meta.get("sae_dir") and p.is_file():
+            try:
+                found = json.loads(p.read_text()).get("absorption") or {}
+            except (OSError, ValueError):
+                found = {}
+        data.__dict__["_absorption"] = found
+    return data.__dict__["_absorption"]
+
+
+def absorption_html(data: FeatureData, f: int, max_tokens: int = 30) -> str:
+    """A marked box when feature `f` absorbs first-letter words or is a letter's main feature; '' otherwise."""
+    a = absorption_of(data)
+    rows = (a.get("absorbing_features") or {}).get(str(f), [])
+    mains = [c for c, r in (a.get("letters") or {}).items() if f in r.get("main_features", [])]
+    if not rows and not mains:
+        return ""
+    out = ['<div class="absorb"><h3>First-letter absorption</h3>']
+    if mains:
+        out.append(f"<p>Main feature of the letter{'s' if len(mains) > 1 else ''} "
+                   f"{', '.join(f'<b>{esc(c.upper())}</b>' for c in mains)} (k-sparse probing).</p>")
+    for r in rows:
+        toks = r["tokens"]
+        shown = ", ".join(f"<b>{show_token(t)}</b>" for t in toks[:max_tokens])
+        more = f" and {len(toks) - max_tokens} more" if len(toks) > max_tokens else ""
+        out.append(f'<p class="absorbing">Absorbs <b>{esc(r["letter"].upper())}</b>: where the letter\'s main '
+                   f"features are silent on {len(toks)} word{'s' if len(toks) != 1 else ''} "
+                   f"({100 * r['rate']:.1f}% of the probe's {esc(r['letter'].upper())} words), this feature carries "
+                   f"the letter instead: {shown}{more}</p>")
     out.append("</div>")
     return "".join(out)
 

@@ -14,6 +14,10 @@ from typing import Any
 from evals.features.html import esc
 
 
+ABSORPTION_FACTS = ("mean_absorption_fraction", "mean_full_absorption", "mean_num_split_features",
+                    "letters_evaluated", "words")
+
+
 def _rule(sae: Any) -> list[str]:
     cls, cfg = type(sae), sae.cfg
     parts = []
@@ -41,7 +45,11 @@ def sae_facts(sae: Any, directory: str | Path | None = None) -> dict[str, Any]:
             p = Path(d) / name
             if p.is_file():
                 try:
-                    facts.update({f"{name[:-5]}: {k}": v for k, v in _flat(json.loads(p.read_text())).items()})
+                    found = json.loads(p.read_text())
+                    if name == "eval.json" and isinstance(found.get("absorption"), dict):  # its means, not every letter
+                        found["absorption"] = {k: v for k, v in found["absorption"].items()
+                                               if k in ABSORPTION_FACTS}
+                    facts.update({f"{name[:-5]}: {k}": v for k, v in _flat(found).items()})
                 except (OSError, json.JSONDecodeError):
                     pass
     return facts
