@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default="", help="Pareto plot path (default: pareto.png in the SAEs' common directory, "
                                               "or in --out)")
     add_config_args(p, EvalConfig)
+    from evals.supervised.run import SupervisedConfig
+
+    add_config_args(p, SupervisedConfig)  # --task ioi: the supervised evaluation instead of the cache metrics
     add_load_args(p)
 
 
@@ -43,6 +46,10 @@ def run_eval(args: argparse.Namespace) -> int:
     from evals.result import comparison_table
 
     cfg = config_from_args(EvalConfig, args)
+    if getattr(args, "task", ""):
+        from evals.supervised.cli_task import run_task_eval
+
+        return run_task_eval(args, cfg)
     saes = expand_sae_paths(args.sae)
     if not cfg.cache:
         raise WorkbenchError("--cache DIR is required (the activation cache the SAEs read: held-out tokens and contexts)")

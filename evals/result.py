@@ -71,6 +71,7 @@ class EvalResult:
     health: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
     probing: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)  # supervised evaluation on a task (evals.supervised)
     absorption: dict[str, Any] = field(default_factory=dict)  # first-letter absorption (evals.absorption)
     settings: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)  # held-out fraction, rows the SAE trained on, its cache
@@ -119,13 +120,17 @@ class EvalResult:
                 out.append(("probe: documents (test)", f"{self.probing['documents_probed']:,} "
                                                        f"({self.probing['test_documents']:,})"))
         out.extend(absorption_rows(self.absorption))
+        if self.task:  # the model's own accuracy on the task first; the rows follow the table
+            b = self.task["baseline"]
+            out.append((f"{self.task['task']['task']}: accuracy / LD",
+                        f"{b['accuracy']:.3f} / {b['ld_mean']:.3f} ({b['prompts']} test prompts)"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": EVAL_FORMAT, "format_version": EVAL_FORMAT_VERSION, "sae": self.sae,
                 "reconstruction": self.reconstruction, "spliced": self.spliced, "health": self.health,
                 "weights": self.weights, "probing": self.probing, "absorption": self.absorption, "settings": self.settings, "data": self.data,
-                "notes": self.notes}
+                "notes": self.notes, **({"task": self.task} if self.task else {})}
 
     def save(self, directory: str | Path) -> Path:
         """Write eval.json (and per-feature tensors) atomically into `directory`; returns eval.json's path."""
@@ -141,6 +146,8 @@ class EvalResult:
         head = f"{self.name}  ({self.sae.get('architecture', '?')}, {self.sae.get('num_features', '?')} features, " \
                f"hook {self.sae.get('hook', '?')})"
         lines = [head] + [f"  {label:<{width}}  {val}" for label, val in rows] + [f"  note: {n}" for n in self.notes]
+        if self.task:
+            lines.append(_task_table(self.task))
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -151,7 +158,8 @@ class EvalResult:
         spark = _density_svg(hist) if hist else ""
         return (f"<div><b>{html.escape(self.name)}</b> <small>{html.escape(str(self.sae.get('architecture', '')))}, "
                 f"{self.sae.get('num_features', '?')} features, {html.escape(str(self.sae.get('hook', '')))}</small>"
-                f"<table>{cells}</table>{spark}{'<ul>' + notes + '</ul>' if notes else ''}</div>")
+                f"<table>{cells}</table>{spark}"
+                f"{'<pre>' + html.escape(_task_table(self.task)) + '</pre>' if self.task else ''}{'<ul>' + notes + '</ul>' if notes else ''}</div>")
 
 
 def absorption_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
@@ -164,6 +172,13 @@ def absorption_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
             ("full absorption rate (mean)", f"{a['mean_full_absorption']:.4f}"),
             ("absorption: letters (words)", f"{a['letters_evaluated']} ({a['words']:,}, {a['test_words']:,} test)"),
             ("top absorbing features", named)]
+
+
+def _task_table(task: dict[str, Any]) -> str:
+    """The supervised evaluation's table (evals.supervised.run.format_table)."""
+    from evals.supervised.run import format_table
+
+    return format_table(task)
 
 
 def _density_svg(hist: dict[str, Any], width: int = 240, height: int = 60) -> str:
