@@ -145,6 +145,25 @@ def test_the_model_stream_yields_the_cache_rows_in_harvest_order(tiny_llama, cor
     assert stream.num_batches(64, "train", 0.2) == reader.num_batches(64, "train", 0.2)
 
 
+def test_under_torchrun_each_rank_streams_its_own_share(tiny_llama, corpus, one_thread) -> None:
+    """Ranks take alternate forward passes of the one harvest: disjoint, together the whole training split,
+    and a share resumed at its j-th pass continues with the same rows."""
+    from harvesting.harvest import HarvestConfig
+    from harvesting.stream import ModelStream
+
+    hc = HarvestConfig(model=str(tiny_llama), corpus=str(corpus), hooks=(HOOK,), tokens=640, context_length=32,
+                       batch_size=4, device="cpu", progress=False)
+    stream = ModelStream(hc, heldout_fraction=0.1, sample_tokens=64)
+    whole = list(stream.epoch_chunks("train"))
+    shares = [list(stream.epoch_chunks("train", r, 3)) for r in range(3)]
+    assert [len(s) for s in shares] == [len(range(r, len(whole), 3)) for r in range(3)]
+    for r, share in enumerate(shares):
+        assert all(torch.equal(c[HOOK], whole[r + 3 * j][HOOK]) for j, c in enumerate(share))
+        assert stream.rank_rows(r, 3) == (sum(c[HOOK].shape[0] for c in share), len(share))
+    later = list(stream.epoch_chunks("train", 1, 3, start=2))
+    assert all(torch.equal(a[HOOK], b[HOOK]) for a, b in zip(later, shares[1][2:])) and len(later) == len(shares[1]) - 2
+
+
 # ---------------------------------------------------------------- (b) SIGKILL
 
 
