@@ -28,7 +28,8 @@ def site_activations(lm, tokens: Tensor, hooks: Sequence[str], positions: dict[s
         rows = torch.arange(acts[hooks[0]].shape[0])
         for h in hooks:
             for p, idx in positions.items():
-                out[(h, p)].append(acts[h][rows, idx[s:s + batch_size].to(acts[h].device)].float().cpu())
+                # per-head hooks ([b, T, heads, d_head]) are flattened to one vector per prompt
+                out[(h, p)].append(acts[h][rows, idx[s:s + batch_size].to(acts[h].device)].flatten(1).float().cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -50,7 +51,8 @@ def patched_logits(lm, tokens: Tensor, hook: str | None, positions: Tensor, valu
 
             def fn(act: Tensor, site, pos=pos, val=val) -> Tensor:
                 act = act.clone()
-                act[torch.arange(act.shape[0], device=act.device), pos] = val.to(act.device, act.dtype)
+                rows = torch.arange(act.shape[0], device=act.device)
+                act[rows, pos] = val.to(act.device, act.dtype).reshape(act[rows, pos].shape)
                 return act
 
             with replacing(lm, hook, fn):

@@ -73,8 +73,11 @@ def _decode(sae, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def supervised_eval(lm, saes: dict[str, Any] | None = None, cfg: SupervisedConfig | None = None,
-                    progress: bool = False) -> dict[str, Any]:
-    """Baseline, then rows per (site, attribute[, SAE]); `saes` maps a name to an SAE (its hook: cfg.hook)."""
+                    progress: bool = False, on_site: Any = None) -> dict[str, Any]:
+    """Baseline, then rows per (site, attribute[, SAE]); `saes` maps a name to an SAE (its hook: cfg.hook).
+
+    `on_site(partial_result)` is called after each site (long runs save what they have).
+    """
     cfg = cfg or SupervisedConfig(task="ioi")
     saes = saes or {}
     task = make_task(cfg.task or "ioi", lm)
@@ -111,7 +114,13 @@ def supervised_eval(lm, saes: dict[str, Any] | None = None, cfg: SupervisedConfi
                                cfs, {a: cf_acts[a][(hook, pos)] for a in cfs}, clean_ld, clean_pred, site_saes)
             if progress:
                 print(f"[{task.name}] {hook} @ {pos} done ({time.time() - t0:.0f}s)", flush=True)
-    return {"task": task.describe(), "baseline": base, "rows": rows,
+            if on_site is not None:
+                on_site(_result(task, base, rows, cfg, t0))
+    return _result(task, base, rows, cfg, t0)
+
+
+def _result(task, base: dict[str, Any], rows: list[dict[str, Any]], cfg: SupervisedConfig, t0: float) -> dict[str, Any]:
+    return {"task": task.describe(), "baseline": base, "rows": list(rows),
             "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
             "fit_split": "train", "test_split": "test", "seconds": time.time() - t0}
 

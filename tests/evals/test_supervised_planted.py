@@ -174,3 +174,19 @@ def test_sufficiency_necessity_extremes_through_the_model(tiny_lm):
         if suff is not None:
             assert abs(sufficiency(ld_suff, clean) - suff) < 1e-4
         assert abs(necessity(ld_nec, clean, abl) - nec) < 1e-4
+
+
+def test_any_hook_point_per_head_attention_output(tiny_lm):
+    """A per-head hook ([b, T, heads, d_head]) reads as one flat vector per prompt and patches back exactly."""
+    from evals.supervised import patched_logits, site_activations
+
+    tokens = torch.randint(5, 1000, (4, 9), generator=torch.Generator().manual_seed(4))
+    pos = torch.tensor([8, 7, 8, 3])
+    hook = "blocks.1.attn.hook_z"
+    a = site_activations(tiny_lm, tokens, [hook], {"p": pos})[(hook, "p")]
+    assert a.shape == (4, 48)  # 4 heads x 12
+    clean = patched_logits(tiny_lm, tokens, None, pos, None)
+    same = patched_logits(tiny_lm, tokens, hook, pos, a)
+    assert torch.allclose(clean, same, atol=1e-5)
+    moved = patched_logits(tiny_lm, tokens, hook, pos, a + 5.0)
+    assert not torch.allclose(clean, moved, atol=1e-3)
