@@ -1,6 +1,8 @@
 """`sae train` and `sae sae info` (`sae sae-info`, the old spelling, still works).
 
     sae train --cache cache/smollm2-wiki-1m --hooks blocks.8.hook_resid_post --arch topk --k 32 --expansion 8
+    sae train --model smollm2-135m --corpus debian-text --tokens 10000000 --hooks blocks.8.hook_resid_post ...
+                                         # no cache: the forward passes feed the SAEs through a shuffle buffer
     torchrun --nproc-per-node 4 -m workbench.cli train ...      # data parallel over 4 GPUs / processes
     torchrun --nproc-per-node 8 -m workbench.cli train ... --feature-parallel 4
                                          # 2 data-parallel replicas x 4 ranks holding F/4 features each (TopK)
@@ -26,9 +28,11 @@ from workbench.errors import WorkbenchError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's verbs to the root `sae` command."""
     p = add_verb(
-        sub, "train", run_train, help="train sparse autoencoders on an activation cache",
+        sub, "train", run_train, help="train sparse autoencoders on an activation cache (or straight from a model)",
         description="Train one or more SAEs (every combination of --hooks x --arch x --k x --expansion) in one "
-                    "pass over an activation cache.\nRe-running the same command resumes from the last checkpoint.",
+                    "pass over an activation cache, or (--model, --corpus, --tokens) straight from the model's "
+                    "forward passes through a seeded shuffle buffer, no cache written.\nRe-running the same command "
+                    "resumes from the last checkpoint.",
     )
     add_config_args(p, TrainConfig)
     saes = add_noun(sub, "sae", help="describe saved SAEs")

@@ -14,7 +14,8 @@ the summary), `saes.checkpoint` (state packing and files), `saes.heldout` (the e
 reusable on its own). What differs between architectures is asked of their classes.
 
 Resuming continues from the last checkpoint with the same result as an uninterrupted run: the
-data order is a function of (seed, epoch, batch index), and every piece of state that a step
+data order is a function of (seed, epoch, batch index) (for a stream, `saes.stream`, of the shuffle
+buffer's state, which is checkpointed too), and every piece of state that a step
 reads (weights, Adam moments, thresholds, firing statistics, step count) is in the checkpoint.
 """
 
