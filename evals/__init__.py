@@ -20,6 +20,8 @@ from evals.probing import pooled_from_cache, sparse_probing, topk_by_mean_diff, 
 from evals.reconstruction import ReconstructionStats
 from evals.result import EvalResult, comparison_table
 from evals.splice import spliced_losses
+from evals.supervised.run import SupervisedConfig, supervised_eval  # sae eval --task
+from evals.tasks import make_task
 
 __all__ = [
     "CachePassResult",
@@ -30,6 +32,7 @@ __all__ = [
     "Interval",
     "ReconstructionStats",
     "SAERef",
+    "SupervisedConfig",
     "absorption",
     "bootstrap_interval",
     "cache_contexts",
@@ -39,6 +42,7 @@ __all__ = [
     "comparison_table",
     "corpus_contexts",
     "evaluate",
+    "make_task",
     "expand_sae_paths",
     "load_for_eval",
     "max_cosine_to_others",
@@ -48,6 +52,7 @@ __all__ = [
     "ratio_interval",
     "sparse_probing",
     "spliced_losses",
+    "supervised_eval",
     "topk_by_mean_diff",
     "weight_stats",
     "wiki_vital_labels",
