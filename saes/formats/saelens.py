@@ -202,15 +202,23 @@ def _norm_factor(factor: float | None, where: Path) -> float:
     return float(factor)
 
 
-# The metadata a SAELens 6 training run writes (`LanguageModelSAETrainingRunner._set_sae_metadata`
-# plus `SAEMetadata`'s two version fields), in that order. SAELens's `ActivationsStore.from_sae`
+# The metadata a SAELens 6 training run writes (`LanguageModelSAETrainingRunner._set_sae_metadata`,
+# `SAEMetadata`'s two version fields, and the training architecture with its training-only settings
+# that `save_inference_model` adds), in that order. SAELens's `ActivationsStore.from_sae`
 # (and so SAEBench) reads model_name, hook_name, context_size, prepend_bos, seqpos_slice,
 # dataset_path and the separator settings from here, and refuses a file without prepend_bos.
 SAELENS_METADATA_KEYS = (
     "sae_lens_version", "sae_lens_training_version", "dataset_path", "hook_name", "model_name",
     "model_class_name", "hook_head_index", "context_size", "seqpos_slice", "model_from_pretrained_kwargs",
     "prepend_bos", "exclude_special_tokens", "sequence_separator_token", "disable_concat_sequences",
+    "training_architecture", "training_architecture_details",
 )
+# Our architectures under SAELens's name for them, where it has one (else ours is written).
+_SAELENS_TRAINING_NAMES = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk",
+                           "gated": "gated"}
+# SAEConfig fields the SAELens cfg already holds (or that are not settings): the rest are training-only.
+_INFERENCE_FIELDS = ("architecture", "d_in", "num_features", "k", "hook", "model_id", "dtype", "train",
+                     "format_version", "input_scale")
 
 
 def _recorded_cache(sae: SparseAutoencoder, cache: str | Path | None) -> dict[str, Any] | None:
@@ -250,6 +258,10 @@ def saelens_metadata(sae: SparseAutoencoder, cache: str | Path | None = None) ->
         "hook_name": sae.cfg.hook, "model_name": sae.cfg.model_id or known.get("model_name"),
         "model_class_name": known.get("model_class_name") or "HookedTransformer", "hook_head_index": None,
         "seqpos_slice": known.get("seqpos_slice") or [None],  # every position of the context
+        "training_architecture": (known.get("training_architecture") if src else None)
+        or _SAELENS_TRAINING_NAMES.get(sae.architecture, sae.architecture),
+        "training_architecture_details": (known.get("training_architecture_details") if src else None)
+        or {k: v for k, v in config_to_dict(sae.cfg).items() if k not in _INFERENCE_FIELDS},
     })
     m = _recorded_cache(sae, cache)
     if m is not None:

@@ -22,11 +22,13 @@ from workbench.errors import WorkbenchError
 W = "sae_weights.safetensors"
 D, F = 12, 40
 
-# sae_lens/llm_sae_training_runner.py `_set_sae_metadata` (6.54), and SAEMetadata's version fields.
+# sae_lens/llm_sae_training_runner.py `_set_sae_metadata` (6.54), SAEMetadata's version fields, and the two
+# `TrainingSAEConfig._metadata_with_training_info` adds when a trained SAE is saved (`save_inference_model`).
 SAELENS6_METADATA = {
     "sae_lens_version", "sae_lens_training_version", "dataset_path", "hook_name", "model_name", "model_class_name",
     "hook_head_index", "context_size", "seqpos_slice", "model_from_pretrained_kwargs", "prepend_bos",
     "exclude_special_tokens", "sequence_separator_token", "disable_concat_sequences",
+    "training_architecture", "training_architecture_details",
 }
 # sae_lens/training/activations_store.py `ActivationsStore.from_sae`: raises ValueError(f"{key} is required").
 FROM_SAE_REQUIRED = ("hook_name", "context_size", "prepend_bos")
@@ -70,6 +72,11 @@ def test_export_writes_every_saelens6_metadata_field_from_the_training_cache(tmp
     assert got == {"d_in": D, "hook_name": "blocks.2.hook_resid_post", "hook_head_index": None, "context_size": 64,
                    "prepend_bos": True, "dataset": "wiki-vital", "seqpos_slice": (None,)}
     assert meta["model_name"] == "tiny-model"
+    # the training class's architecture, and the training-only settings (SAELens: config fields the
+    # inference SAE does not need)
+    assert meta["training_architecture"] == "topk"
+    assert isinstance(meta["training_architecture_details"], dict)
+    assert not {"d_in", "k", "hook", "num_features"} & set(meta["training_architecture_details"])
     # BOS is never stored, so never trained on; packed documents are separated by the stored EOS.
     assert meta["exclude_special_tokens"] == [1]
     assert meta["sequence_separator_token"] == 2 and meta["disable_concat_sequences"] is False
