@@ -17,7 +17,8 @@ from evals.result import EvalResult
 from evals.supervised.run import SupervisedConfig, format_table, supervised_eval
 from workbench.config import config_from_args
 from workbench.device import resolve_device
-from workbench.errors import WorkbenchError
+from evals.tasks import TASKS
+from workbench.errors import WorkbenchError, choices_error
 from workbench.models import OFFLINE_MODELS, load_model
 
 
@@ -35,6 +36,8 @@ def model_for(sae_model_id: str | None, given: str) -> str:
 
 def run_task_eval(args: argparse.Namespace, eval_cfg) -> int:
     tcfg = config_from_args(SupervisedConfig, args)
+    if tcfg.task not in TASKS:  # before anything loads
+        raise choices_error("task", tcfg.task, tuple(TASKS))
     device = resolve_device(eval_cfg.device)
     refs = expand_sae_paths(args.sae)
     loaded = [(ref, load_for_eval(ref.dir, device=device, norm_scaling_factor=args.norm_scaling_factor)) for ref in refs]

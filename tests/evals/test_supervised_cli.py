@@ -20,7 +20,7 @@ def sae_dir(tmp_path_factory):
     return d
 
 
-SMALL = ["--task-fit-prompts", "40", "--task-test-prompts", "8", "--no-progress"]
+SMALL = ["--task-fit-prompts", "24", "--task-test-prompts", "6", "--no-progress"]
 
 
 def test_task_eval_writes_rows_per_site_and_attribute(sae_dir, tiny_model_dir, capsys):
@@ -30,7 +30,7 @@ def test_task_eval_writes_rows_per_site_and_attribute(sae_dir, tiny_model_dir, c
     assert rc == 0
     data = json.loads((sae_dir / "eval.json").read_text())
     sec = data["task"]
-    assert sec["baseline"]["prompts"] == 8 and 0.0 <= sec["baseline"]["accuracy"] <= 1.0
+    assert sec["baseline"]["prompts"] == 6 and 0.0 <= sec["baseline"]["accuracy"] <= 1.0
     rows = sec["rows"]
     assert [(r["site"], r["attribute"]) for r in rows] == [
         (f"{HOOK}@{p}", a) for p in ("S2", "END") for a in ("IO", "S", "Pos")]
