@@ -1,60 +1,566 @@
-"""SAE-feature steering vs DiffMean vs PCA of differences vs DiffMean through the SAE, on the same prompts.
+"""Does an SAE feature steer as well as DiffMean? Every method at one KL budget, judged on held-out prompts.
 
-Runs `steering.run_sweep` (same flags as `sae steer-sweep`) and prints the command, the machine,
-the selection rule, each concept's judge probe (fitted on texts no method reads, with its
-leave-one-out accuracy) and the held-out table (each method at the coefficient chosen on the other
-half of the prompts).
-The run directory keeps config.json, rows.jsonl (every generation), summary.json and plot.png.
+For each SAE (one per layer: trained here on one harvested cache, or given with --sae) and each
+concept, every method gives one direction at the SAE's hook, added at every position as
+`coeff x (hook mean norm) x unit(direction)`:
+- SAE features picked by each selector of steering.selection (rise, output, concept_output,
+  gradient, sae_ts), *added* (not clamped) along their decoder rows (sae_ts: its solved vector);
+- controls: 10 random features (their median is the control), DiffMean, PCA of paired
+  differences, DiffMean through the SAE.
+The coefficient is chosen on the *selection* prompts, never on the reported ones: among the grid,
+the one with the largest steered log-probability of the concept's target tokens at each
+selection prompt's last token (the quantity the gradient score differentiates; forward passes
+only) whose KL on neutral text (nats/token, every position steered) is within the budget
+(0.25 and 0.1; 0 is always admitted). At that coefficient every method generates from the
+held-out prompts (greedy and seeded samples, the unsteered model with the same seeds beside
+it), and the unsteered model judges the text (steering.measures): target-word hit rate and
+target log-prob, perplexity, distinct-2 and zlib compression ratio. Gains are steered minus
+unsteered per prompt (decodes averaged), with percentile-bootstrap 95% intervals over prompts
+(evals.intervals). Spearman: 16 random members of the candidate pool (rise and logit-lens
+candidates) are steered too (greedy, 0.25 budget), and each selection score of theirs is
+ranked against their measured log-prob gain.
 
-    python benchmarks/steering_compare.py --sae cache/quickstart/saes \
-        --concepts ocean food music space sports --coeffs 0 0.15 0.3 0.6 --prompts 8 --max-new-tokens 16 \
-        --neutral 6 --out cache/steer/compare
+Every stage is cached under --out per (layer, concept, method) as JSON (vectors in directions.pt
+with the prompts and positions they came from; every generation with its steered positions), so
+a rerun continues where it stopped. The end writes the markdown table and the goal check to
+--table (default OUT/table.md).
+
+    python benchmarks/steering_compare.py --out cache/steer/compare           # full: 3 layers, 6 concepts
+    python benchmarks/steering_compare.py --quick --out /tmp/steer_quick      # a minutes-long check
+    python benchmarks/steering_compare.py --layers --sae qs8=cache/quickstart/saes \
+        --sae wiki1m8=cache/saes/wiki-1m-topk --out cache/steer/sae_size       # existing SAEs only
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import logging
+import math
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from steering import SweepConfig, run_sweep
-from steering.sweep import format_table
-from workbench.config import add_config_args, config_from_args
+from evals.intervals import bootstrap_interval
+from steering.concepts import BUILTIN, MORE_STEER_PROMPTS, STEER_PROMPTS, load_concept, neutral_texts
+from steering.generation import Generation, generate
+from steering.interventions import AddVector
+from steering.measures import Judge, NeutralKL, score_generation
+from steering.positions import Positions
+from steering.selection.gradient import gradient_scores, target_objective
+from steering.selection.output import output_scores
+from steering.selection.registry import SelectionContext, select_direction
+from steering.stats import measure_stats
+from steering.vectors import diffmean, diffmean_sae, feature_contrast, pca_diff, read_concept
+from workbench.io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("steering_compare")
+SELECTORS = ("rise", "output", "concept_output", "gradient", "sae_ts")
+CONTROLS = ("diffmean", "pca", "diffmean_sae")
+SCORES = ("rise", "output", "concept_output", "gradient")  # the per-feature scores Spearman ranks
+MEASURES = ("target_hit", "target_logprob", "ppl", "distinct_2", "compression")
+ALL_PROMPTS = STEER_PROMPTS + MORE_STEER_PROMPTS
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_config_args(parser, SweepConfig)
-    cfg = config_from_args(SweepConfig, parser.parse_args())
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="cache/steer/compare", help="run directory (reruns continue in it)")
+    p.add_argument("--table", default="", help="markdown table and goal check (default OUT/table.md)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--corpus", default="wiki-vital")
+    p.add_argument("--layers", nargs="*", type=int, default=[4, 12, 20],
+                   help="blocks whose resid_post gets an SAE trained here on one harvested cache")
+    p.add_argument("--cache", default="", help="an existing activation cache with those hooks (else harvested to OUT/acts)")
+    p.add_argument("--tokens", type=int, default=300_000, help="tokens harvested for the layer SAEs")
+    p.add_argument("--expansion", type=int, default=8)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--sae", nargs="*", default=[], metavar="LABEL=DIR", help="also run these existing SAEs")
+    p.add_argument("--concepts", nargs="+", default=list(BUILTIN))
+    p.add_argument("--select-prompts", type=int, default=24, help="prompts the coefficient is chosen on")
+    p.add_argument("--report-prompts", type=int, default=24, help="held-out prompts reported")
+    p.add_argument("--samples", type=int, default=2, help="seeded samples per prompt besides greedy")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--coeffs", nargs="+", type=float, default=[0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4],
+                   help="coefficient grid, in units of the hook's mean norm (0 is always a candidate)")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.25, 0.1], help="KL budgets, nats/token; the first is the goal's")
+    p.add_argument("--selectors", nargs="+", default=list(SELECTORS), choices=SELECTORS)
+    p.add_argument("--random", type=int, default=10, help="random features per concept (their median is the control)")
+    p.add_argument("--spearman", type=int, default=16, help="pool candidates steered for the score-vs-gain correlation")
+    p.add_argument("--candidates", type=int, default=32, help="pool size per source (rise, logit lens)")
+    p.add_argument("--sae-ts-prompts", type=int, default=8, help="selection prompts SAE-TS measures effects on")
+    p.add_argument("--neutral", type=int, default=8, help="neutral texts for the KL cost")
+    p.add_argument("--neutral-tokens", type=int, default=64)
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--quick", action="store_true", help="a small check: 2 concepts, 4+4 prompts, greedy, 3 random")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.concepts = a.concepts[:2] if a.concepts != list(BUILTIN) else ["ocean", "food"]
+        a.select_prompts, a.report_prompts, a.samples, a.random, a.spearman = 4, 4, 0, 3, 6
+        a.coeffs, a.neutral, a.neutral_tokens, a.candidates, a.sae_ts_prompts = [0.1, 0.2, 0.4], 2, 32, 8, 2
+        a.resamples = 200
+    if a.select_prompts + a.report_prompts > len(ALL_PROMPTS):
+        p.error(f"--select-prompts + --report-prompts must be at most {len(ALL_PROMPTS)}")
+    return a
+
+
+# ---------------------------------------------------------------- SAEs: one cache, one SAE per layer
+
+def sh(cmd: list[str]) -> None:
+    log.info("$ %s", " ".join(shlex.quote(c) for c in cmd))
+    subprocess.run(cmd, check=True)
+
+
+def layer_saes(a: argparse.Namespace, out: Path) -> dict[str, str]:
+    """label -> SAE directory: the --sae ones, and one trained per --layers block (harvest and train
+    are skipped when already done; `sae harvest` resumes an interrupted cache)."""
+    runs = dict(s.split("=", 1) for s in a.sae)
+    if not a.layers:
+        return runs
+    hooks = [f"blocks.{n}.hook_resid_post" for n in a.layers]
+    sae_bin = str(Path(sys.executable).parent / "sae")
+    cache = a.cache or str(out / "acts")
+    if not a.cache and not (Path(cache) / "manifest.json").is_file():
+        sh([sae_bin, "harvest", "--model", a.model, "--corpus", a.corpus, "--hooks", *hooks,
+            "--tokens", str(a.tokens), "--out", cache])
+    for n, hook in zip(a.layers, hooks):
+        d = out / "saes" / hook
+        if not (d / "summary.json").is_file():
+            sh([sae_bin, "train", "--cache", cache, "--hooks", hook, "--arch", "topk", "--k", str(a.k),
+                "--expansion", str(a.expansion), "--batch-size", "2048", "--epochs", str(a.epochs),
+                "--out", str(d)])
+        runs[f"L{n}"] = str(d)
+    return runs
+
+
+# ---------------------------------------------------------------- cached stages
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def decodes(a: argparse.Namespace) -> list[dict]:
+    return [{"do_sample": False, "seed": 0}] + [{"do_sample": True, "seed": s + 1} for s in range(a.samples)]
+
+
+def gen_rows(lm: Any, prompts: list[str], vecs: torch.Tensor | None, hook: str, a: argparse.Namespace,
+             greedy_only: bool = False) -> list[list[Generation]]:
+    """Per vector (or once unsteered when `vecs` is None), one Generation per decode, all vectors in one
+    batch per decode (each row its own vector)."""
+    n = len(prompts)
+    m = 1 if vecs is None else vecs.shape[0]
+    out: list[list[Generation]] = [[] for _ in range(m)]
+    for d in decodes(a)[: 1 if greedy_only else None]:
+        ivs = [] if vecs is None else [AddVector(hook, vecs.repeat_interleave(n, 0).unsqueeze(1), 1.0,
+                                                 Positions("all"), label="compare")]
+        g = generate(lm, prompts * m, ivs, max_new_tokens=a.max_new_tokens, batch_size=n * m, **d)
+        for j in range(m):
+            sl = slice(j * n, (j + 1) * n)
+            out[j].append(Generation(g.prompts[sl], g.prompt_ids[sl], g.new_ids[sl], g.texts[sl],
+                                     g.read_positions[sl], g.steered_positions[sl], g.interventions))
+    return out
+
+
+def judged(lm: Any, gens: list[Generation], judge: Judge) -> list[dict]:
+    """One row per (decode, prompt): the measures, the text and the positions read and steered."""
+    rows = []
+    for d, g in enumerate(gens):
+        for i, s in enumerate(score_generation(lm, g, judge, batch_size=64)):
+            rows.append({"decode": d, "prompt": i, **{k: s[k] for k in MEASURES}, "text": g.texts[i],
+                         "read_positions": g.read_positions[i],
+                         "steered_positions": g.steered_positions[i][0] if g.steered_positions[i] else 0})
+    return rows
+
+
+class Run:
+    """One SAE (one layer): its directions, coefficient choice and held-out generations per concept."""
+
+    def __init__(self, label: str, sae_dir: str, lm: Any, a: argparse.Namespace, out: Path,
+                 sel_prompts: list[str], rep_prompts: list[str], neutral: list[str], kl: NeutralKL) -> None:
+        from saes import load_sae
+        from steering.setup import check_fit
+
+        self.label, self.a, self.lm = label, a, lm
+        self.sae = load_sae(sae_dir, device=a.device).eval()
+        check_fit(lm, self.sae)
+        self.sae_dir, self.hook = sae_dir, self.sae.cfg.hook
+        self.dir = out / label
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.sel_prompts, self.rep_prompts, self.kl = sel_prompts, rep_prompts, kl
+        stats_path = self.dir / "stats.json"
+        if not stats_path.is_file():
+            atomic_write_json(stats_path, {"mean_norm": measure_stats(lm, neutral, self.hook, None).mean_norm})
+        self.mean_norm = load_json(stats_path)["mean_norm"]
+
+    # -- directions, with where they came from
+    def directions(self, concept: Any) -> tuple[dict[str, torch.Tensor], dict]:
+        cdir = self.dir / concept.name
+        cdir.mkdir(exist_ok=True)
+        path = cdir / "directions.pt"
+        if path.is_file():
+            d = torch.load(path)
+            return d["vectors"], d["info"]
+        a, lm, sae = self.a, self.lm, self.sae
+        pos, neg, source = read_concept(lm, concept.positive, concept.negative, self.hook, read="mean")
+        judge = Judge(self.hook, target_words=tuple(concept.target_words))
+        targets = judge.target_ids(lm)
+        ctx = SelectionContext(lm, sae, pos, neg, targets, self.sel_prompts, Positions("all"), a.candidates,
+                               self.mean_norm)
+        vecs: dict[str, torch.Tensor] = {}
+        info: dict[str, Any] = {"source": source.to_dict(), "targets": targets, "selected": {},
+                                "selection_prompts": self.sel_prompts}
+        for name in a.selectors:
+            t = time.time()
+            if name == "sae_ts":  # effects measured by generation: on a few selection prompts
+                ctx_ts = SelectionContext(lm, sae, pos, neg, targets, self.sel_prompts[: a.sae_ts_prompts],
+                                          Positions("all"), a.candidates, self.mean_norm, ctx._pool)
+                sel = select_direction(name, ctx_ts)
+            else:
+                sel = select_direction(name, ctx)
+            vecs[f"sae_{name}"] = sel.vector.float().clone()
+            info["selected"][f"sae_{name}"] = {**sel.describe(), "seconds": time.time() - t}
+        vecs["diffmean"] = diffmean(pos, neg)
+        n = min(len(pos), len(neg))
+        vecs["pca"] = pca_diff(pos[:n], neg[:n])
+        vecs["diffmean_sae"] = diffmean_sae(sae, pos, neg).float()
+        g = torch.Generator().manual_seed(1234 + sum(map(ord, concept.name)))
+        rand = torch.randperm(sae.num_features, generator=g)[: a.random].tolist()
+        for f in rand:
+            vecs[f"random_{f}"] = sae.W_dec[f].detach().float().cpu().clone()
+        # the Spearman set: random members of the candidate pool, with every score of theirs
+        pool = ctx.pool()
+        pick = pool[torch.randperm(len(pool), generator=g)[: a.spearman]]
+        os_ = output_scores(lm, sae, pick, targets=targets)
+        grad = gradient_scores(lm, sae, self.sel_prompts, targets, Positions("all"))
+        rise = feature_contrast(sae, pos, neg)
+        info["spearman_set"] = [{"feature": int(f), "rise": float(rise[f]), "output": float(os_.output[i]),
+                                 "concept_output": float(os_.target_prob[i]), "gradient": float(grad[f])}
+                                for i, f in enumerate(pick.tolist())]
+        for f in pick.tolist():
+            vecs[f"cand_{f}"] = sae.W_dec[f].detach().float().cpu().clone()
+        info["pool"] = pool.tolist()
+        torch.save({"vectors": vecs, "info": info}, path)
+        return vecs, info
+
+    # -- coefficient choice on the selection prompts
+    def choose(self, concept: Any, vecs: dict[str, torch.Tensor], targets: list[int]) -> dict[str, dict]:
+        path = self.dir / concept.name / "choice.json"
+        done = load_json(path) or {}
+        todo = [m for m in vecs if m not in done]
+        if todo:
+            coeffs = [c for c in self.a.coeffs if c != 0]
+            unit = torch.stack([vecs[m] / vecs[m].norm().clamp_min(1e-12) for m in todo])  # [M, d]
+            pushes = torch.cat([c * self.mean_norm * unit for c in coeffs])  # [C*M, d], coeff-major
+            kls = self.kl.many(self.hook, pushes, Positions("all"), rows_per_pass=32)
+            objs = []
+            n = len(self.sel_prompts)
+            with torch.no_grad():
+                base = float(target_objective(self.lm, self.sel_prompts, targets))
+                for ks in torch.arange(pushes.shape[0]).split(max(1, 64 // n)):
+                    iv = AddVector(self.hook, pushes[ks].repeat_interleave(n, 0).unsqueeze(1), 1.0, Positions("all"))
+                    objs += _per_setting_objective(self.lm, self.sel_prompts, targets, iv, len(ks))
+            for j, m in enumerate(todo):
+                grid = [{"coeff": 0.0, "kl": 0.0, "objective": base}]
+                grid += [{"coeff": c, "kl": kls[i * len(todo) + j], "objective": objs[i * len(todo) + j]}
+                         for i, c in enumerate(coeffs)]
+                done[m] = {"grid": grid, "chosen": {str(b): pick_coeff(grid, b) for b in self.a.budgets}}
+            atomic_write_json(path, done)
+        return done
+
+    # -- held-out generations at the chosen coefficients
+    def report(self, concept: Any, vecs: dict[str, torch.Tensor], choice: dict[str, dict], judge: Judge) -> dict:
+        path = self.dir / concept.name / "report.json"
+        done = load_json(path) or {}
+        settings = []  # (key, method, coeff, greedy_only)
+        for m in vecs:
+            budgets = self.a.budgets[:1] if m.startswith("cand_") else self.a.budgets
+            for b in budgets:
+                c = choice[m]["chosen"][str(b)]
+                key = f"{m}@{c:g}"
+                if c != 0 and key not in done and key not in [s[0] for s in settings]:
+                    settings.append((key, m, c, m.startswith("cand_")))
+        for greedy_only in (False, True):
+            group = [s for s in settings if s[3] == greedy_only]
+            for part in range(0, len(group), 12):  # 12 settings x prompts per batch
+                chunk = group[part: part + 12]
+                pushes = torch.stack([c * self.mean_norm * vecs[m] / vecs[m].norm().clamp_min(1e-12)
+                                      for _, m, c, _ in chunk])
+                t = time.time()
+                gens = gen_rows(self.lm, self.rep_prompts, pushes, self.hook, self.a, greedy_only)
+                for (key, m, c, _), g in zip(chunk, gens):
+                    done[key] = {"method": m, "coeff": c, "rows": judged(self.lm, g, judge)}
+                atomic_write_json(path, done)
+                log.info("  %s %s: %d settings generated in %.0f s", self.label, concept.name, len(chunk),
+                         time.time() - t)
+        return done
+
+
+def pick_coeff(grid: list[dict], budget: float) -> float:
+    """The coefficient with the largest objective among those whose KL is within the budget (NaN KL is
+    never within it; coefficient 0, KL 0, always is); the smaller coefficient on a tie."""
+    ok = [r for r in grid if r["kl"] <= budget]
+    return max(sorted(ok, key=lambda r: r["coeff"]), key=lambda r: r["objective"])["coeff"]
+
+
+def _per_setting_objective(lm: Any, prompts: list[str], targets: list[int], iv: AddVector, k: int) -> list[float]:
+    """target_objective per setting: rows are k settings x prompts, each setting's mean over its prompts."""
+    from steering.positions import RunState
+    from steering.interventions import steering
+    from steering.reading import _device, encode_texts
+
+    b = encode_texts(lm, prompts * k, side="right")
+    state = RunState(prompt_len=b.lengths, left_pad=b.left_pad)
+    with steering(lm, [iv], state=state):
+        logits = lm.bridge(b.tokens.to(_device(lm)))
+    last = (b.lengths - 1).to(logits.device)
+    lp = torch.log_softmax(logits[torch.arange(b.tokens.shape[0], device=logits.device), last].float(), -1)
+    tgt = torch.tensor(sorted(set(targets)), dtype=torch.long, device=lp.device)
+    per_row = torch.logsumexp(lp[:, tgt], -1).view(k, len(prompts)).mean(1)
+    return per_row.cpu().tolist()
+
+
+# ---------------------------------------------------------------- summary
+
+def per_prompt(rows: list[dict], key: str, n_prompts: int) -> np.ndarray:
+    """`[prompts]` the measure averaged over decodes (NaN ignored)."""
+    out = np.full(n_prompts, np.nan)
+    for i in range(n_prompts):
+        v = [r[key] for r in rows if r["prompt"] == i and not (isinstance(r[key], float) and math.isnan(r[key]))]
+        if v:
+            out[i] = float(np.mean(v))
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def summarise(a: argparse.Namespace, run: Run, concept: Any, base_rows: list[dict], choice: dict, report: dict,
+              info: dict) -> dict:
+    n = len(run.rep_prompts)
+    base = {k: per_prompt(base_rows, k, n) for k in MEASURES}
+    out: dict[str, Any] = {"budgets": {}, "spearman": {}, "base": {k: float(np.nanmean(v)) for k, v in base.items()}}
+    for b in a.budgets:
+        res: dict[str, Any] = {}
+        for m in choice:
+            if m.startswith("cand_") and b != a.budgets[0]:
+                continue
+            c = choice[m]["chosen"][str(b)]
+            grid = {r["coeff"]: r for r in choice[m]["grid"]}
+            rows = base_rows if c == 0 else report[f"{m}@{c:g}"]["rows"]
+            if m.startswith("cand_"):
+                rows = [r for r in rows if r["decode"] == 0]
+                bd = {k: per_prompt([r for r in base_rows if r["decode"] == 0], k, n) for k in MEASURES}
+            else:
+                bd = base
+            r: dict[str, Any] = {"coeff": c, "kl": grid[c]["kl"], "objective": grid[c]["objective"]}
+            for k in MEASURES:
+                v = per_prompt(rows, k, n)
+                r[k] = float(np.nanmean(v))
+            for k in ("target_hit", "target_logprob"):
+                gain = per_prompt(rows, k, n) - bd[k]
+                gain = gain[~np.isnan(gain)]
+                iv = bootstrap_interval(gain, n_resamples=a.resamples) if len(gain) else None
+                r[f"{k}_gain"] = iv.to_dict() if iv else None
+            steered = [x["steered_positions"] for x in rows] if c != 0 else []
+            read = [x["read_positions"] for x in rows] if c != 0 else []
+            r["all_positions_steered"] = bool(steered) and steered == read
+            res[m] = r
+        rand = [res[m] for m in res if m.startswith("random_")]
+        if rand:
+            res["random_median"] = {
+                "coeff": float(np.median([x["coeff"] for x in rand])), "kl": float(np.median([x["kl"] for x in rand])),
+                **{k: float(np.median([x[k] for x in rand])) for k in MEASURES},
+                **{f"{k}_gain": {"estimate": float(np.median([x[f"{k}_gain"]["estimate"] for x in rand])),
+                                 "low": math.nan, "high": math.nan, "n": len(rand)}
+                   for k in ("target_hit", "target_logprob")}}
+        out["budgets"][str(b)] = res
+    # Spearman: each score of the candidates vs their measured held-out log-prob gain
+    res0 = out["budgets"][str(a.budgets[0])]
+    cands = info["spearman_set"]
+    gains = [res0[f"cand_{c['feature']}"]["target_logprob_gain"]["estimate"] for c in cands]
+    for s in SCORES:
+        out["spearman"][s] = spearman([c[s] for c in cands], gains)
+    out["spearman_n"] = len(cands)
+    return out
+
+
+def fmt_iv(d: dict | None, nd: int = 2) -> str:
+    if not d:
+        return "n/a"
+    if math.isnan(d["low"]):
+        return f"{d['estimate']:.{nd}f}"
+    return f"{d['estimate']:.{nd}f} [{d['low']:.{nd}f}, {d['high']:.{nd}f}]"
+
+
+def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tuple[list[str], dict]:
+    """The issue's goal at one budget: best SAE selector (by mean log-prob gain over concepts) vs DiffMean
+    and the random median; and the Spearman of that selector's own score (concept_output where it has none)."""
+    concepts = list(summ)
+    sae_methods = [f"sae_{s}" for s in a.selectors]
+
+    def mean_gain(m: str, k: str) -> float:
+        return float(np.mean([summ[c]["budgets"][budget][m][f"{k}_gain"]["estimate"] for c in concepts]))
+
+    best = max(sae_methods, key=lambda m: mean_gain(m, "target_logprob"))
+    dm_hit, dm_lp = mean_gain("diffmean", "target_hit"), mean_gain("diffmean", "target_logprob")
+    b_hit, b_lp = mean_gain(best, "target_hit"), mean_gain(best, "target_logprob")
+    beats = [summ[c]["budgets"][budget][best]["target_logprob_gain"]["estimate"]
+             > summ[c]["budgets"][budget]["random_median"]["target_logprob_gain"]["estimate"] for c in concepts]
+    score = best.removeprefix("sae_")
+    score = score if score in SCORES else "concept_output"
+    rho = [summ[c]["spearman"][score] for c in concepts]
+    rho_mean = float(np.nanmean(rho)) if not all(math.isnan(r) for r in rho) else float("nan")
+    ratio = lambda x, y: x / y if y > 0 else float("nan")  # noqa: E731
+    res = {"best": best, "hit_ratio": ratio(b_hit, dm_hit), "lp_ratio": ratio(b_lp, dm_lp),
+           "beats_random": sum(beats) / len(beats), "spearman": rho_mean, "score": score}
+    yes = lambda ok: "met" if ok else "missed"  # noqa: E731
+    lines = [
+        f"- best SAE method (mean held-out log-prob gain over {len(concepts)} concepts): **{best}**",
+        f"- hit-rate gain {b_hit:.3f} vs DiffMean {dm_hit:.3f}: ratio {res['hit_ratio']:.2f} (goal >= 0.8: "
+        f"{yes(res['hit_ratio'] >= 0.8)})",
+        f"- log-prob gain {b_lp:.3f} vs DiffMean {dm_lp:.3f}: ratio {res['lp_ratio']:.2f} (goal >= 0.8: "
+        f"{yes(res['lp_ratio'] >= 0.8)})",
+        f"- beats the random-feature median (log-prob gain) on {sum(beats)}/{len(beats)} concepts (goal >= 75%: "
+        f"{yes(res['beats_random'] >= 0.75)})",
+        f"- Spearman of the {score} score vs measured log-prob gain over {summ[concepts[0]]['spearman_n']} "
+        f"candidates, mean over concepts: {rho_mean:.2f} (goal >= 0.3: {yes(rho_mean >= 0.3)})",
+    ]
+    return lines, res
+
+
+def write_table(a: argparse.Namespace, runs: dict[str, Run], summ: dict[str, dict[str, dict]], path: Path,
+                wall: float) -> str:
+    import torch as _t
+
+    methods = [f"sae_{s}" for s in a.selectors] + list(CONTROLS) + ["random_median"]
+    lines = ["# Steering: SAE feature selectors vs DiffMean at one KL budget", "",
+             "Command: `python " + " ".join(shlex.quote(x) for x in sys.argv) + "`", "",
+             f"Date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), torch {_t.__version__}, "
+             f"device {a.device}; wall {wall:.0f} s (this invocation; cached stages are not re-timed).", "",
+             f"Sizes: {len(a.concepts)} concepts ({', '.join(a.concepts)}); {a.select_prompts} selection prompts and "
+             f"{a.report_prompts} held-out prompts per concept (disjoint); greedy + {a.samples} seeded samples per "
+             f"prompt; {a.max_new_tokens} new tokens; coefficient grid {a.coeffs} x the hook's mean norm (and 0); "
+             f"KL on {a.neutral} neutral texts of {a.neutral_tokens} tokens; {a.random} random features; "
+             f"{a.spearman} pool candidates for Spearman; candidate pool {a.candidates} per source. SAE features are "
+             "added (not clamped) at every position. Gains: steered minus unsteered on the held-out prompts, "
+             f"decodes averaged per prompt, 95% percentile-bootstrap interval over prompts ({a.resamples} resamples, "
+             "evals.intervals); the random median has no interval.", ""]
+    for label, run in runs.items():
+        lines.append(f"SAE `{label}`: {run.sae_dir} at {run.hook} ({run.sae.num_features} features), hook mean norm "
+                     f"{run.mean_norm:.3g}")
+    lines.append("")
+    for b in a.budgets:
+        for label in runs:
+            s = summ[label]
+            lines += [f"## {label}, KL budget {b:g} nats/token (mean over concepts; per-concept rows in summary.json)", "",
+                      "| method | coeff | KL | hit gain [95%] | log-prob gain [95%] | hit | ppl | distinct-2 | compression |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            base = {k: float(np.mean([s[c]["base"][k] for c in s])) for k in MEASURES}
+            lines.append(f"| unsteered | 0 | 0 | 0 | 0 | {base['target_hit']:.2f} | {base['ppl']:.2f} | "
+                         f"{base['distinct_2']:.2f} | {base['compression']:.2f} |")
+            for m in methods:
+                rs = [s[c]["budgets"][str(b)][m] for c in s if m in s[c]["budgets"][str(b)]]
+                if not rs:
+                    continue
+                mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
+                gain = {}
+                for k in ("target_hit", "target_logprob"):
+                    est = [r[f"{k}_gain"]["estimate"] for r in rs]
+                    lo = [r[f"{k}_gain"]["low"] for r in rs]
+                    hi = [r[f"{k}_gain"]["high"] for r in rs]
+                    # per-concept intervals averaged: a summary, the per-concept table below is the inference
+                    gain[k] = {"estimate": float(np.mean(est)), "low": float(np.mean(lo)), "high": float(np.mean(hi))}
+                lines.append(f"| {m} | {mean('coeff'):.3g} | {mean('kl'):.3f} | {fmt_iv(gain['target_hit'])} | "
+                             f"{fmt_iv(gain['target_logprob'])} | {mean('target_hit'):.2f} | {mean('ppl'):.2f} | "
+                             f"{mean('distinct_2'):.2f} | {mean('compression'):.2f} |")
+            lines += ["", "Per concept, log-prob gain [95%] (hit gain):", "",
+                      "| concept | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+            for c in s:
+                cells = []
+                for m in methods:
+                    r = s[c]["budgets"][str(b)].get(m)
+                    cells.append("" if r is None else f"{fmt_iv(r['target_logprob_gain'])} ({r['target_hit_gain']['estimate']:.2f})")
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+            lines += ["", "Goal check:", ""] + goal_check(a, s, str(b))[0] + [""]
+    lines += ["## Spearman: selection score vs measured held-out log-prob gain (0.25 budget, greedy)", "",
+              "| SAE | concept | " + " | ".join(SCORES) + " |", "|---|---|" + "---:|" * len(SCORES)]
+    for label, s in summ.items():
+        for c in s:
+            lines.append(f"| {label} | {c} | " + " | ".join(f"{s[c]['spearman'][k]:.2f}" for k in SCORES) + " |")
+        lines.append(f"| {label} | mean | " + " | ".join(
+            f"{np.nanmean([s[c]['spearman'][k] for c in s]):.2f}" for k in SCORES) + " |")
+    lines.append("")
+    pos_ok = all(r.get("all_positions_steered", True) for s in summ.values() for c in s.values()
+                 for bb in c["budgets"].values() for m, r in bb.items() if m != "random_median" and r["coeff"] != 0)
+    lines.append(f"Every steered generation steered every position it read (prompt + generated, KV cache on): "
+                 f"{'yes' if pos_ok else 'NO: see summary.json all_positions_steered'}.")
+    text = "\n".join(lines) + "\n"
+    atomic_write_bytes(path, text.encode())
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     start = time.time()
-    summary = run_sweep(cfg)
-    wall = time.time() - start
-    print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"device {cfg.device}; wall {wall:.0f} s")
-    budget = "no KL budget" if cfg.max_kl is None else f"KL <= {cfg.max_kl:g} nats/token"
-    print(f"hook mean norm {summary['mean_norm']:.3g}; coefficients in units of it; chosen by {cfg.select_by} on "
-          f"even prompts with {budget}, perplexity <= {cfg.max_ppl_ratio:g}x, distinct-2 >= "
-          f"{cfg.min_distinct_ratio:g}x and zlib compression ratio <= {cfg.max_compression_ratio:g}x unsteered; "
-          f"reported on odd prompts; KL on {len(summary['neutral_texts'])} neutral texts (none a concept's own), "
-          f"positions {cfg.positions}")
-    for name, c in summary["concepts"].items():
-        cos = ", ".join(f"{m} {v:.2f}" for m, v in c["cos_to_diffmean"].items() if m != "diffmean")
-        p = c["probe"]
-        judge = (f"probe: {p['kind']} on {p['n_positive']}+{p['n_negative']} judge texts no method reads, "
-                 f"leave-one-out accuracy {p['loo_accuracy']:.2f}, cosine to DiffMean {p['cos_to_diffmean']:.2f}"
-                 if "n_positive" in p else f"probe: {p['kind']}")
-        print(f"{name}: SAE feature {c['feature']} (activation rise {c['feature_rise']:.3g}); cosine to DiffMean: {cos}; "
-              f"{judge}")
-    print("sae_feature = the sae method's own feature re-read on the text (favours sae: not a judge)")
-    print(format_table(summary))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "args.json", vars(a))
+    saes = layer_saes(a, out)
+    if not saes:
+        raise SystemExit("nothing to run: give --layers or --sae")
+    from workbench.models import load_model
+
+    lm = load_model(a.model, device=a.device)
+    sel_prompts = ALL_PROMPTS[: a.select_prompts]
+    rep_prompts = ALL_PROMPTS[a.select_prompts: a.select_prompts + a.report_prompts]
+    concepts = [load_concept(c) for c in a.concepts]
+    neutral = neutral_texts(a.neutral, exclude=[t for c in concepts for t in c.texts])
+    kl = NeutralKL(lm, neutral, max_tokens=a.neutral_tokens)
+    base_path = out / "unsteered.json"
+    base = load_json(base_path)
+    if base is None:
+        gens = gen_rows(lm, rep_prompts, None, "", a)[0]
+        base = {"gens": [{"prompts": g.prompts, "prompt_ids": g.prompt_ids, "new_ids": g.new_ids, "texts": g.texts,
+                          "read_positions": g.read_positions, "steered_positions": g.steered_positions}
+                         for g in gens]}
+        atomic_write_json(base_path, base)
+    base_gens = [Generation(**g) for g in base["gens"]]
+    runs: dict[str, Run] = {}
+    summ: dict[str, dict[str, dict]] = {}
+    for label, sae_dir in saes.items():
+        run = Run(label, sae_dir, lm, a, out, sel_prompts, rep_prompts, neutral, kl)
+        runs[label] = run
+        summ[label] = {}
+        for concept in concepts:
+            t = time.time()
+            vecs, info = run.directions(concept)
+            judge = Judge(run.hook, target_words=tuple(concept.target_words))
+            base_rows = judged(lm, base_gens, judge)
+            choice = run.choose(concept, vecs, info["targets"])
+            report = run.report(concept, vecs, choice, judge)
+            summ[label][concept.name] = summarise(a, run, concept, base_rows, choice, report, info)
+            atomic_write_json(run.dir / concept.name / "summary.json", summ[label][concept.name])
+            log.info("%s %s done in %.0f s", label, concept.name, time.time() - t)
+    atomic_write_json(out / "summary.json", summ)
+    text = write_table(a, runs, summ, Path(a.table or out / "table.md"), time.time() - start)
+    print(text)
     return 0
 
 

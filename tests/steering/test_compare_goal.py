@@ -1,0 +1,57 @@
+"""benchmarks/steering_compare.py's decisions, on hand-made numbers: the coefficient rule (largest
+objective within the KL budget, 0 always admitted) and the goal check (best SAE selector vs DiffMean
+and the random median, Spearman of its own score), each against values worked out by hand."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import steering_compare as sc  # noqa: E402
+
+GRID = [{"coeff": 0.0, "kl": 0.0, "objective": -9.0}, {"coeff": 0.1, "kl": 0.05, "objective": -8.0},
+        {"coeff": 0.2, "kl": 0.2, "objective": -6.5}, {"coeff": 0.4, "kl": 0.6, "objective": -3.0},
+        {"coeff": 0.6, "kl": math.nan, "objective": -1.0}]
+
+
+@pytest.mark.parametrize("budget,want", [(0.25, 0.2), (0.1, 0.1), (0.01, 0.0), (1.0, 0.4)])
+def test_coefficient_is_the_best_objective_within_budget(budget, want):
+    assert sc.pick_coeff(GRID, budget) == want
+
+
+def test_a_coefficient_worse_than_none_is_not_chosen():
+    grid = [{"coeff": 0.0, "kl": 0.0, "objective": -5.0}, {"coeff": 0.1, "kl": 0.05, "objective": -6.0}]
+    assert sc.pick_coeff(grid, 0.25) == 0.0
+
+
+def _row(lp: float, hit: float) -> dict:
+    g = lambda x: {"estimate": x, "low": x - 1, "high": x + 1, "n": 4}  # noqa: E731
+    return {"target_logprob_gain": g(lp), "target_hit_gain": g(hit)}
+
+
+def test_goal_check_against_hand_computed_ratios():
+    a = argparse.Namespace(selectors=["rise", "output"])
+    # two concepts; DiffMean gains lp 2 and 4 (mean 3), hit 0.5 and 0.3 (mean 0.4)
+    # output: lp 3 and 2 (mean 2.5 -> best; ratio 2.5/3), hit 0.4 and 0.2 (mean 0.3 -> ratio 0.75)
+    # random median lp 1 and 2.5: output beats it on concept a only (3 > 1, 2 < 2.5)
+    summ = {}
+    for c, (dm, out, rise, rnd, rho) in {"a": ((2, .5), (3, .4), (1, .1), (1, 0), 0.5),
+                                          "b": ((4, .3), (2, .2), (0, 0), (2.5, 0), 0.2)}.items():
+        summ[c] = {"budgets": {"0.25": {"diffmean": _row(*dm), "sae_output": _row(*out), "sae_rise": _row(*rise),
+                                        "random_median": _row(*rnd)}},
+                   "spearman": {"output": rho, "rise": -1.0, "concept_output": 0.0, "gradient": 0.0},
+                   "spearman_n": 16}
+    lines, res = sc.goal_check(a, summ, "0.25")
+    assert res["best"] == "sae_output"
+    assert res["lp_ratio"] == pytest.approx(2.5 / 3)
+    assert res["hit_ratio"] == pytest.approx(0.3 / 0.4)
+    assert res["beats_random"] == 0.5
+    assert res["spearman"] == pytest.approx(0.35) and res["score"] == "output"
+    text = "\n".join(lines)
+    assert "ratio 0.83 (goal >= 0.8: met)" in text and "ratio 0.75 (goal >= 0.8: missed)" in text
+    assert "1/2 concepts (goal >= 75%: missed)" in text and "0.35 (goal >= 0.3: met)" in text
