@@ -161,6 +161,26 @@ def paired_bootstrap_interval(columns: Sequence[ArrayLike], statistic: Callable[
     return _percentiles(estimate, stats, n, level)
 
 
+def stratified_mean_interval(groups: Sequence[ArrayLike], *, n_resamples: int = DEFAULT_RESAMPLES,
+                             level: float = DEFAULT_LEVEL, seed: int = 0) -> Interval:
+    """Interval of the mean over groups of each group's mean, resampling within each group.
+
+    The form of a probing accuracy averaged over tasks: each task has its own test examples
+    (0/1 correct), and a resample redraws every task's test set from itself, so each task keeps
+    its size and weight. ``n`` is the total number of resampled units."""
+    gs = [np.asarray(g, dtype=np.float64).reshape(-1) for g in groups]
+    if not gs or any(g.size == 0 for g in gs):
+        raise WorkbenchError("stratified_mean_interval needs at least one group, none of them empty")
+    n = int(sum(g.size for g in gs))
+    _check(n, n_resamples, level)
+    rng = np.random.default_rng(seed)
+    estimate = float(np.mean([g.mean() for g in gs]))
+    stats = np.zeros(n_resamples)
+    for g in gs:
+        stats += np.concatenate([g[idx].mean(axis=1) for idx in _index_chunks(rng, g.size, n_resamples)])
+    return _percentiles(estimate, stats / len(gs), n, level)
+
+
 def ratio_interval(numerator: ArrayLike, denominator: ArrayLike, *,
                    n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
                    seed: int = 0) -> Interval:
@@ -185,4 +205,5 @@ def ratio_interval(numerator: ArrayLike, denominator: ArrayLike, *,
 
 
 __all__ = ["DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "Interval", "bootstrap_interval",
-           "paired_bootstrap_interval", "percentile_interval", "ratio_interval", "resample_counts"]
+           "paired_bootstrap_interval", "percentile_interval", "ratio_interval", "resample_counts",
+           "stratified_mean_interval"]

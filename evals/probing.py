@@ -63,6 +63,38 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     return float(clf.score(x_test, y_test))
 
 
+def probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> np.ndarray:
+    """Per test example, whether the probe of `probe_accuracy` classifies it right (its mean is
+    that accuracy): what `accuracy_intervals` resamples."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    clf.fit(x_train, y_train)
+    return np.asarray(clf.predict(x_test) == y_test, dtype=bool)
+
+
+def accuracy_intervals(correct: dict[str, dict[str, np.ndarray]], *, n_resamples: int = 1000,
+                       seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Bootstrap 95% intervals of the accuracies averaged over tasks, per metric.
+
+    `correct[task][metric]`: that task's test examples, True where the probe was right (from
+    `probe_correct`). Each resample redraws every task's test examples from themselves (tasks keep
+    their sizes) and averages the tasks' accuracies, as the reported mean does
+    (`evals.intervals.stratified_mean_interval`)."""
+    from evals.intervals import stratified_mean_interval
+
+    metrics = sorted({m for per in correct.values() for m in per})
+    out = {}
+    for m in metrics:
+        groups = [per[m] for per in correct.values() if m in per]
+        iv = stratified_mean_interval(groups, n_resamples=n_resamples, seed=seed)
+        out[m] = {**iv.to_dict(), "resampled": "test examples", "method": "percentile bootstrap",
+                  "resamples": n_resamples}
+    return out
+
+
 def balanced_tasks(labels: Sequence[str], *, min_per_class: int = 20, max_per_class: int = 500,
                    seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per class with enough documents: (row indices, binary labels) of a balanced one-vs-rest set."""

@@ -186,3 +186,32 @@ def test_fvu_interval_in_the_summary_and_bounded_blocks(monkeypatch):
     assert iv["low"] < summ["fvu"] < iv["high"]
     ev = summ["intervals"]["explained_variance"]
     assert ev["low"] == pytest.approx(1 - iv["high"]) and ev["estimate"] == pytest.approx(summ["explained_variance"])
+
+
+# --- probing accuracy: test examples resampled within each task ---------------------------------
+
+def test_mean_accuracy_over_tasks_is_covered_at_the_stated_rate():
+    from evals.intervals import stratified_mean_interval
+
+    acc = [0.6, 0.75, 0.9]  # three tasks of 100 test examples: true mean accuracy 0.75
+    rng = np.random.default_rng(7)
+    hits = 0
+    for rep in range(REPS):
+        groups = [(rng.random(100) < a).astype(float) for a in acc]
+        iv = stratified_mean_interval(groups, n_resamples=400, seed=rep)
+        hits += iv.low <= 0.75 <= iv.high
+    assert 0.90 <= hits / REPS <= 0.99, hits / REPS
+
+
+def test_probing_reports_accuracy_intervals_from_its_test_examples():
+    from evals.probing import accuracy_intervals, probe_correct
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 5))
+    y = (x[:, 0] + 0.8 * rng.normal(size=400) > 0).astype(np.int64)
+    correct = probe_correct(x[:300], y[:300], x[300:], y[300:])
+    assert correct.dtype == bool and correct.shape == (100,)
+    ivs = accuracy_intervals({"task_a": {"raw_full": correct}, "task_b": {"raw_full": ~correct}}, n_resamples=300)
+    iv = ivs["raw_full"]
+    assert iv["estimate"] == pytest.approx(0.5) and iv["n"] == 200 and iv["resampled"] == "test examples"
+    assert iv["low"] < 0.5 < iv["high"]
