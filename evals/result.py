@@ -111,7 +111,11 @@ class EvalResult:
         elif self.probing:
             m, se = self.probing["mean"], self.probing.get("mean_se", {})
 
+            ivs = self.probing.get("intervals") or {}
+
             def acc(key: str) -> str:
+                if key in ivs:  # the bootstrap 95% interval (test examples resampled) where probing gives one
+                    return f"{m[key]:.3f} [{ivs[key]['low']:.3f}, {ivs[key]['high']:.3f}]"
                 return f"{m[key]:.3f} ± {se[key]:.3f}" if key in se else f"{m[key]:.3f}"
             for k in self.probing["ks"]:
                 out.append((f"probe top-{k} (SAE / raw)", f"{acc(f'sae_top{k}')} / {acc(f'raw_top{k}')}"))
