@@ -248,3 +248,24 @@ def test_cache_only_flags_need_model(tmp_path, capsys) -> None:
     assert main(["train", "--cache", str(tmp_path), "--corpus", "wiki-vital", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--corpus" in err[0] and "--model" in err[0], err
+
+
+def test_a_checkpoint_from_before_the_stream_fields_still_resumes(tmp_path, one_thread) -> None:
+    """Fields added to TrainConfig since a checkpoint was written held their defaults then: not a config change."""
+    from saes import TensorSource, TrainConfig, Trainer, train
+
+    x = torch.randn(600, 8, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(k=(2,), expansion=(2,), batch_size=50, checkpoint_every=3, progress=False, out=str(tmp_path),
+                      max_tokens=300, init_sample_tokens=100)
+    train(cfg, TensorSource(x))
+    step_dir = next((tmp_path / "checkpoint").glob("step-*"))
+    state = json.loads((step_dir / "trainer.json").read_text())
+    for name in ("model", "corpus", "tokens", "context_length", "harvest_batch_size", "corpus_seed", "model_dtype",
+                 "shuffle_buffer"):
+        del state["config"][name]
+    (step_dir / "trainer.json").write_text(json.dumps(state))
+    trainer = Trainer(cfg, TensorSource(x))
+    try:
+        assert trainer.step == state["step"] > 0
+    finally:
+        trainer.close()
