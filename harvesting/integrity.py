@@ -6,6 +6,13 @@ separator, no symlink leading out of the cache). The reader runs the cheap check
 is opened (each file present, its size and safetensors header as the manifest says), so a
 damaged shard is named at once instead of failing mid-run; `sae cache verify` adds the
 checksums and the totals.
+
+A flipped byte inside a shard's data keeps the file's size and header, so only a checksum sees
+it. The reader therefore checks each shard file's sha256 against the manifest the first time it
+reads that file (`checksum_problem`): one sequential read of a file whose pages the epoch maps in
+anyway (benchmarks/RESULTS.md gives its cost against an epoch), so a damaged cache stops training
+or evaluation with one line instead of being learned from. `verify=True` hashes everything on
+open instead, and the reader then skips these first-read checks.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import WorkbenchError
+from workbench.io import sha256_file
 
 # safetensors' dtype names in torch's spelling (the manifest's), for every type a file may hold,
 # so that a file of an unexpected type is named as torch would name it
@@ -76,8 +84,6 @@ def expected_keys(manifest: dict[str, Any]) -> list[str]:
 def shard_file_problems(root: Path, manifest: dict[str, Any], shard: dict[str, Any], key: str,
                         checksum: bool = False) -> list[str]:
     """Problems of one file of one shard (empty when it is whole): entry, presence, size, header [, sha256]."""
-    from workbench.io import sha256_file
-
     idx = shard.get("index", "?")
     info = shard.get("files", {}).get(key)
     if not isinstance(info, dict):
@@ -121,6 +127,20 @@ def shard_file_problems(root: Path, manifest: dict[str, Any], shard: dict[str, A
             problems.append(f"{where}: acts {got} {info.get('dtypes', {}).get('acts')} do not match hook "
                             f"{key} (d_model {want['d_model']}, {want['dtype']})")
     return problems
+
+
+def checksum_problem(path: Path, shard: dict[str, Any], key: str) -> str | None:
+    """The sha256 of one shard file (at `path`, already checked to lie in the cache) against the
+    manifest's: what differs, for the caller to name the shard, or None when they agree. A manifest
+    without a checksum for the file (written before checksums were recorded) gives None."""
+    want = (shard.get("files", {}).get(key) or {}).get("sha256")
+    if not want:
+        return None
+    digest = sha256_file(path)
+    if digest == want:
+        return None
+    return (f"checksum mismatch (sha256 {digest[:12]}..., manifest {str(want)[:12]}...): its bytes changed after "
+            f"it was written")
 
 
 def cache_problems(root: Path, manifest: dict[str, Any], checksum: bool = False) -> tuple[list[str], int]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +28,7 @@ from safetensors import safe_open
 
 from harvesting.cache import read_manifest
 from harvesting.epoch_order import Piece, EpochPlan
-from harvesting.integrity import check_opened, entry_path, expected_keys
+from harvesting.integrity import check_opened, checksum_problem, entry_path, expected_keys
 from harvesting.prefetch import prefetched
 from workbench.errors import WorkbenchError, choices_error
 
@@ -39,10 +40,13 @@ class CacheReader:
 
     Opening runs the cheap checks of `harvesting.integrity` (every file a plain file inside the
     cache, present, with the size and header the manifest states); `verify=True` runs the full
-    `sae cache verify` (checksums) first. Either names the first bad shard in one line.
+    `sae cache verify` (checksums) first. Either names the first bad shard in one line. Without
+    `verify`, each shard file's checksum is checked the first time this reader reads it
+    (`checksum=False` skips that, for callers that have checked the files themselves).
     """
 
-    def __init__(self, path: str | Path, allow_incomplete: bool = False, verify: bool = False) -> None:
+    def __init__(self, path: str | Path, allow_incomplete: bool = False, verify: bool = False,
+                 checksum: bool = True) -> None:
         self.path = Path(path)
         self.manifest: dict[str, Any] = read_manifest(self.path)
         if self.manifest["status"] != "complete" and not allow_incomplete:
@@ -64,6 +68,11 @@ class CacheReader:
         # every file entry, checked to be a plain file inside the cache (never trust a manifest's paths)
         self._paths = [{k: entry_path(self.path, s["files"][k]["file"], f"shard {s['index']}")
                         for k in expected_keys(self.manifest)} for s in self.shards]
+        # files whose checksum has been checked (all of them after verify): each is hashed on its first read
+        self._checksummed: set[tuple[int, str]] = set()
+        if verify or not checksum:
+            self._checksummed = {(i, k) for i, paths in enumerate(self._paths) for k in paths}
+        self._checksum_lock = threading.Lock()
 
     # -- what is in it -------------------------------------------------------------------
     @property
@@ -157,6 +166,8 @@ class CacheReader:
     def _read(self, index: int, key: str, names: Sequence[str] | None) -> dict[str, torch.Tensor]:
         """Tensors `names` (None: all) of one shard file; a damaged file is one line naming it."""
         p = self._paths[index][key]
+        if (index, key) not in self._checksummed:
+            self._check_checksum(index, key, p)
         try:
             with safe_open(p, framework="pt") as f:
                 return {k: f.get_tensor(k) for k in (names if names is not None else list(f.keys()))}
@@ -166,6 +177,21 @@ class CacheReader:
                 f"shard {self.shards[index]['index']} of the cache at {str(self.path)!r} ({p.name}) cannot be read "
                 f"({first}); run `sae cache verify {self.path}` and harvest it again"
             ) from None
+
+    def _check_checksum(self, index: int, key: str, p: Path) -> None:
+        """The first read of a shard file: its sha256 against the manifest's (see harvesting.integrity)."""
+        with self._checksum_lock:  # a prefetch thread may read too: hash each file once
+            if (index, key) in self._checksummed:
+                return
+            try:
+                problem = checksum_problem(p, self.shards[index], key)
+            except OSError as e:
+                problem = f"cannot be read ({e})"
+            if problem:
+                raise WorkbenchError(f"shard {self.shards[index]['index']} of the cache at {str(self.path)!r} "
+                                     f"({p.name}) is damaged: {problem}; run `sae cache verify {self.path}` for "
+                                     f"the full list, and harvest it again")
+            self._checksummed.add((index, key))
 
     # -- splits ----------------------------------------------------------------------------
     def heldout_start(self, heldout_fraction: float) -> int:
