@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device to encode on (cpu, cuda, cuda:N)")
     p.add_argument("--rebuild", action="store_true", help="recompute the feature data even if it is up to date")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("--map", dest="map_method", default="umap", choices=("umap", "spectral"),
+                   help="how the feature map places features: umap (UMAP of decoder directions) or spectral (the "
+                        "older spectral embedding)")
+    p.add_argument("--map-colour", default="density", help="per-feature statistic the map is coloured by: density, "
+                                                          "max, mean, nnz")
     add_config_args(p, FeatureConfig)
     p.set_defaults(func=run_browse)
 
@@ -52,6 +57,6 @@ def run_browse(args: argparse.Namespace) -> int:
     cfg = config_from_args(FeatureConfig, args)
     feats = build_features(sae_dir, cache, cfg=cfg, device=args.device, progress=args.progress, rebuild=args.rebuild)
     out = Path(args.out) if args.out else sae_dir / "browser"
-    index = build_browser(feats, out, progress=args.progress)
+    index = build_browser(feats, out, progress=args.progress, map_method=args.map_method, colour=args.map_colour)
     print(index.resolve())
     return 0

@@ -48,9 +48,14 @@ def index_rows(data: FeatureData) -> list[list]:
 
 
 def build_browser(features_dir: str | Path, out: str | Path, *, title: str = "", progress: bool = True,
-                  coords: np.ndarray | None = None) -> Path:
-    """Write the browser for the feature data in `features_dir` into `out`; returns index.html."""
+                  coords: np.ndarray | None = None, map_method: str = "umap", colour: str = "density") -> Path:
+    """Write the browser for the feature data in `features_dir` into `out`; returns index.html.
+
+    The map places features by `map_method` (umap, or spectral: see `evals.geometry.feature_map`)
+    unless `coords` are given, and colours them by `colour`: density, or any per-feature
+    statistic of the feature data (max, mean, nnz)."""
     data = FeatureData(features_dir)
+    map_colour_values(data, colour)  # a bad choice fails before anything is written
     final = Path(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -70,8 +75,8 @@ def build_browser(features_dir: str | Path, out: str | Path, *, title: str = "",
         from evals.geometry import feature_map
         from saes.storage import load_sae
 
-        coords = feature_map(load_sae(meta["sae_dir"]).W_dec.detach())
-    _write(out / "map.html", _map_page(title, data, coords, rows))
+        coords = feature_map(load_sae(meta["sae_dir"]).W_dec.detach(), method=map_method)
+    _write(out / "map.html", _map_page(title, data, coords, rows, colour=colour, method=map_method))
     n = data.num_features
     for f in tqdm(range(n), desc="feature pages", unit="page", disable=not progress):
         nav = ('<nav class="top"><a href="../index.html">index</a><a href="../map.html">map</a>'
@@ -118,22 +123,54 @@ def _index_page(title: str, meta: dict) -> str:
             '<script src="index_data.js"></script><script src="app.js"></script></body></html>\n')
 
 
-def _map_page(title: str, data: FeatureData, coords: np.ndarray, rows: list[list]) -> str:
-    """An SVG scatter of all features; colour = log10 density; each point links to its page."""
+MAP_TEXT = {"umap": "a UMAP of the decoder directions (cosine distance)",
+            "spectral": "a spectral embedding of the decoder directions' nearest-neighbour graph"}
+
+
+def map_colour_values(data: FeatureData, colour: str) -> tuple[np.ndarray, str]:
+    """Per-feature values the map is coloured by, and their label (density is shown as log10)."""
+    t = data.tensors
+    choices = sorted(k for k, v in t.items() if v.dim() == 1 and v.shape[0] == data.num_features)
+    if colour not in choices:
+        raise WorkbenchError(f"cannot colour the map by {colour!r}; valid choices: {', '.join(choices)}")
+    v = t[colour].double().numpy()
+    if colour == "density":
+        return np.log10(np.maximum(v, 1e-7)), "log10 density"
+    return v, colour
+
+
+def _map_page(title: str, data: FeatureData, coords: np.ndarray, rows: list[list], colour: str = "density",
+              method: str = "umap") -> str:
+    """An SVG scatter of all features; colour = a statistic (log10 density by default); the map's clusters
+    outlined; features that absorb first-letter words ringed; each point links to its page."""
+    from evals.features.html import absorption_of
+    from evals.geometry.decoder import cluster_outlines, map_clusters
+
     w, h, pad = 900, 700, 12
-    dens = np.array([r[1] for r in rows])
-    ld = np.log10(np.maximum(dens, 1e-7))
-    lo, hi = float(ld.min()), float(ld.max())
+    vals, label = map_colour_values(data, colour)
+    lo, hi = float(vals.min()), float(vals.max())
+    absorbing = {int(f) for f in (absorption_of(data).get("absorbing_features") or {})}
+    sx = lambda x: pad + x * (w - 2 * pad)  # noqa: E731
+    sy = lambda y: pad + y * (h - 2 * pad)  # noqa: E731
+    coords = np.asarray(coords, dtype=np.float64)
+    outlines = cluster_outlines(coords, map_clusters(coords)) if len(coords) else {}
+    polys = "".join(f'<polygon class="cluster" points="{" ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)}" '
+                    f'fill="none" stroke="#999" stroke-dasharray="4 3"><title>cluster {c}</title></polygon>'
+                    for c, pts in outlines.items())
     pts = []
     for f, (x, y) in enumerate(coords):
-        c = (ld[f] - lo) / (hi - lo) if hi > lo else 0.5
+        c = (vals[f] - lo) / (hi - lo) if hi > lo else 0.5
         color = f"hsl({int(240 - 200 * c)},70%,45%)"
-        label = esc(f"#{f}: " + " \u00b7 ".join(rows[f][3][:3]))
-        pts.append(f'<a href="features/{page_name(f)}"><circle id="f{f}" cx="{pad + x * (w - 2 * pad):.1f}" '
-                   f'cy="{pad + y * (h - 2 * pad):.1f}" r="3" fill="{color}"><title>{label}</title></circle></a>')
+        tip = esc(f"#{f}: " + " \u00b7 ".join(rows[f][3][:3]) + f" ({label} {vals[f]:.3g})"
+                  + (" - absorbs first-letter words" if f in absorbing else ""))
+        ring = ' stroke="#000" stroke-width="1.5" class="absorbing"' if f in absorbing else ""
+        pts.append(f'<a href="features/{page_name(f)}"><circle id="f{f}" cx="{sx(x):.1f}" '
+                   f'cy="{sy(y):.1f}" r="3" fill="{color}"{ring}><title>{tip}</title></circle></a>')
+    ringed = (f" Ringed in black: the {len(absorbing)} features that absorb first-letter words (sae eval "
+              f"--absorption).") if absorbing else ""
     return (_head(f"Map - {title}", "style.css")
             + f'<nav class="top"><a href="index.html">index</a><b>{esc(title)}</b></nav>'
-            '<p class="muted">Each point is a feature, placed by a spectral embedding of its decoder direction\'s '
-            'nearest neighbours (features that point alike sit together); colour: log10 density, blue rare to red '
-            'dense. Click a point for its page.</p>'
-            f'<svg class="map" width="{w}" height="{h}" viewBox="0 0 {w} {h}">{"".join(pts)}</svg></body></html>\n')
+            f'<p class="muted">Each point is a feature, placed by {MAP_TEXT.get(method, esc(method))} (features that '
+            f'point alike sit together); colour: {esc(label)}, blue low ({lo:.3g}) to red high ({hi:.3g}); dashed '
+            f'outlines: the {len(outlines)} groups HDBSCAN finds on the map.{ringed} Click a point for its page.</p>'
+            f'<svg class="map" width="{w}" height="{h}" viewBox="0 0 {w} {h}">{polys}{"".join(pts)}</svg></body></html>\n')

@@ -1,4 +1,5 @@
-"""Geometry of the decoder directions alone: covariance spectrum and a 2-D map of all features."""
+"""Geometry of the decoder directions alone: covariance spectrum and a 2-D map of all features (UMAP or
+spectral), with the map's clusters and their outlines."""
 
 from __future__ import annotations
 
@@ -31,13 +32,50 @@ def power_law_slope(eigenvalues: Tensor, skip: int = 1, tail: float = 0.1) -> tu
     return float(slope), float(intercept)
 
 
-def feature_map(w_dec: Tensor, seed: int = 0, neighbours: int = 15) -> np.ndarray:
-    """2-D coordinates of every feature: a spectral embedding of the cosine nearest-neighbour graph
-    of decoder directions (features pointing alike land together), scaled to [0, 1]."""
+MAP_METHODS = ("umap", "spectral")
+
+
+def _unit(w_dec: Tensor) -> np.ndarray:
+    return (w_dec.float() / w_dec.float().norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+
+
+def _scaled(emb: np.ndarray) -> np.ndarray:
+    lo, hi = emb.min(0), emb.max(0)
+    return (emb - lo) / np.where(hi > lo, hi - lo, 1.0)
+
+
+def feature_map(w_dec: Tensor, seed: int = 0, neighbours: int = 15, method: str = "umap") -> np.ndarray:
+    """2-D coordinates of every feature, scaled to [0, 1], from its decoder direction alone.
+
+    `umap` (the default, Neuronpedia's choice): UMAP (umap-learn) with cosine distance, which
+    keeps groups of features that point alike together and apart from other groups; a dictionary
+    of thousands of directions spreads into readable islands. `spectral`: the older spectral
+    embedding of the cosine nearest-neighbour graph; it keeps only the graph's two slowest
+    modes, so most features of a large SAE collapse into one blob (kept for comparison)."""
+    if method not in MAP_METHODS:
+        from workbench.errors import WorkbenchError
+
+        raise WorkbenchError(f"unknown feature map method {method!r}; valid choices: {', '.join(MAP_METHODS)}")
+    unit = _unit(w_dec)
+    n = unit.shape[0]
+    if n < 4:  # too few points for either embedding: PCA (or the points themselves)
+        from sklearn.decomposition import PCA
+
+        emb = PCA(n_components=2).fit_transform(unit) if n >= 2 else np.zeros((n, 2))
+        return _scaled(emb)
+    if method == "umap":
+        import warnings
+
+        import umap
+
+        with warnings.catch_warnings():  # a fixed random_state turns off parallelism: umap warns about it
+            warnings.simplefilter("ignore")
+            emb = umap.UMAP(n_components=2, n_neighbors=min(neighbours, n - 1), metric="cosine", min_dist=0.1,
+                            random_state=seed, init="spectral" if n > 2 * neighbours else "random",
+                            ).fit_transform(unit)
+        return _scaled(np.asarray(emb, dtype=np.float64))
     from sklearn.manifold import SpectralEmbedding
 
-    unit = (w_dec.float() / w_dec.float().norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
-    n = unit.shape[0]
     try:
         emb = SpectralEmbedding(n_components=2, affinity="nearest_neighbors", n_neighbors=min(neighbours, n - 1),
                                 random_state=seed).fit_transform(unit)
@@ -45,5 +83,35 @@ def feature_map(w_dec: Tensor, seed: int = 0, neighbours: int = 15) -> np.ndarra
         from sklearn.decomposition import PCA
 
         emb = PCA(n_components=2, random_state=seed).fit_transform(unit)
-    lo, hi = emb.min(0), emb.max(0)
-    return (emb - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return _scaled(emb)
+
+
+def map_clusters(coords: np.ndarray, min_size: int = 0) -> np.ndarray:
+    """Cluster label of each point of a 2-D map (-1: in no cluster), by HDBSCAN on the map itself.
+
+    The outlines the browser draws: groups the eye sees on the map, found where the map is dense
+    (HDBSCAN needs no number of clusters). `min_size` (default: n / 100, at least 5) is the
+    smallest group outlined."""
+    from sklearn.cluster import HDBSCAN
+
+    n = len(coords)
+    size = min_size or max(5, n // 100)
+    if n < 2 * size:
+        return np.full(n, -1)
+    return HDBSCAN(min_cluster_size=size, copy=True).fit_predict(np.asarray(coords, dtype=np.float64))
+
+
+def cluster_outlines(coords: np.ndarray, labels: np.ndarray) -> dict[int, np.ndarray]:
+    """The convex hull (vertices in order) of each cluster with at least 3 non-collinear points."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    out = {}
+    for c in sorted(set(labels.tolist()) - {-1}):
+        pts = coords[labels == c]
+        if len(pts) < 3:
+            continue
+        try:
+            out[int(c)] = pts[ConvexHull(pts).vertices]
+        except QhullError:
+            continue
+    return out
