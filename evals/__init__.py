@@ -16,6 +16,7 @@ from evals.health import FeatureStats, max_cosine_to_others, weight_stats
 from evals.intervals import Interval, bootstrap_interval, paired_bootstrap_interval, ratio_interval
 from evals.loading import SAERef, expand_sae_paths, load_for_eval
 from evals.pareto import pareto_plot
+from evals.probe_corpus import corpus_probing
 from evals.probing import pooled_from_cache, sparse_probing, topk_by_mean_diff, wiki_vital_labels
 from evals.reconstruction import ReconstructionStats
 from evals.result import EvalResult, comparison_table
@@ -41,6 +42,7 @@ __all__ = [
     "check_fits_model",
     "comparison_table",
     "corpus_contexts",
+    "corpus_probing",
     "evaluate",
     "make_task",
     "expand_sae_paths",

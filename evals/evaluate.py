@@ -29,6 +29,7 @@ from evals.cache_pass import cache_pass
 from evals.contexts import cache_contexts, corpus_contexts
 from evals.health import weight_stats
 from evals.loading import load_for_eval
+from evals.probe_corpus import LABEL_SETS
 from evals.probing import KS, DocPool, cache_labels, separator_id, sparse_probing, unseen_documents
 from evals.provenance import (
     TrainingDocuments,
@@ -65,6 +66,9 @@ class EvalConfig:
     probing: bool = field(default=True, metadata={"help": "sparse probing on the corpus's document labels (wiki-vital topics)"})
     probe_max_per_class: int = field(default=300, metadata={"help": "positives per one-vs-rest probing task (as many negatives)"})
     probe_cache: str = field(default="", metadata={"help": "cache whose documents sparse probing uses (default: --cache); only documents the SAE did not train on are probed"})
+    probe_label_sets: str = field(default="", metadata={"help": "also probe these label sets on documents run through the model at SAEBench's sizes, comma-separated: wiki-vital:topic, debian-text:source, debian-text:section (documents the SAE trained on are left out)"})
+    probe_per_class: int = field(default=2500, metadata={"help": "positives per task for --probe-label-sets (SAEBench: 2500, i.e. 4000 train / 1000 test examples)"})
+    probe_context: int = field(default=128, metadata={"help": "tokens of each document run for --probe-label-sets (SAEBench: 128)"})
     absorption: bool = field(default=False, metadata={"help": "first-letter feature absorption (SAEBench's absorption eval; needs the model; minutes on CPU, so off by default)"})
     absorption_words: int = field(default=2000, metadata={"help": "single-token alphabetic words sampled for absorption (0 = the whole vocabulary: tens of minutes on 2 CPUs)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N (auto: cuda if present)"})
@@ -140,6 +144,9 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
         raise WorkbenchError(f"unknown splice positions {cfg.splice_positions!r}; valid choices: "
                              f"{', '.join(SPLICE_POSITIONS)}")
     ce_context_count(cfg, 1)  # --ce-tokens with --ce-contexts is refused before any long pass
+    for name in (n.strip() for n in cfg.probe_label_sets.split(",")):
+        if name and name not in LABEL_SETS:
+            raise WorkbenchError(f"unknown probing label set {name!r}; valid choices: {', '.join(LABEL_SETS)}")
     device = resolve_device(cfg.device)
     path = None
     if isinstance(sae, (str, Path)):
@@ -221,9 +228,32 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
                 result.notes.append("no cache: mean ablation skipped (it needs the mean activation)")
     if reader is not None and pool is not None:
         _probe(pool, probe_docs, cfg, result)
+    if cfg.probe_label_sets:
+        _probe_label_sets(sae, lm, hook, reader, training, cfg, result)
     if cfg.absorption:
         _absorption(sae, lm, hook, cfg, result)
     return result
+
+
+def _probe_label_sets(sae, lm, hook: str, reader: CacheReader | None, training: TrainingDocuments | None,
+                      cfg: EvalConfig, result: EvalResult) -> None:
+    """Sparse probing at SAEBench's sizes on documents run through the model (`evals.probe_corpus`)."""
+    from evals.probe_corpus import corpus_probing
+
+    names = [n.strip() for n in cfg.probe_label_sets.split(",") if n.strip()]
+    if lm is None or lm.modality != "text" or lm.suffix_ids:
+        result.notes.append("probing on label sets skipped: it runs documents through a causal language model (give --model)")
+        return
+    sae_corpus = None
+    if training is None and reader is not None and (result.data.get("training_cache") or {}).get("verdict") in ("same", "same path"):
+        sae_corpus = (reader.manifest.get("corpus") or {}).get("id")
+    sets = corpus_probing(sae, lm, hook, names, training=training, sae_corpus=sae_corpus, max_per_class=cfg.probe_per_class,
+                          context_length=cfg.probe_context, seed=cfg.seed, progress=cfg.progress)
+    result.probing = {**result.probing, "label_sets": sets}
+    for name, r in sets.items():
+        why = r.get("skipped") or (r.get("documents") or {}).get("note")
+        if why:
+            result.notes.append(f"probing {name}: {why}")
 
 
 def _absorption(sae, lm, hook: str, cfg: EvalConfig, result: EvalResult) -> None:

@@ -22,7 +22,8 @@ falling back on training documents. Enough documents come from a second cache of
 corpus (`sae eval --probe-cache`, e.g. `sae harvest --seed 1` with another --out; the documents
 the SAE trained on are left out by their corpus index), or from training with a larger
 --heldout-fraction. SAEBench's own tasks use 4000 train / 1000 test texts per class, each run
-alone; reaching that needs documents beyond a cache, run through the model (a later change).
+alone; `evals.probe_corpus` (`sae eval --probe-label-sets`) reaches that: documents of the corpus
+run through the model, 128 tokens each, on several label sets.
 
 Pooling reads the cache: its rows carry each token's document id, so no model pass is needed.
 Documents are packed into contexts, so a document's later tokens may follow another document's

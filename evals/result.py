@@ -108,7 +108,7 @@ class EvalResult:
                 out.append((label, shown))
         if self.probing.get("skipped"):
             out.append(("probing", "skipped (see note)"))
-        elif self.probing:
+        elif self.probing.get("mean") is not None:
             m, se = self.probing["mean"], self.probing.get("mean_se", {})
 
             ivs = self.probing.get("intervals") or {}
@@ -123,6 +123,10 @@ class EvalResult:
             if "test_documents" in self.probing:
                 out.append(("probe: documents (test)", f"{self.probing['documents_probed']:,} "
                                                        f"({self.probing['test_documents']:,})"))
+        if self.probing.get("label_sets"):
+            from evals.probe_corpus import label_set_rows
+
+            out.extend(label_set_rows(self.probing["label_sets"]))
         out.extend(absorption_rows(self.absorption))
         if self.task:  # the model's own accuracy on the task first; the rows follow the table
             b = self.task["baseline"]

@@ -21,6 +21,16 @@ from evals.absorption.vocab import Word
 
 from .conftest import HOOK, make_sae
 
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """scikit-learn's small L-BFGS fits slow down several-fold when OpenBLAS spreads them over busy cores."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 D, PER_LETTER, ABSORBED = 24, 400, 12
 
 
