@@ -70,6 +70,7 @@ class EvalConfig:
     probe_per_class: int = field(default=2500, metadata={"help": "positives per task for --probe-label-sets (SAEBench: 2500, i.e. 4000 train / 1000 test examples)"})
     probe_context: int = field(default=128, metadata={"help": "tokens of each document run for --probe-label-sets (SAEBench: 128)"})
     absorption: bool = field(default=False, metadata={"help": "first-letter feature absorption (SAEBench's absorption eval; needs the model; minutes on CPU, so off by default)"})
+    absorption_icl: int = field(default=10, metadata={"help": "in-context examples before each absorption prompt (SAEBench: 10; fewer is cheaper, prompts ~8 tokens per example)"})
     absorption_words: int = field(default=2000, metadata={"help": "single-token alphabetic words sampled for absorption (0 = the whole vocabulary: tens of minutes on 2 CPUs)"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N (auto: cuda if present)"})
     seed: int = field(default=0, metadata={"help": "seed of the probing tasks"})
@@ -263,7 +264,8 @@ def _absorption(sae, lm, hook: str, cfg: EvalConfig, result: EvalResult) -> None
         return
     from evals.absorption import absorption
 
-    result.absorption = absorption(sae, lm, hook, words=cfg.absorption_words, seed=cfg.seed, progress=cfg.progress)
+    result.absorption = absorption(sae, lm, hook, words=cfg.absorption_words, icl_examples=cfg.absorption_icl,
+                                   seed=cfg.seed, progress=cfg.progress)
     if result.absorption.get("note"):
         result.notes.append(f"absorption: {result.absorption['note']}")
 

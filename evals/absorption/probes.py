@@ -78,9 +78,12 @@ def rank_features_l1(f_train: np.ndarray, y: np.ndarray, l1_c: float) -> np.ndar
 
     if y.min() == y.max():
         return np.arange(f_train.shape[1])
-    clf = LogisticRegression(l1_ratio=1.0, C=l1_c, solver="liblinear", max_iter=1000).fit(f_train, y)
+    active = np.flatnonzero((f_train != 0).any(0))  # a feature silent on every word gets weight 0 anyway
+    clf = LogisticRegression(l1_ratio=1.0, C=l1_c, solver="liblinear", max_iter=1000).fit(f_train[:, active], y)
+    weight = np.zeros(f_train.shape[1])
+    weight[active] = clf.coef_[0]
     diff = f_train[y == 1].mean(0) - f_train[y == 0].mean(0)
-    return np.lexsort((-diff, -clf.coef_[0]))
+    return np.lexsort((-diff, -weight))
 
 
 def k_sparse_probing(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
