@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resamples", type=int, default=1000)
     p.add_argument("--quick", action="store_true", help="a small check: 2 concepts, 4+4 prompts, greedy, 3 random")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--table-only", action="store_true",
+                   help="write the table from the finished (layer, concept) summaries in --out; loads no model")
     a = p.parse_args(argv)
     if a.quick:
         a.concepts = a.concepts[:2] if a.concepts != list(BUILTIN) else ["ocean", "food"]
@@ -353,7 +355,8 @@ def summarise(a: argparse.Namespace, run: Run, concept: Any, base_rows: list[dic
               info: dict) -> dict:
     n = len(run.rep_prompts)
     base = {k: per_prompt(base_rows, k, n) for k in MEASURES}
-    out: dict[str, Any] = {"budgets": {}, "spearman": {}, "base": {k: float(np.nanmean(v)) for k, v in base.items()}}
+    out: dict[str, Any] = {"budgets": {}, "spearman": {}, "base": {k: float(np.nanmean(v)) for k, v in base.items()},
+                           "features": {m: v.get("feature") for m, v in info["selected"].items()}}
     for b in a.budgets:
         res: dict[str, Any] = {}
         for m in choice:
@@ -443,7 +446,7 @@ def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tup
     return lines, res
 
 
-def write_table(a: argparse.Namespace, runs: dict[str, Run], summ: dict[str, dict[str, dict]], path: Path,
+def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]], path: Path,
                 wall: float) -> str:
     import torch as _t
 
@@ -462,12 +465,14 @@ def write_table(a: argparse.Namespace, runs: dict[str, Run], summ: dict[str, dic
              f"decodes averaged per prompt, 95% percentile-bootstrap interval over prompts ({a.resamples} resamples, "
              "evals.intervals); the random median has no interval.", ""]
     for label, run in runs.items():
-        lines.append(f"SAE `{label}`: {run.sae_dir} at {run.hook} ({run.sae.num_features} features), hook mean norm "
-                     f"{run.mean_norm:.3g}")
+        lines.append(f"SAE `{label}`: {run['sae_dir']} at {run['hook']} ({run['features']} features), hook mean norm "
+                     f"{run['mean_norm']:.3g}; concepts done: {', '.join(summ[label]) or 'none'}")
     lines.append("")
     for b in a.budgets:
         for label in runs:
             s = summ[label]
+            if not s:
+                continue
             lines += [f"## {label}, KL budget {b:g} nats/token (mean over concepts; per-concept rows in summary.json)", "",
                       "| method | coeff | KL | hit gain [95%] | log-prob gain [95%] | hit | ppl | distinct-2 | compression |",
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -497,7 +502,9 @@ def write_table(a: argparse.Namespace, runs: dict[str, Run], summ: dict[str, dic
                     r = s[c]["budgets"][str(b)].get(m)
                     cells.append("" if r is None else f"{fmt_iv(r['target_logprob_gain'])} ({r['target_hit_gain']['estimate']:.2f})")
                 lines.append(f"| {c} | " + " | ".join(cells) + " |")
-            lines += ["", "Goal check:", ""] + goal_check(a, s, str(b))[0] + [""]
+            feats = "; ".join(f"{c}: " + ", ".join(f"{m.removeprefix('sae_')} {f}" for m, f in s[c]["features"].items()
+                                                     if f is not None) for c in s)
+            lines += ["", f"Features picked ({feats}); sae_ts steers along a solved vector.", "", "Goal check:", ""] + goal_check(a, s, str(b))[0] + [""]
     lines += ["## Spearman: selection score vs measured held-out log-prob gain (0.25 budget, greedy)", "",
               "| SAE | concept | " + " | ".join(SCORES) + " |", "|---|---|" + "---:|" * len(SCORES)]
     for label, s in summ.items():
@@ -521,6 +528,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    table = Path(a.table or out / "table.md")
+    if a.table_only:
+        metas = {p.parent.name: load_json(p) for p in sorted(out.glob("*/meta.json"))}
+        summ = {label: {c: s for c in a.concepts if (s := load_json(out / label / c / "summary.json"))}
+                for label in metas}
+        print(write_table(a, metas, summ, table, 0.0))
+        return 0
     atomic_write_json(out / "args.json", vars(a))
     saes = layer_saes(a, out)
     if not saes:
@@ -546,20 +560,27 @@ def main(argv: list[str] | None = None) -> int:
     summ: dict[str, dict[str, dict]] = {}
     for label, sae_dir in saes.items():
         run = Run(label, sae_dir, lm, a, out, sel_prompts, rep_prompts, neutral, kl)
-        runs[label] = run
+        runs[label] = {"sae_dir": sae_dir, "hook": run.hook, "features": run.sae.num_features,
+                       "mean_norm": run.mean_norm}
+        atomic_write_json(run.dir / "meta.json", runs[label])
         summ[label] = {}
         for concept in concepts:
             t = time.time()
             vecs, info = run.directions(concept)
             judge = Judge(run.hook, target_words=tuple(concept.target_words))
-            base_rows = judged(lm, base_gens, judge)
+            bpath = run.dir / concept.name / "unsteered_rows.json"
+            base_rows = load_json(bpath)
+            if base_rows is None:
+                base_rows = judged(lm, base_gens, judge)
+                atomic_write_json(bpath, base_rows)
             choice = run.choose(concept, vecs, info["targets"])
             report = run.report(concept, vecs, choice, judge)
             summ[label][concept.name] = summarise(a, run, concept, base_rows, choice, report, info)
             atomic_write_json(run.dir / concept.name / "summary.json", summ[label][concept.name])
             log.info("%s %s done in %.0f s", label, concept.name, time.time() - t)
+            write_table(a, runs, summ, table, time.time() - start)  # after every concept: a cut run keeps a table
     atomic_write_json(out / "summary.json", summ)
-    text = write_table(a, runs, summ, Path(a.table or out / "table.md"), time.time() - start)
+    text = write_table(a, runs, summ, table, time.time() - start)
     print(text)
     return 0
 

@@ -29,7 +29,8 @@ sae eval --sae "$OUT/saes" --cache "$OUT/acts" --ce-contexts 32 --probe-cache "$
 echo "== 4. browse: feature dashboards from the cache in one pass, and a static HTML feature browser"
 sae browse --sae "$OUT/saes" --cache "$OUT/acts"
 
-echo "== 5. steer: toward 'ocean' with the SAE's most contrastive feature vs the DiffMean baseline"
-echo "   (steered text side by side, then sweep rows on held-out prompts: concept, perplexity, KL cost)"
-sae steer-sweep --sae "$OUT/saes" --concepts ocean --methods sae diffmean --coeffs 0 0.2 0.4 \
-  --prompts 4 --max-new-tokens 12 --neutral 2 --out "$OUT/steer"
+echo "== 5. steer: toward 'ocean' with the SAE's most contrastive feature (sae), its best output-score feature"
+echo "   (sae_output: what a feature makes the model write, scored on 16 rise + 16 logit-lens candidates)"
+echo "   and the DiffMean baseline; sweep rows on held-out prompts: concept, perplexity, KL cost"
+sae steer-sweep --sae "$OUT/saes" --concepts ocean --methods sae diffmean --select rise output --candidates 16 \
+  --coeffs 0 0.2 0.4 --prompts 4 --max-new-tokens 12 --neutral 2 --out "$OUT/steer"
