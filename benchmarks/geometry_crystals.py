@@ -112,6 +112,7 @@ def main() -> None:
             diffs, labels, _ = pair_differences(vec, RELATIONS)
             sil = {m: heldout_silhouette(diffs, labels, method=m, n_components=5, seed=0,
                                          shuffles=args.shuffles if m == "lda" else 0) for m in ("raw", "pca", "lda")}
+            sil["lda_shrinkage"] = heldout_silhouette(diffs, labels, method="lda", n_components=5, seed=0, shrinkage=True)
             lda_all = sil["lda"]["projected"]
             entry = {"relations": per_rel,
                      "silhouette": {m: {k: v for k, v in s.items() if k != "projected"} for m, s in sil.items()},

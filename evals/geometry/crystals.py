@@ -93,7 +93,7 @@ def parallelogram_test(vectors: dict[str, np.ndarray], pairs: list[tuple[str, st
             "analogy_top1": float(np.mean(tops)), "median_length_ratio": float(np.median(ratios))}
 
 
-def _project(method: str, train: np.ndarray, labels: np.ndarray, n_components: int):
+def _project(method: str, train: np.ndarray, labels: np.ndarray, n_components: int, shrinkage: bool = False):
     from sklearn.decomposition import PCA
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
@@ -103,11 +103,14 @@ def _project(method: str, train: np.ndarray, labels: np.ndarray, n_components: i
         return PCA(n_components=min(n_components, *train.shape)).fit(train).transform
     if method == "lda":
         k = min(n_components, len(np.unique(labels)) - 1)
-        return LinearDiscriminantAnalysis(n_components=k, solver="eigen", shrinkage="auto").fit(train, labels).transform
+        lda = (LinearDiscriminantAnalysis(n_components=k, solver="eigen", shrinkage="auto") if shrinkage
+               else LinearDiscriminantAnalysis(n_components=k))  # the paper's: sklearn's default SVD solver
+        return lda.fit(train, labels).transform
     raise WorkbenchError(f"method={method!r}; valid choices: raw, pca, lda")
 
 
-def _cv_silhouette(x: np.ndarray, labels: np.ndarray, method: str, n_components: int, folds: int, seed: int) -> float:
+def _cv_silhouette(x: np.ndarray, labels: np.ndarray, method: str, n_components: int, folds: int, seed: int,
+                   shrinkage: bool) -> float:
     from sklearn.metrics import silhouette_score
     from sklearn.model_selection import StratifiedKFold
 
@@ -115,26 +118,28 @@ def _cv_silhouette(x: np.ndarray, labels: np.ndarray, method: str, n_components:
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
         if len(np.unique(labels[te])) < 2:
             continue
-        proj = _project(method, x[tr], labels[tr], n_components)
+        proj = _project(method, x[tr], labels[tr], n_components, shrinkage)
         scores.append(silhouette_score(proj(x[te]), labels[te]))
         weights.append(len(te))
     return float(np.average(scores, weights=weights))
 
 
 def heldout_silhouette(diffs: np.ndarray, labels: np.ndarray, method: str = "lda", n_components: int = 8,
-                       folds: int = 5, seed: int = 0, shuffles: int = 0) -> dict[str, object]:
+                       folds: int = 5, seed: int = 0, shuffles: int = 0, shrinkage: bool = False) -> dict[str, object]:
     """Silhouette of the relation labels of held-out difference vectors after a projection fitted on
-    the other folds (`raw`: none; `pca`; `lda`: shrinkage LDA on the relation labels, at most
-    relations - 1 components), averaged over stratified folds. With `shuffles`, the same with the
+    the other folds (`raw`: none; `pca`; `lda`: LDA on the relation labels, at most relations - 1
+    components; sklearn's SVD solver as the paper, or Ledoit-Wolf `shrinkage` when there are far
+    fewer pairs than dimensions), averaged over stratified folds. With `shuffles`, the same with the
     labels permuted that many times: `null_mean`, `null_95` and `p_value`. `projected` is every
     vector under the projection fitted on all of them (to look at, or to test for a distractor)."""
     x = np.asarray(diffs, float)
     labels = np.asarray(labels)
-    out: dict[str, object] = {"method": method, "silhouette": _cv_silhouette(x, labels, method, n_components, folds, seed),
-                              "projected": _project(method, x, labels, n_components)(x)}
+    out: dict[str, object] = {"method": method,
+                              "silhouette": _cv_silhouette(x, labels, method, n_components, folds, seed, shrinkage),
+                              "projected": _project(method, x, labels, n_components, shrinkage)(x)}
     if shuffles:
         rng = np.random.default_rng(seed)
-        null = np.array([_cv_silhouette(x, rng.permutation(labels), method, n_components, folds, seed)
+        null = np.array([_cv_silhouette(x, rng.permutation(labels), method, n_components, folds, seed, shrinkage)
                          for _ in range(shuffles)])
         out.update(null_mean=float(null.mean()), null_95=float(np.percentile(null, 95)),
                    p_value=float((1 + np.sum(null >= out["silhouette"])) / (1 + shuffles)))
