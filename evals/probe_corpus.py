@@ -35,6 +35,7 @@ from evals.probing import KS, DocPool, sparse_probing
 from workbench.errors import WorkbenchError
 
 LABEL_SETS = ("wiki-vital:topic", "debian-text:source", "debian-text:section")
+_RECORDS: dict[str, list[dict[str, str]]] = {}
 SAEBENCH_PER_CLASS = 2500  # 4000 train + 1000 test examples per balanced task, half of them positive
 
 
@@ -45,7 +46,9 @@ def label_set_documents(name: str, *, min_section: int = 100) -> tuple[str, dict
     corpus, what = name.split(":")
     from harvesting.corpus import offline_records
 
-    recs = offline_records(corpus)
+    recs = _RECORDS.get(corpus)
+    if recs is None:  # debian-text takes about a minute to read: once per process for all its label sets
+        recs = _RECORDS[corpus] = offline_records(corpus)
     if what == "topic":
         labels = {i: r["topic"] for i, r in enumerate(recs) if r["topic"] not in ("", "Uncategorized")}
     elif what == "source":

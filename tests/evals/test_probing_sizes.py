@@ -37,6 +37,7 @@ def _records(per_class: dict[str, int], source: str = "wordnet") -> list[dict[st
 def fake_corpus(monkeypatch):
     def install(recs):
         monkeypatch.setattr("harvesting.corpus.offline_records", lambda corpus: recs)
+        monkeypatch.setattr(probe_corpus, "_RECORDS", {})  # records are read once per process
         return recs
     return install
 
