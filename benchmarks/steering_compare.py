@@ -379,6 +379,7 @@ def summarise(a: argparse.Namespace, run: Run, concept: Any, base_rows: list[dic
                 gain = gain[~np.isnan(gain)]
                 iv = bootstrap_interval(gain, n_resamples=a.resamples) if len(gain) else None
                 r[f"{k}_gain"] = iv.to_dict() if iv else None
+                r[f"{k}_gains"] = gain.tolist()  # per held-out prompt, for the pooled interval over concepts
             steered = [x["steered_positions"] for x in rows] if c != 0 else []
             read = [x["read_positions"] for x in rows] if c != 0 else []
             r["all_positions_steered"] = bool(steered) and steered == read
@@ -474,7 +475,7 @@ def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, di
             if not s:
                 continue
             lines += [f"## {label}, KL budget {b:g} nats/token (mean over concepts; per-concept rows in summary.json)", "",
-                      "| method | coeff | KL | hit gain [95%] | log-prob gain [95%] | hit | ppl | distinct-2 | compression |",
+                      "| method | coeff | KL | hit gain [95%, pooled prompts] | log-prob gain [95%, pooled prompts] | hit | ppl | distinct-2 | compression |",
                       "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
             base = {k: float(np.mean([s[c]["base"][k] for c in s])) for k in MEASURES}
             lines.append(f"| unsteered | 0 | 0 | 0 | 0 | {base['target_hit']:.2f} | {base['ppl']:.2f} | "
@@ -486,11 +487,12 @@ def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, di
                 mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
                 gain = {}
                 for k in ("target_hit", "target_logprob"):
-                    est = [r[f"{k}_gain"]["estimate"] for r in rs]
-                    lo = [r[f"{k}_gain"]["low"] for r in rs]
-                    hi = [r[f"{k}_gain"]["high"] for r in rs]
-                    # per-concept intervals averaged: a summary, the per-concept table below is the inference
-                    gain[k] = {"estimate": float(np.mean(est)), "low": float(np.mean(lo)), "high": float(np.mean(hi))}
+                    est = float(np.mean([r[f"{k}_gain"]["estimate"] for r in rs]))
+                    pooled = [x for r in rs for x in r.get(f"{k}_gains", [])]
+                    # one interval over every (concept, held-out prompt): equal prompts per concept, so the
+                    # pooled mean is the mean over concepts; the random median has no per-prompt gains
+                    iv = bootstrap_interval(pooled, n_resamples=a.resamples).to_dict() if pooled else None
+                    gain[k] = {"estimate": est, "low": iv["low"] if iv else math.nan, "high": iv["high"] if iv else math.nan}
                 lines.append(f"| {m} | {mean('coeff'):.3g} | {mean('kl'):.3f} | {fmt_iv(gain['target_hit'])} | "
                              f"{fmt_iv(gain['target_logprob'])} | {mean('target_hit'):.2f} | {mean('ppl'):.2f} | "
                              f"{mean('distinct_2'):.2f} | {mean('compression'):.2f} |")
