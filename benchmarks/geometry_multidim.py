@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--permutations", type=int, default=10_000)
     ap.add_argument("--bootstrap", type=int, default=200)
     ap.add_argument("--per-cluster", type=int, default=25, help="spectral clusters = features / this")
+    ap.add_argument("--parts", nargs="+", default=["raw", "sae"], choices=["raw", "sae"])
+    ap.add_argument("--null-shuffles", type=int, default=100, help="separability null per raw plane")
     ap.add_argument("--radius", type=float, default=0.0, help="radius filter as a fraction of the median norm in the plane")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -121,7 +123,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     from evals.geometry import (cache_codes, clusters_as_lists, engels_graph_clusters, geometric_clusters,
-                                plane_indices, plot_planes_by_token, reconstructions_from_codes)
+                                plane_indices, plot_planes_by_token, reconstructions_from_codes, separability_null)
     from evals.geometry.words import last_token_activations, last_token_strings
     from saes import load_sae
     from workbench.models import load_model
@@ -141,13 +143,22 @@ def main() -> None:
               "raw": {}, "sae": {}}
     print(f"activations read in {time.time() - t0:.0f}s", flush=True)
 
+    np.savez_compressed(out / "activations.npz", **{f"{n}|{h}": d["acts"][h] for n, d in data.items() for h in hooks},
+                        **{f"{n}|labels": d["labels"] for n, d in data.items()})
     # 1. raw activations
     for name, (words, _) in concepts.items():
+        if "raw" not in args.parts:
+            break
         d = data[name]
         for h in hooks:
             x = d["acts"][h]
             cyc = cyclic_summary(x, d["labels"], d["tmpl"], words, args.permutations, args.bootstrap)
             pi = plane_indices(x, 5)
+            for row in pi["planes"]:
+                xy = pi["coords"][:, [row["pc_a"] - 1, row["pc_b"] - 1]]
+                nl = separability_null(xy, shuffles=args.null_shuffles, seed=0)
+                row.update(separability_null_mean=nl["null_mean"], separability_null_95=nl["null_95"],
+                           separability_p=nl["p_value"])
             report["raw"][f"{name}@{h}"] = {"n_points": len(x), "single_token_words": d["single_token"],
                                             "cyclic": cyc, "planes": plane_rows(pi),
                                             "explained_variance_ratio": pi["explained_variance_ratio"].round(4).tolist()}
@@ -158,7 +169,7 @@ def main() -> None:
 
     # 2. SAE clusters at blocks.8
     h8 = "blocks.8.hook_resid_post"
-    for spec in args.sae:
+    for spec in (args.sae if "sae" in args.parts else []):
         tag, path = spec.split("=", 1)
         sae = load_sae(path)
         w = sae.W_dec.detach().float()
