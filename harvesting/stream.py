@@ -3,7 +3,7 @@
 `ModelStream` runs the very batches of contexts `sae harvest` runs for the same config (the same
 documents, packing, budget trimming and forward passes, through `harvesting.plan`), one forward
 pass per batch feeding every hook point, and yields each pass's kept rows in harvest order; the
-trainer's shuffle buffer (`saes.stream`) draws its batches from them. A cache harvested with the
+shuffle buffer (`harvesting.shuffle_buffer`) draws its batches from them. A cache harvested with the
 same config holds these rows in this order, which is what lets a cache run with the same
 `--shuffle-buffer` reproduce a cacheless run bit for bit.
 
@@ -35,7 +35,7 @@ from harvesting.cache import DTYPES, to_stored
 from harvesting.corpus import open_documents
 from harvesting.harvest import HarvestConfig, _check_config, _forward, _text_batches
 from harvesting.plan import PlannedBatch, plan_shards
-from saes.stream import StreamSource
+from harvesting.shuffle_buffer import StreamSource
 from workbench.errors import WorkbenchError
 from workbench.models import LoadedModel, load_model
 

@@ -84,7 +84,7 @@ def stream_state_file(step_dir: Path, rank: int) -> Path:
 
 
 def save_stream_state(run_dir: Path, step: int, rank: int, state: dict[str, Any]) -> None:
-    """One rank's shuffle buffer (`saes.stream.ShuffleBuffer.state`) into the step directory of `step`.
+    """One rank's shuffle buffer (`harvesting.shuffle_buffer.ShuffleBuffer.state`) into the step directory of `step`.
 
     Every rank writes its own before rank 0 writes trainer.json and points latest.json at the step
     (the trainer puts a barrier between), so a checkpoint named by latest.json holds the buffers,

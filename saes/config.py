@@ -120,7 +120,7 @@ class TrainConfig:
 
     # ---- data
     cache: str = field(default="", metadata=_h("activation cache directory (from `sae harvest`)"))
-    # ---- data straight from a model, no cache (saes.stream, harvesting.stream)
+    # ---- data straight from a model, no cache (harvesting.stream, harvesting.shuffle_buffer)
     model: str = field(default="", metadata=_h(
         "train straight from this model's forward passes, no cache (offline alias, hub id or local directory; "
         "with --corpus and --tokens, as `sae harvest` takes them)"))

@@ -166,7 +166,9 @@ class TensorSource:
 
 def open_source(cfg: Any, device: Any) -> ActivationSource:
     """What a `TrainConfig` trains on: the model's forward passes (`model`), the cache read as that
-    stream (`cache` with `shuffle_buffer`), or the cache reader (see saes.stream)."""
+    stream (`cache` with `shuffle_buffer`), or the cache reader. The two streams (harvesting.stream,
+    harvesting.shuffle_buffer) also hand the trainer the shuffle buffer it draws from
+    (`source.shuffle_buffer(...)`): the trainer asks, and never knows which source feeds it."""
     if cfg.model:
         try:
             from harvesting.stream import model_stream
@@ -178,7 +180,7 @@ def open_source(cfg: Any, device: Any) -> ActivationSource:
                              "or --model M to train from a model's forward passes")
     reader = open_cache(cfg.cache, verify=cfg.verify)
     if cfg.shuffle_buffer:
-        from saes.stream import CacheStream
+        from harvesting.shuffle_buffer import CacheStream
 
         return CacheStream(reader, cfg.heldout_fraction, cfg.init_sample_tokens, cfg.epochs)
     return reader
@@ -192,7 +194,7 @@ def open_cache(path: str | Path, verify: bool = False) -> ActivationSource:
     if not p.is_dir():
         raise WorkbenchError(f"cache directory {str(p)!r} does not exist")
     try:
-        from harvesting import CacheReader  # the one thing saes imports from harvesting
+        from harvesting import CacheReader  # saes imports from harvesting here and in open_source only
     except ImportError as e:
         raise WorkbenchError(f"the activation cache reader is unavailable ({e})") from None
     return CacheReader(p, verify=verify)

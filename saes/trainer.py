@@ -14,7 +14,7 @@ the summary), `saes.checkpoint` (state packing and files), `saes.heldout` (the e
 reusable on its own). What differs between architectures is asked of their classes.
 
 Resuming continues from the last checkpoint with the same result as an uninterrupted run: the
-data order is a function of (seed, epoch, batch index) (for a stream, `saes.stream`, of the shuffle
+data order is a function of (seed, epoch, batch index) (for a stream, `harvesting.shuffle_buffer`, of the shuffle
 buffer's state, which is checkpointed too), and every piece of state that a step
 reads (weights, Adam moments, thresholds, firing statistics, step count) is in the checkpoint.
 """
@@ -67,7 +67,6 @@ from saes.run_log import (
 )
 from saes.slot import Slot, make_adam, width_scaled_lr
 from saes.storage import save_sae
-from saes.stream import DEFAULT_BUFFER_ROWS, ShuffleBuffer, StreamSource, buffer_seed
 from saes.whitening import fit_run_whitening, fold_whitening, whiten_sample
 from workbench.config import config_to_dict, save_config
 from workbench.device import resolve_device
@@ -99,7 +98,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         # the cache reader, or a stream (the model's forward passes, or a cache in harvest order) that the
-        # trainer draws from through a shuffle buffer (saes.stream)
+        # trainer draws from through the shuffle buffer the stream gives it (harvesting.shuffle_buffer)
         self.source = source if source is not None else open_source(cfg, self.device)
         self.identity = run_identity(self.source, self.device)
         # Bit-identical kernels whenever the run may be resumed (see TrainConfig.deterministic).
@@ -108,11 +107,10 @@ class Trainer:
         # the data is split over the replicas. Otherwise every rank is a replica of its own.
         self.layout: FeatureParallel | None = feature_layout(cfg.feature_parallel, self.dist)
         self.data: DistContext = self.layout.data if self.layout is not None else self.dist
-        self.buffer: ShuffleBuffer | None = None
-        if isinstance(self.source, StreamSource):  # each data-parallel rank streams its own share
+        self.buffer: Any = None
+        if hasattr(self.source, "shuffle_buffer"):  # a stream: each data-parallel rank streams its own share
             self.source.shard(self.data.rank, self.data.world_size)
-            self.buffer = ShuffleBuffer(cfg.shuffle_buffer or DEFAULT_BUFFER_ROWS, cfg.batch_size // self.data.world_size,
-                                        buffer_seed(cfg.seed, self.data.rank))
+            self.buffer = self.source.shuffle_buffer(cfg.shuffle_buffer, cfg.batch_size // self.data.world_size, cfg.seed)
         self.plan = plan = plan_run(cfg, self.source, self.data.world_size)
         if self.layout is not None:
             check_layout(self.layout.n, plan.saes)

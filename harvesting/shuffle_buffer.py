@@ -27,6 +27,10 @@ the number of chunks pulled (the corpus position) are checkpointed with the SAEs
 (`saes.checkpoint.save_stream_state`), so a resumed run continues the same stream. Under torchrun
 each data-parallel rank streams its own share (`shard`) through a buffer of its own, seeded by
 rank, drawing batch_size / ranks rows per step.
+
+The live source and the buffer live here, beside the cache reader, behind the reader's interface:
+the trainer asks a source for its buffer (`StreamSource.shuffle_buffer`) and never knows which
+kind feeds it, and harvesting never imports saes.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workbench.errors import WorkbenchError
+from workbench.errors import WorkbenchError, choices_error
 
 DEFAULT_BUFFER_ROWS = 131_072  # 32 batches of 4096: rows of about 1000 documents of wiki length mixed per batch
 
@@ -177,6 +181,12 @@ class StreamSource:
         """This process streams the share of data-parallel rank `rank` of `world_size`."""
         self.rank, self.world_size = int(rank), int(world_size)
 
+    def shuffle_buffer(self, capacity: int, batch_size: int, seed: int) -> ShuffleBuffer:
+        """The buffer this rank's share passes through (`capacity` 0: DEFAULT_BUFFER_ROWS), seeded by (seed, rank).
+
+        The trainer asks the source for it, so it never needs to know which kind of source feeds it."""
+        return ShuffleBuffer(capacity or DEFAULT_BUFFER_ROWS, batch_size, buffer_seed(seed, self.rank))
+
     def chunks(self, split: str = "train") -> Iterator[dict[str, Tensor]]:
         """One pass of `split`, every rank's rows, in harvest order."""
         return self._replayed(split, 0, 1, 0)
@@ -219,8 +229,6 @@ class StreamSource:
     def norm_scale(self, hook: str) -> float:
         """sqrt(d) / the mean norm of the first `sample_tokens` training rows in harvest order."""
         if hook not in self.hooks:
-            from workbench.errors import choices_error
-
             raise choices_error("hook point", hook, self.hooks)
         if not self._scales:
             sample = self.head(self.sample_tokens)
