@@ -2,6 +2,9 @@
 
     python benchmarks/peers/saebench_parity.py                  # quickstart SAE, 4 + 8 batches of 16 contexts
     python benchmarks/peers/saebench_parity.py --recon-batches 10 --sparsity-batches 10   # SAEBench's sizes
+    # both sides at once (two processes), then the table from their results:
+    python benchmarks/peers/saebench_parity.py --saebench-only & python benchmarks/peers/saebench_parity.py --ours-only
+    python benchmarks/peers/saebench_parity.py --reuse
 
 What it does:
 1. builds (once, then reuses) a throwaway venv with sae-bench 0.6.0 under cache/peers/venvs/saebench
@@ -16,8 +19,9 @@ What it does:
 5. computes ours on the tokens SAEBench reports having scored (checked equal to the ones given):
    `evals.spliced_losses` for CE/KL (SAEBench's first `--recon-batches` batches), and
    `evals.ReconstructionStats` + `evals.FeatureStats` on activations captured with
-   `workbench.hooks.capture` for the variance/sparsity metrics (its next `--sparsity-batches`,
-   which restart at the first row, as SAEBench resets its store between the two phases);
+   `workbench.hooks.capture` for the variance/sparsity metrics (its next `--sparsity-batches`:
+   SAEBench's `reset_input_dataset` between the two phases does not rewind SAELens's token
+   iterator, so they continue after the reconstruction rows and wrap around to the first);
 6. prints the parity table (`parity_table.py`): metric, ours, SAEBench, |diff|, tolerance, verdict,
    reason. Exit status 1 when a row is beyond its tolerance.
 
@@ -65,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=int, default=3600, help="seconds SAEBench's run may take")
     p.add_argument("--reuse", action="store_true", help="reuse both sides' results in --work if present (table only)")
     p.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: torch's default)")
+    p.add_argument("--saebench-only", action="store_true", help="run only SAEBench's side (to run beside --ours-only)")
+    p.add_argument("--ours-only", action="store_true",
+                   help="compute only our side on the rows SAEBench will be given (to run beside its worker); a "
+                        "later --reuse run checks SAEBench scored those very rows and prints the table")
     return p.parse_args(argv)
 
 
@@ -246,19 +254,32 @@ def main(argv: list[str] | None = None) -> int:
            "tokens": str(work / "tokens.safetensors"), "seen_tokens": str(work / "seen.safetensors"),
            "out": str(work / "saebench.json"), "batch_prompts": p, "recon_batches": args.recon_batches,
            "sparsity_batches": args.sparsity_batches, "ignore_tokens": special, "exclude_special": True}
-    theirs = run_saebench(args, work, job)
-    seen = load_file(str(work / "seen.safetensors"))
     from evals import ContextBatch
 
     def as_batches(t: torch.Tensor) -> list:
         keep = ~torch.isin(t, torch.tensor(special))
         return [ContextBatch(t[i:i + p], keep[i:i + p], tuple(special)) for i in range(0, t.shape[0], p)]
 
-    for name, nb in (("recon", args.recon_batches), ("sparsity", args.sparsity_batches)):
-        if not torch.equal(seen[name], rows[: nb * p]):
-            raise SystemExit(f"SAEBench's {name} batches are not the rows given to it")
-    log("SAEBench scored exactly the rows given (checked); computing ours")
     ours_file = work / "ours.json"
+    # SAEBench takes its reconstruction batches from the first row; its store's `reset_input_dataset`
+    # does not rewind the token iterator, so the sparsity batches continue after them and wrap around.
+    expected = {"recon": rows[: args.recon_batches * p],
+                "sparsity": rows[(args.recon_batches * p + torch.arange(args.sparsity_batches * p)) % rows.shape[0]]}
+    if args.ours_only:
+        mine = ours(load_model(args.model), sae, hook, as_batches(expected["recon"]),
+                    as_batches(expected["sparsity"]))
+        ours_file.write_text(json.dumps(mine, indent=1, default=str))
+        log(f"ours written to {ours_file}")
+        return 0
+    theirs = run_saebench(args, work, job)
+    if args.saebench_only:
+        return 0
+    seen = load_file(str(work / "seen.safetensors"))
+
+    for name in ("recon", "sparsity"):
+        if not torch.equal(seen[name], expected[name]):
+            raise SystemExit(f"SAEBench's {name} batches are not the rows expected")
+    log("SAEBench scored exactly the rows expected (checked); computing ours")
     if args.reuse and ours_file.is_file():
         log(f"reusing {ours_file}")
         mine = json.loads(ours_file.read_text())
