@@ -120,3 +120,18 @@ def test_spectrum_slope_interval_covers_a_planted_power_law():
     res = spectrum_slope_interval(torch.from_numpy(x), skip=0, tail=0.3, bootstrap=50, seed=0)
     lo, hi = res["interval"]
     assert lo < res["slope"] < hi and lo - 0.1 < -1.2 < hi + 0.1 and hi - lo < 0.3
+
+
+def test_spectrum_slope_regression_interval_is_the_log_log_fit_error():
+    """The paper's interval: t(0.975, n-2) x the standard error of the least-squares slope of
+    log eigenvalue on log rank (scipy's linregress as the reference)."""
+    from scipy.stats import linregress, t
+
+    x = np.random.default_rng(4).standard_normal((3000, 32)) * np.arange(1, 33) ** -0.8
+    res = spectrum_slope_interval(torch.from_numpy(x), skip=1, tail=0.1, bootstrap=5, seed=0)
+    ev = np.sort(np.linalg.eigvalsh(np.cov(x, rowvar=False)))[::-1]
+    hi = int(32 * 0.9)
+    ref = linregress(np.log(np.arange(2, hi + 1)), np.log(ev[1:hi]))
+    half = t.ppf(0.975, hi - 3) * ref.stderr
+    assert res["slope"] == pytest.approx(ref.slope, abs=1e-8)
+    assert res["regression_interval"] == pytest.approx([ref.slope - half, ref.slope + half], abs=1e-8)
