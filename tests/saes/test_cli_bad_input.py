@@ -77,6 +77,7 @@ def _base(verb: str) -> list[str]:
         "harvest": ["harvest", "--model", "no-such-model-here", "--out", out, "--no-progress"],
         "cache info": ["cache", "info", str(_tiny_cache())],
         "cache verify": ["cache", "verify", str(_tiny_cache())],
+        "cache convert": ["cache", "convert", "--cache", str(_tiny_cache()), "--dtype", "bfloat16", "--out", out],
         "hooks": ["hooks", "no-such-model-here"],
         "sae info": ["sae", "info", str(TMP / "no-sae")],
         "sae export": ["sae", "export", str(TMP / "no-sae"), "--to", "saelens", "--out", out],
@@ -107,7 +108,7 @@ def assert_one_line_exit_2(argv: list[str], *must_name: str) -> None:
 
 
 def test_every_verb_is_covered() -> None:
-    assert set(VERBS) == {"harvest", "cache info", "cache verify", "hooks", "train", "sae info", "sae export", "eval",
+    assert set(VERBS) == {"harvest", "cache info", "cache verify", "cache convert", "hooks", "train", "sae info", "sae export", "eval",
                           "browse", "steer", "steer-sweep", "steer-consistency"}
 
 
