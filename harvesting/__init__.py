@@ -22,16 +22,22 @@ from harvesting.corpus import (
 from harvesting.harvest import HarvestConfig, harvest
 from harvesting.inspect_cache import VerifyReport, cache_summary, format_summary, verify_cache
 from harvesting.reader import CacheReader
+from harvesting.shuffle_buffer import CacheStream, ShuffleBuffer, StreamSource
+from harvesting.stream import ModelStream
 from workbench.models import LoadedModel, from_hf_model, load_model  # the floor's; re-exported for old callers
 
 __all__ = [
     "DTYPES",
     "FORMAT_VERSION",
     "CacheReader",
+    "CacheStream",
     "CacheWriter",
     "Document",
     "HarvestConfig",
     "LoadedModel",
+    "ModelStream",
+    "ShuffleBuffer",
+    "StreamSource",
     "VerifyReport",
     "cache_summary",
     "convert_cache",
