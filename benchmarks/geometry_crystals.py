@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--lobe-sae", default="cache/quickstart/saes")
     ap.add_argument("--lobe-ks", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     ap.add_argument("--lobe-shuffles", type=int, default=200)
+    ap.add_argument("--lobe-features", type=int, default=0, help="only the N features that fire in the most chunks (0 = all)")
     ap.add_argument("--galaxy-sae", nargs="+", default=[
         "layer4=cache/geometry/saes-layers/blocks.4.hook_resid_post/topk-k32-x8",
         "layer8=cache/geometry/saes-layers/blocks.8.hook_resid_post/topk-k32-x8",
@@ -136,9 +137,14 @@ def main() -> None:
         fd = FeatureData(resolve_sae_dir(args.lobe_sae) / "features")
         co = fd.cooccurrence()
         t1 = time.time()
-        rows = lobe_sweep(co["cooc"], int(co["chunks"][0]), sae.W_dec.detach().float(), co["tracked"], args.lobe_ks,
+        cooc, tracked = co["cooc"], co["tracked"]
+        if args.lobe_features:
+            top = torch.argsort(torch.diagonal(cooc), descending=True)[:args.lobe_features]
+            cooc, tracked = cooc[top][:, top], tracked[top]
+        rows = lobe_sweep(cooc, int(co["chunks"][0]), sae.W_dec.detach().float(), tracked, args.lobe_ks,
                           shuffles=args.lobe_shuffles, seed=0)
         report["lobes"] = {"sae": args.lobe_sae, "chunks": int(co["chunks"][0]), "chunk_tokens": int(co["chunk_tokens"][0]),
+                           "features_used": args.lobe_features or int(len(co["tracked"])),
                            "sweep": r4(rows)}
         print("lobes", rows, f"{time.time() - t1:.0f}s", flush=True)
         report_path.write_text(json.dumps(report, indent=1))
