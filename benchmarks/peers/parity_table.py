@@ -63,13 +63,17 @@ def _tol(r: Row) -> str:
     return f"{r.tolerance:g} rel" if r.relative else f"{r.tolerance:g}"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # |x| inside a cell would end it
+
+
 def markdown(rows: list[Row]) -> str:
     """The table as Markdown (RESULTS.md's format)."""
     lines = ["| metric | ours | SAEBench | abs diff | tolerance | verdict | reason |",
              "|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        lines.append(f"| {r.metric} | {_num(r.ours)} | {_num(r.theirs)} | {_num(r.diff)} | {_tol(r)} | "
-                     f"{r.verdict} | {r.reason} |")
+        lines.append(f"| {_cell(r.metric)} | {_num(r.ours)} | {_num(r.theirs)} | {_num(r.diff)} | {_tol(r)} | "
+                     f"{r.verdict} | {_cell(r.reason)} |")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ No SAEBench venv is built here; the formula is checked against SAEBench 0.6.0's 
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -69,3 +70,9 @@ def test_markdown_has_one_line_per_row_with_every_column():
     assert len(lines) == 4
     assert lines[2].startswith("| CE loss score | 0.9123 | 0.9121 | 2.000e-04 | 0.001 | ok | model noise |")
     assert "| - | definition | definition |" in lines[3]
+
+
+def test_pipes_inside_cells_are_escaped():
+    line = markdown([Row("max |diff|", 1.0, 1.0, 0.1, "divides by sum |x - mean x|^2")]).splitlines()[2]
+    cells = re.split(r"(?<!\\)\|", line)[1:-1]  # a Markdown cell ends at an unescaped pipe
+    assert len(cells) == 7 and cells[0].strip() == "max \\|diff\\|"
