@@ -59,8 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = add_verb(sub, "steer-consistency", _consistency,
                  help="consistency steering (LF-Steering): shift SAE features so paraphrased questions agree",
-                 description="Find features whose activations differ between paraphrases answered right and wrong, "
-                 "shift them, and report answer consistency on held-out paraphrases and locality.")
+                 description="LF-Steering: label paraphrase pairs of each fact consistent when their answers name "
+                 "the same entity, pick the layer a per-layer probe of that label prefers (among the --sae given), "
+                 "contrast consistent against inconsistent pairs within each fact on the question span's SAE codes "
+                 "(template features dropped), shift the chosen features where they fire, and report held-out "
+                 "consistency with bootstrap intervals over facts beside a random-feature null and a DiffMean "
+                 "vector, and locality.")
     c.add_argument("--config", help="rerun from a saved config.json (other flags are then ignored)")
     add_config_args(c, ConsistencyConfig)
     _optional(c, "sae")
