@@ -20,11 +20,13 @@ sae harvest --model smollm2-135m --corpus wiki-vital --hooks blocks.8.hook_resid
   --tokens 100000 --seed 1 --out "$OUT/probe-acts"
 
 echo "== 2. train: a TopK SAE (8x width, k 32) on blocks.8 of that cache; prints held-out FVU, L0 and dead %"
+echo "   (5% of the cache held out: about 5,000 tokens of documents the SAE never sees, for step 3)"
 sae train --cache "$OUT/acts" --hooks blocks.8.hook_resid_post --arch topk --k 32 --expansion 8 \
-  --batch-size 2048 --epochs 3 --out "$OUT/saes"
+  --batch-size 2048 --epochs 3 --heldout-fraction 0.05 --out "$OUT/saes"
 
-echo "== 3. eval: spliced CE/KL scores, held-out FVU, L0, dead %, probing -> eval.json + Pareto plot"
-sae eval --sae "$OUT/saes" --cache "$OUT/acts" --ce-contexts 32 --probe-cache "$OUT/probe-acts"
+echo "== 3. eval: spliced CE/KL scores on 1,536 held-out tokens, held-out FVU, L0, dead %, probing -> eval.json"
+echo "   + Pareto plot; each score with its bootstrap 95% interval [low, high] (SAEBench's own size: --ce-tokens 20480)"
+sae eval --sae "$OUT/saes" --cache "$OUT/acts" --ce-tokens 1536 --probe-cache "$OUT/probe-acts"
 
 echo "== 4. browse: feature dashboards from the cache in one pass, and a static HTML feature browser"
 sae browse --sae "$OUT/saes" --cache "$OUT/acts"
