@@ -205,7 +205,7 @@ def _recon_error(ld_sae: Tensor, clean: Tensor, abl: Tensor) -> float:
 COLUMNS = (("site", "site", "{}"), ("attr", "attribute", "{}"), ("LD", "ld_clean", "{:.2f}"),
            ("LD abl", "ld_mean_ablated", "{:.2f}"), ("suff", "sufficiency_mean", "{:.2f}"),
            ("nec", "necessity_mean", "{:.2f}"), ("suff mse", "sufficiency_mse", "{:.2f}"),
-           ("nec mse", "necessity_mse", "{:.2f}"), ("SAE suff", "sae_sufficiency", "{:.2f}"),
+           ("nec mse", "necessity_mse", "{:.2f}"), ("cf changes", "target_changes", "{:.2f}"), ("SAE suff", "sae_sufficiency", "{:.2f}"),
            ("SAE nec", "sae_necessity", "{:.2f}"), ("edit none", "edit_acc_none", "{:.2f}"),
            ("edit sup", "edit_acc_supervised", "{:.2f}"), ("SAE k2", "edit_acc_sae_k2", "{:.2f}"),
            ("SAE k4", "edit_acc_sae_k4", "{:.2f}"), ("SAE k6", "edit_acc_sae_k6", "{:.2f}"),
