@@ -151,8 +151,7 @@ def main() -> None:
 
 def report(a: argparse.Namespace, out: Path) -> None:
     runs = [(arm, seed) for seed in a.seeds for arm in a.arms]
-    ev_dir = out / "eval"
-    found = sorted(ev_dir.rglob("eval.json"))
+    found = sorted(out.glob("eval*/**/eval.json"))  # the run's eval/, or evals run by hand (eval-s0/, ...)
     rows: list[dict] = []
     for arm, seed in runs:
         ev_path = next((p for p in found if f"{arm}-s{seed}" in str(p)), None)
@@ -163,6 +162,9 @@ def report(a: argparse.Namespace, out: Path) -> None:
     env_note = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     (out / "results.json").write_text(json.dumps({"args": vars(a), "env": env_note, "rows": rows}, indent=1))
     print_table(rows)
+    print("sample sizes: " + "; ".join(f"{r['arm']}-s{r['seed']}: {r['heldout_tokens']} held-out tokens, "
+                                       f"{r['probe_classes']} probing classes / {r['probe_test_documents']} test documents, "
+                                       f"{r['ce_contexts']} CE contexts" for r in rows))
 
 
 def print_table(rows: list[dict]) -> None:
