@@ -12,7 +12,7 @@ same rows with `sae train --whiten none|pca|zca` (fitted on the initialisation s
   probing as `sae eval` reports it), on the held-out documents (or --probe-cache), which the SAEs did not train on.
 
 Trainings run --jobs at a time (seeds in the outer loop), then one `sae eval` over all SAEs (the
-model loads once); a rerun skips trained SAEs. Prints a table (mean +- sample sd over seeds, and each seed)
+model loads once; each eval.json lands in its SAE's directory); a rerun skips trained SAEs. Prints a table (mean +- sample sd over seeds, and each seed)
 and writes results.json to --out.
 
     python benchmarks/whitening_compare.py --out /tmp/whiten/cmp --seeds 0 1 2 --epochs 1
@@ -137,8 +137,9 @@ def main() -> None:
                     raise SystemExit(f"training {r} failed (rc {p.returncode}); see {out}/train-{r[0]}-s{r[1]}.log")
                 print(f"trained {r[0]} seed {r[1]} in {time.perf_counter() - t:.0f} s", flush=True)
     print(f"all trainings done in {time.perf_counter() - t0:.0f} s", flush=True)
-    ev_dir = out / "eval"
-    cmd = [sae_bin(), "eval", "--sae", *[str(sae_dir[r]) for r in runs], "--cache", a.cache, "--out", str(ev_dir),
+    # no --out: each eval.json goes into its SAE's directory (under --out, sae eval names every one of these
+    # SAEs by its last path component, topk-k32-x8, so they would overwrite each other)
+    cmd = [sae_bin(), "eval", "--sae", *[str(sae_dir[r]) for r in runs], "--cache", a.cache,
            "--ce-contexts", str(a.ce_contexts), "--no-progress"]
     if a.probe_cache:
         cmd += ["--probe-cache", a.probe_cache]
@@ -151,10 +152,10 @@ def main() -> None:
 
 def report(a: argparse.Namespace, out: Path) -> None:
     runs = [(arm, seed) for seed in a.seeds for arm in a.arms]
-    found = sorted(out.glob("eval*/**/eval.json"))  # the run's eval/, or evals run by hand (eval-s0/, ...)
     rows: list[dict] = []
     for arm, seed in runs:
-        ev_path = next((p for p in found if f"{arm}-s{seed}" in str(p)), None)
+        ev_path = out / f"{arm}-s{seed}" / HOOK / f"topk-k{a.k}-x{a.expansion}" / "eval.json"
+        ev_path = ev_path if ev_path.is_file() else None
         ev = json.loads(ev_path.read_text()) if ev_path else {}
         train_summary = json.loads((out / f"{arm}-s{seed}" / "summary.json").read_text())["saes"][0]
         rows.append({"arm": arm, "seed": seed, **metrics_of(ev), "train_heldout_fvu": train_summary.get("heldout_fvu"),
