@@ -17,7 +17,7 @@ negatives) with a 20% test split. Where a class has fewer documents its task is 
 the result says so per class (`short_of`). Documents the SAE trained on are left out by their
 corpus index (`evals.provenance.training_documents`); when those are unknown and the label
 set's corpus is the SAE's training corpus, the label set is refused rather than probed on
-possibly seen documents. Accuracy intervals: `accuracy_intervals`, percentile bootstrap over
+possibly seen documents. Accuracy intervals: `evals.probing.accuracy_intervals`, percentile bootstrap over
 each class's test examples (`evals.intervals`).
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from evals.probing import KS, DocPool, sparse_probing
+from evals.probing import KS, DocPool, accuracy_intervals, sparse_probing  # noqa: F401  (accuracy_intervals: re-exported)
 from workbench.errors import WorkbenchError
 
 LABEL_SETS = ("wiki-vital:topic", "debian-text:source", "debian-text:section")
@@ -102,32 +102,6 @@ def pool_documents(lm, sae, hook: str, pool: DocPool, texts: list[str], *, conte
         pool.update(x, sae.encode(x), doc_ids.reshape(-1)[keep])
 
 
-def accuracy_intervals(probing: dict[str, Any], level: float = 0.95, n_resamples: int = 1000,
-                       seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Bootstrap intervals of every accuracy of a `sparse_probing` result: per class (resampling its
-    test examples) and of the mean over classes (each class resampled on its own, then averaged).
-
-    An accuracy on n test examples is the mean of n right/wrong outcomes, so its count of right
-    answers and n are all the bootstrap needs."""
-    from evals.intervals import percentile_interval, resample_counts
-
-    keys = [k for k in probing["mean"]]
-    per_class = probing["per_class"]
-    out: dict[str, dict[str, Any]] = {"mean": {}, "per_class": {c: {} for c in per_class}}
-    for key in keys:
-        draws = []
-        for ci, (c, row) in enumerate(per_class.items()):
-            n = int(row["n_test"])
-            right = np.zeros(n)
-            right[:int(round(row[key] * n))] = 1.0
-            acc = np.concatenate([counts @ right / n for counts in resample_counts(n, n_resamples, seed + ci)])
-            out["per_class"][c][key] = percentile_interval(row[key], acc, n, level).to_dict()
-            draws.append(acc)
-        total = sum(int(r["n_test"]) for r in per_class.values())
-        out["mean"][key] = percentile_interval(probing["mean"][key], np.mean(draws, axis=0), total, level).to_dict()
-    return out
-
-
 def corpus_probing(sae, lm, hook: str, label_sets: list[str], *, training=None, sae_corpus: str | None = None,
                    max_per_class: int = SAEBENCH_PER_CLASS, test_fraction: float = 0.2, context_length: int = 128,
                    batch_size: int = 16, seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -155,7 +129,6 @@ def corpus_probing(sae, lm, hook: str, label_sets: list[str], *, training=None, 
         except WorkbenchError as e:  # no labelled document, or no class with a task
             out[name] = {"skipped": f"{e} ({rule})", "documents": {"available_per_class": dict(per_class_docs)}}
             continue
-        res["intervals"] = accuracy_intervals(res, seed=seed)
         short = {c: n for c, n in sorted(per_class_docs.items()) if n < max_per_class}
         res["documents"] = {"corpus": corpus, "rule": rule, "available_per_class": dict(sorted(per_class_docs.items())),
                             "pooled": len(labs), "context_length": context_length, "max_per_class": max_per_class,

@@ -64,35 +64,30 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
     return float(clf.score(x_test, y_test))
 
 
-def probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> np.ndarray:
-    """Per test example, whether the probe of `probe_accuracy` classifies it right (its mean is
-    that accuracy): what `accuracy_intervals` resamples."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
-    clf.fit(x_train, y_train)
-    return np.asarray(clf.predict(x_test) == y_test, dtype=bool)
-
-
-def accuracy_intervals(correct: dict[str, dict[str, np.ndarray]], *, n_resamples: int = 1000,
+def accuracy_intervals(probing: dict[str, Any], level: float = 0.95, n_resamples: int = 1000,
                        seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Bootstrap 95% intervals of the accuracies averaged over tasks, per metric.
+    """Bootstrap intervals of every accuracy of a `sparse_probing` result: per class (resampling its
+    test examples) and of the mean over classes (each class resampled on its own, then averaged, as
+    the reported mean is).
 
-    `correct[task][metric]`: that task's test examples, True where the probe was right (from
-    `probe_correct`). Each resample redraws every task's test examples from themselves (tasks keep
-    their sizes) and averages the tasks' accuracies, as the reported mean does
-    (`evals.intervals.stratified_mean_interval`)."""
-    from evals.intervals import stratified_mean_interval
+    An accuracy on n test examples is the mean of n right/wrong outcomes, so its count of right
+    answers and n are all the bootstrap needs: no probe is refitted."""
+    from evals.intervals import percentile_interval, resample_counts
 
-    metrics = sorted({m for per in correct.values() for m in per})
-    out = {}
-    for m in metrics:
-        groups = [per[m] for per in correct.values() if m in per]
-        iv = stratified_mean_interval(groups, n_resamples=n_resamples, seed=seed)
-        out[m] = {**iv.to_dict(), "resampled": "test examples", "method": "percentile bootstrap",
-                  "resamples": n_resamples}
+    per_class = probing["per_class"]
+    out: dict[str, dict[str, Any]] = {"mean": {}, "per_class": {c: {} for c in per_class}}
+    for key in probing["mean"]:
+        draws = []
+        for ci, (c, row) in enumerate(per_class.items()):
+            n = int(row["n_test"])
+            right = np.zeros(n)
+            right[:int(round(row[key] * n))] = 1.0
+            acc = np.concatenate([counts @ right / n for counts in resample_counts(n, n_resamples, seed + ci)])
+            out["per_class"][c][key] = percentile_interval(row[key], acc, n, level).to_dict()
+            draws.append(acc)
+        total = sum(int(r["n_test"]) for r in per_class.values())
+        out["mean"][key] = {**percentile_interval(probing["mean"][key], np.mean(draws, axis=0), total, level).to_dict(),
+                            "resampled": "test examples, per class", "resamples": n_resamples}
     return out
 
 
@@ -145,8 +140,10 @@ def sparse_probing(raw: np.ndarray, feats: np.ndarray, labels: Sequence[str], *,
     keys = list(next(iter(per_class.values()))["se"])
     mean = {k: float(np.mean([r[k] for r in per_class.values()])) for k in keys}
     mean_se = {k: math.sqrt(sum(r["se"][k] ** 2 for r in per_class.values())) / len(per_class) for k in keys}
-    return {"classes": len(per_class), "mean": mean, "mean_se": mean_se, "per_class": per_class, "ks": list(ks),
-            "documents_probed": len(labels), "test_documents": sum(r["n_test"] for r in per_class.values())}
+    res = {"classes": len(per_class), "mean": mean, "mean_se": mean_se, "per_class": per_class, "ks": list(ks),
+           "documents_probed": len(labels), "test_documents": sum(r["n_test"] for r in per_class.values())}
+    res["intervals"] = accuracy_intervals(res, seed=seed)
+    return res
 
 
 class DocPool:

@@ -91,10 +91,10 @@ class EvalResult:
 
     def interval(self, key: str) -> dict[str, Any] | None:
         """A metric's bootstrap interval (estimate, low, high, n, level, resampled) if it has one."""
-        for section in (self.spliced, self.reconstruction, self.probing):
+        for section in (self.spliced, self.reconstruction):
             if key in (section.get("intervals") or {}):
                 return section["intervals"][key]
-        return None
+        return ((self.probing.get("intervals") or {}).get("mean") or {}).get(key)  # accuracies averaged over classes
 
     def rows(self) -> list[tuple[str, str]]:
         out = []
@@ -111,7 +111,7 @@ class EvalResult:
         elif self.probing.get("mean") is not None:
             m, se = self.probing["mean"], self.probing.get("mean_se", {})
 
-            ivs = self.probing.get("intervals") or {}
+            ivs = (self.probing.get("intervals") or {}).get("mean") or {}
 
             def acc(key: str) -> str:
                 if key in ivs:  # the bootstrap 95% interval (test examples resampled) where probing gives one

@@ -9,6 +9,8 @@ coverage ~1).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -203,15 +205,21 @@ def test_mean_accuracy_over_tasks_is_covered_at_the_stated_rate():
     assert 0.90 <= hits / REPS <= 0.99, hits / REPS
 
 
-def test_probing_reports_accuracy_intervals_from_its_test_examples():
-    from evals.probing import accuracy_intervals, probe_correct
+def test_sparse_probing_reports_accuracy_intervals_from_its_test_examples():
+    """Every accuracy sparse probing reports carries a percentile-bootstrap interval over its test examples."""
+    from evals.probing import sparse_probing
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 5))
-    y = (x[:, 0] + 0.8 * rng.normal(size=400) > 0).astype(np.int64)
-    correct = probe_correct(x[:300], y[:300], x[300:], y[300:])
-    assert correct.dtype == bool and correct.shape == (100,)
-    ivs = accuracy_intervals({"task_a": {"raw_full": correct}, "task_b": {"raw_full": ~correct}}, n_resamples=300)
-    iv = ivs["raw_full"]
-    assert iv["estimate"] == pytest.approx(0.5) and iv["n"] == 200 and iv["resampled"] == "test examples"
-    assert iv["low"] < 0.5 < iv["high"]
+    labels = ["a"] * 200 + ["b"] * 200
+    raw = rng.normal(size=(400, 6))
+    raw[:200, 0] += 0.8  # class a is separable along dimension 0, noisily
+    feats = np.maximum(raw, 0)
+    res = sparse_probing(raw, feats, labels, max_per_class=200, seed=0)
+    for key, est in res["mean"].items():
+        iv = res["intervals"]["mean"][key]
+        assert iv["estimate"] == pytest.approx(est) and iv["n"] == res["test_documents"]
+        assert iv["low"] <= est <= iv["high"] and iv["high"] - iv["low"] > 0
+        # a 95% interval of an accuracy on n examples is about 4 standard errors wide
+        se = math.sqrt(est * (1 - est) / res["test_documents"])
+        if 0.05 < est < 0.95:
+            assert 2.5 * se < iv["high"] - iv["low"] < 6 * se, (key, iv, se)

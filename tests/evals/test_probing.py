@@ -151,7 +151,9 @@ def test_evaluate_probes_only_documents_the_sae_did_not_train_on(labelled_cache)
         assert row["sae_top1"] >= 0.9 and row["n_test"] == 32
         assert 0 <= row["se"]["sae_top1"] < 0.06
     assert p["mean"]["sae_top1"] >= 0.95
-    assert "probe top-1" in str(r) and "±" in str(r)
+    iv = r.interval("sae_top1")  # the bootstrap interval over the held-out documents, in eval.json and the table
+    assert iv["n"] == 3 * 32 and iv["low"] <= p["mean"]["sae_top1"] <= iv["high"]
+    assert "probe top-1" in str(r) and f"{p['mean']['sae_top1']:.3f} [{iv['low']:.3f}, {iv['high']:.3f}]" in str(r)
 
 
 def test_too_few_unseen_documents_are_said_so_not_made_up(labelled_cache) -> None:
