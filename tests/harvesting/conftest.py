@@ -112,3 +112,22 @@ def text_corpus(tmp_path_factory) -> Path:
     p.write_text("".join(json.dumps({"text": r["text"], "topic": r["topic"]}) + "\n" for r in recs))
     return p
 
+
+def synthetic_cache(path: Path, *, adds: int, rows_per_add: int, contexts_per_add: int, context_length: int,
+                    doc_rows: int, shard_tokens: int, d: int = 4) -> Path:
+    """A cache of random rows at one hook "h" written by the real writer: `adds` batches of
+    `rows_per_add` rows, documents of `doc_rows` rows, for tests that damage or edit a real cache."""
+    from harvesting import CacheWriter
+
+    w = CacheWriter(path, {"h": d}, "float32", shard_tokens=shard_tokens,
+                    header={"model": {"id": "synthetic"}, "context_length": context_length})
+    g = torch.Generator().manual_seed(0)
+    for i in range(adds):
+        ids = torch.arange(i * rows_per_add, (i + 1) * rows_per_add)
+        w.add({"h": torch.randn(rows_per_add, d, generator=g)},
+              {"token_ids": ids.to(torch.int32), "doc_ids": ids.to(torch.int32) // doc_rows,
+               "context_ids": ids // context_length, "positions": (ids % context_length).to(torch.int32)},
+              contexts=contexts_per_add)
+    w.finish()
+    return path
+

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from harvesting import CacheReader, CacheWriter, verify_cache
+from tests.harvesting.conftest import synthetic_cache
 from workbench.errors import WorkbenchError
 
 D = 4
@@ -25,16 +26,8 @@ D = 4
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("good") / "acts"
-    w = CacheWriter(path, {"h": D}, "float32", shard_tokens=20, header={"model": {"id": "synthetic"}, "context_length": 5})
-    g = torch.Generator().manual_seed(0)
-    for i in range(8):
-        ids = torch.arange(i * 10, i * 10 + 10)
-        w.add({"h": torch.randn(10, D, generator=g)}, {"token_ids": ids.to(torch.int32), "doc_ids": ids.to(torch.int32) // 7,
-                                                      "context_ids": ids // 5, "positions": (ids % 5).to(torch.int32)},
-              contexts=2)
-    w.finish()
-    return path
+    return synthetic_cache(tmp_path_factory.mktemp("good") / "acts", adds=8, rows_per_add=10, contexts_per_add=2,
+                           context_length=5, doc_rows=7, shard_tokens=20, d=D)
 
 
 @pytest.fixture

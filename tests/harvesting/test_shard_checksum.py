@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from harvesting import CacheReader, CacheWriter
+from harvesting import CacheReader
+from tests.harvesting.conftest import synthetic_cache
 from workbench.cli import main
 from workbench.errors import WorkbenchError
 
@@ -19,16 +19,8 @@ D = 4
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("good") / "acts"
-    w = CacheWriter(path, {"h": D}, "float32", shard_tokens=64, header={"model": {"id": "synthetic"}, "context_length": 8})
-    g = torch.Generator().manual_seed(0)
-    for i in range(8):
-        ids = torch.arange(i * 32, i * 32 + 32)
-        w.add({"h": torch.randn(32, D, generator=g)}, {"token_ids": ids.to(torch.int32), "doc_ids": ids.to(torch.int32) // 16,
-                                                      "context_ids": ids // 8, "positions": (ids % 8).to(torch.int32)},
-              contexts=4)
-    w.finish()
-    return path
+    return synthetic_cache(tmp_path_factory.mktemp("good") / "acts", adds=8, rows_per_add=32, contexts_per_add=4,
+                           context_length=8, doc_rows=16, shard_tokens=64, d=D)
 
 
 @pytest.fixture
