@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from harvesting.shuffle_buffer import ShuffleBuffer
+from tests.evals.conftest import tiny_model_dir  # noqa: F401  (the fixture)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -28,22 +29,9 @@ HOOK = "blocks.1.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A 3-layer, 48-wide random Llama with the offline MiniLM tokenizer (as tests/harvesting/conftest.py)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from workbench.models import offline_path
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(str(offline_path("minilm-l6")))
-    tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    d = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def tiny_llama(tiny_model_dir) -> Path:  # noqa: F811
+    """The eval tests' 3-layer, 48-wide random Llama with the offline MiniLM tokenizer."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
