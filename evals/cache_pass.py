@@ -32,6 +32,20 @@ class CachePassResult:
         return (r.sum_x / max(r.n, 1)).float()
 
 
+def accumulate_batch(sae, x: torch.Tensor, rec: ReconstructionStats, feats: FeatureStats):
+    """Encode one batch once and feed both accumulators from those codes; returns (codes, x_hat)
+    for any other reader of the same batch (probing's pool, a parity check)."""
+    codes = sae.encode(x)
+    x_hat = sae.decode(codes)
+    vals = codes.vals
+    b = x.shape[0]
+    l0 = torch.bincount(codes.rows[vals != 0], minlength=b)
+    l1 = torch.zeros(b, dtype=torch.float64, device=vals.device).index_add_(0, codes.rows, vals.abs().double())
+    rec.update(x, x_hat, l0, l1)
+    feats.update(codes.cols, vals, b)
+    return codes, x_hat
+
+
 @torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
 def cache_pass(
     sae,
@@ -70,15 +84,8 @@ def cache_pass(
             docs = docs[: max_tokens - seen] if docs is not None else None
             tokens = tokens[: max_tokens - seen] if tokens is not None else None
         x = x.to(device, non_blocking=True)
-        codes = sae.encode(x)
-        x_hat = sae.decode(codes)
-        vals = codes.vals
-        nz = vals != 0
+        codes, _ = accumulate_batch(sae, x, rec, feats)
         b = x.shape[0]
-        l0 = torch.bincount(codes.rows[nz], minlength=b)
-        l1 = torch.zeros(b, dtype=torch.float64, device=vals.device).index_add_(0, codes.rows, vals.abs().double())
-        rec.update(x, x_hat, l0, l1)
-        feats.update(codes.cols, vals, b)
         if pool is not None:
             pool.update(x, codes, docs, tokens)
         seen += b

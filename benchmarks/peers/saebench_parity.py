@@ -120,6 +120,7 @@ def ours(lm, sae, hook: str, recon, sparsity) -> dict:
     import torch
 
     from evals import FeatureStats, ReconstructionStats, spliced_losses
+    from evals.cache_pass import accumulate_batch
     from workbench.hooks import capture
 
     t0 = time.perf_counter()
@@ -133,15 +134,8 @@ def ours(lm, sae, hook: str, recon, sparsity) -> dict:
     with torch.no_grad():
         for cb in sparsity:
             x = capture(lm, cb.tokens, [hook])[hook][cb.keep].float()
-            codes = sae.encode(x)
-            x_hat = sae.decode(codes)
-            vals = codes.vals
-            nz = vals != 0
+            _, x_hat = accumulate_batch(sae, x, rec, feats)
             b = x.shape[0]
-            l0 = torch.bincount(codes.rows[nz], minlength=b)
-            l1 = torch.zeros(b, dtype=torch.float64).index_add_(0, codes.rows, vals.abs().double())
-            rec.update(x, x_hat, l0, l1)
-            feats.update(codes.cols, vals, b)
             xd, hd = x.double(), x_hat.double()
             per_batch.append((float((xd - hd).pow(2).sum()), float(xd.pow(2).sum()), b))
             rel_bias.append(float(hd.pow(2).sum(1).mean() / (xd * hd).sum(1).mean()))
