@@ -35,7 +35,27 @@ def expand_sae_paths(refs: list[str | Path]) -> list[SAERef]:
         base = str(ref).rstrip("/").split("/")[-1] if hub else Path(ref).name
         for rel, d in found.items():
             out.append(SAERef(base if rel == "." else f"{base}/{rel}", d, hub))
-    return out
+    return _distinct_names(out)
+
+
+def _distinct_names(refs: list[SAERef]) -> list[SAERef]:
+    """Different SAEs that share a display name (the same leaf, e.g. `topk-k32-x8`, in several runs) take
+    as many of their parent folders as it needs to tell them apart, since `--out OUT/<name>` would
+    otherwise write one SAE's eval.json over another's."""
+    names = [r.name for r in refs]
+    for _ in range(16):
+        dirs_by_name: dict[str, set[Path]] = {}
+        for n, r in zip(names, refs):
+            dirs_by_name.setdefault(n, set()).add(r.dir.resolve())
+        clash = {n for n, ds in dirs_by_name.items() if len(ds) > 1}
+        if not clash:
+            break
+        for i, r in enumerate(refs):
+            if names[i] in clash:
+                parts = r.dir.resolve().parts
+                depth = names[i].count("/") + 2
+                names[i] = "/".join(parts[-depth:])
+    return [SAERef(n, r.dir, r.hub) for n, r in zip(names, refs)]
 
 
 def load_for_eval(path: str | Path, device: torch.device | str = "cpu",

@@ -110,3 +110,17 @@ def test_console_script_exit_code(tmp_path, tiny_cache) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("sae eval: error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_same_named_saes_of_different_runs_get_distinct_names(tmp_path) -> None:
+    """Two runs' SAEs share a leaf name (topk-k32-x8): under --out each needs its own eval.json."""
+    from evals.loading import expand_sae_paths
+
+    for run in ("none-s0", "pca-s0"):
+        save_sae(make_sae(seed=1), tmp_path / run / HOOK / "topk-k8-x2")
+    refs = expand_sae_paths([tmp_path / "none-s0" / HOOK / "topk-k8-x2", tmp_path / "pca-s0" / HOOK / "topk-k8-x2",
+                             tmp_path / "none-s0" / HOOK / "topk-k8-x2"])
+    names = [r.name for r in refs]
+    assert len(set(names[:2])) == 2, names
+    assert names[0].startswith("none-s0") and names[1].startswith("pca-s0")
+    assert names[2] == names[0]  # the same SAE named twice is still one name
