@@ -33,9 +33,13 @@ from saes.losses import fvu
 from saes.registry import build_sae, register, sae_class
 from saes.storage import find_sae_dirs, load_sae, load_stats, save_sae
 from saes.trainer import Trainer, train
+from saes.whitening import Whitening, fit_whitening, fold_whitening
 from saes.formats import export_saelens, export_sparsify, find_any, load_any  # last: formats builds on the above
 
 __all__ = [
+    "Whitening",
+    "fit_whitening",
+    "fold_whitening",
     "export_saelens",
     "export_sparsify",
     "find_any",
