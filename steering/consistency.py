@@ -50,7 +50,7 @@ from torch import Tensor
 
 from steering.concepts import STEER_PROMPTS, neutral_texts
 from steering.generation import generate
-from steering.interventions import Intervention, add_direction, feature_values
+from steering.interventions import Intervention, add_direction, code_edit_delta
 from steering.measures import NeutralKL
 from steering.positions import Positions
 from steering.reading import _device, chunks, encode_texts
@@ -304,13 +304,7 @@ class FiringShift(Intervention):
         return torch.where(old > 0, (old + self._vals.to(old)).clamp_min(0), old)
 
     def delta(self, act: Tensor, site: HookSite) -> Tensor:
-        w = self.sae.W_dec
-        x = act.reshape(-1, act.shape[-1]).to(device=w.device, dtype=w.dtype)
-        feats = self._feats.to(w.device)
-        with torch.no_grad():
-            old = feature_values(self.sae.encode(x), feats)
-            d = (self.new_codes(old) - old) @ w[feats]
-        return d.reshape(act.shape).to(device=act.device, dtype=act.dtype)
+        return code_edit_delta(self.sae, self._feats, act, self.new_codes)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "shifts": {str(k): v for k, v in self.shifts.items()}}

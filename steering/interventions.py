@@ -15,7 +15,7 @@ value changes nothing at all), where decoding and re-adding the error would roun
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +94,18 @@ class FeatureEdit:
             raise choices_error("feature edit", self.op, EDIT_OPS)
 
 
+def code_edit_delta(sae: Any, feats: Tensor, act: Tensor, new_codes: Callable[[Tensor], Tensor]) -> Tensor:
+    """What an edit of some features' codes adds to the activation: (new - old codes) @ their decoder
+    rows. Only the difference is decoded, so the SAE's error term (x - x_hat) stays in place."""
+    w = sae.W_dec
+    x = act.reshape(-1, act.shape[-1]).to(device=w.device, dtype=w.dtype)
+    feats = feats.to(w.device)
+    with torch.no_grad():
+        old = feature_values(sae.encode(x), feats)
+        d = (new_codes(old) - old) @ w[feats]
+    return d.reshape(act.shape).to(device=act.device, dtype=act.dtype)
+
+
 @dataclass
 class SAEEdit(Intervention):
     """Encode with the SAE, edit some features, decode, keep the error term (see module docstring)."""
@@ -114,22 +126,19 @@ class SAEEdit(Intervention):
             check_feature(self.sae, e.feature)
         self._feats = torch.tensor([e.feature for e in self.edits], dtype=torch.long)
 
+    def new_codes(self, old: Tensor) -> Tensor:
+        new = old.clone()
+        for j, e in enumerate(self.edits):
+            if e.op == "set":
+                new[:, j] = e.value
+            elif e.op == "multiply":
+                new[:, j] = old[:, j] * e.value
+            else:
+                new[:, j] = old[:, j] + e.value
+        return new
+
     def delta(self, act: Tensor, site: HookSite) -> Tensor:
-        w = self.sae.W_dec
-        x = act.reshape(-1, act.shape[-1]).to(device=w.device, dtype=w.dtype)
-        feats = self._feats.to(w.device)
-        with torch.no_grad():
-            old = feature_values(self.sae.encode(x), feats)
-            new = old.clone()
-            for j, e in enumerate(self.edits):
-                if e.op == "set":
-                    new[:, j] = e.value
-                elif e.op == "multiply":
-                    new[:, j] = old[:, j] * e.value
-                else:
-                    new[:, j] = old[:, j] + e.value
-            d = (new - old) @ w[feats]
-        return d.reshape(act.shape).to(device=act.device, dtype=act.dtype)
+        return code_edit_delta(self.sae, self._feats, act, self.new_codes)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "edits": [{**e.__dict__, **self.units.get(e.feature, {})} for e in self.edits]}
