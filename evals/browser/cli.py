@@ -11,8 +11,12 @@ import json
 from pathlib import Path
 
 from evals.features.config import FeatureConfig
-from workbench.config import add_config_args, config_from_args
+from workbench.config import _checked, add_config_args, config_from_args
 from workbench.errors import WorkbenchError
+
+
+MAP_METHODS = ("umap", "spectral")
+MAP_COLOURS = ("density", "max", "mean", "nnz")  # per-feature statistics the feature data always holds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,11 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device to encode on (cpu, cuda, cuda:N)")
     p.add_argument("--rebuild", action="store_true", help="recompute the feature data even if it is up to date")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    p.add_argument("--map", dest="map_method", default="umap", choices=("umap", "spectral"),
+    p.add_argument("--map", dest="map_method", default="umap", metavar="METHOD",
+                   type=_checked(str, MAP_METHODS, "map method"),
                    help="how the feature map places features: umap (UMAP of decoder directions) or spectral (the "
-                        "older spectral embedding)")
-    p.add_argument("--map-colour", default="density", help="per-feature statistic the map is coloured by: density, "
-                                                          "max, mean, nnz")
+                        f"older spectral embedding) (choices: {', '.join(MAP_METHODS)}; default: umap)")
+    p.add_argument("--map-colour", default="density", metavar="STAT", type=_checked(str, MAP_COLOURS, "map colour"),
+                   help=f"per-feature statistic the map is coloured by (choices: {', '.join(MAP_COLOURS)}; "
+                        "default: density)")
     add_config_args(p, FeatureConfig)
     p.set_defaults(func=run_browse)
 
