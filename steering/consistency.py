@@ -32,11 +32,13 @@ unrelated prompts whose greedy continuation changes).
 One deviation, said plainly: the paper trains a TopK SAE at the probe's layer; here the layer is
 chosen among the SAEs given (`--sae` takes several), and the report says which layer the probe
 prefers overall.
+
+This module holds the run; the facts and answer scoring live in `steering.consistency_facts`, the
+reads, contrast, probe and shift in `steering.consistency_features` (their names are re-exported here).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import re
@@ -46,68 +48,39 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from steering.concepts import STEER_PROMPTS, neutral_texts
 from steering.generation import generate
-from steering.interventions import Intervention, add_direction, code_edit_delta
+from steering.consistency_facts import (  # noqa: F401  (re-exported: the module's public names)
+    CANDIDATES,
+    EXTRA_ENTITIES,
+    TEMPLATES,
+    answer_entity,
+    answers,
+    fact_consistency,
+    known_entities,
+    known_facts,
+    per_fact,
+)
+from steering.consistency_features import (  # noqa: F401  (re-exported)
+    FiringShift,
+    consistency_contrast,
+    diffmean_vector,
+    eligible_features,
+    layer_probe,
+    select_features,
+    span_codes,
+    span_reads,
+    template_eta2,
+)
+from steering.interventions import add_direction
 from steering.measures import NeutralKL
 from steering.positions import Positions
-from steering.reading import _device, chunks, encode_texts
 from workbench.config import save_config
 from workbench.errors import WorkbenchError
-from workbench.hooks import HookSite, capture
 from workbench.io import atomic_save_figure, atomic_write_bytes, atomic_write_json
 
-TEMPLATES = [
-    "The capital of {x} is",
-    "{x}'s capital city is",
-    "The capital city of {x} is",
-    "Q: What is the capital of {x}?\nA: The capital of {x} is",
-    "Question: Which city is the capital of {x}? Answer:",
-    "If you travel to the capital of {x}, you arrive in",
-    "The government of {x} sits in its capital,",
-    "Everyone knows that the capital of {x} is the city of",
-]
 log = logging.getLogger(__name__)
-# Country -> capital candidates. A run keeps the facts the model knows (`known_facts`: its answer
-# under the first template names the capital) and splits those into training and held-out facts.
-CANDIDATES = [('France', 'Paris'), ('Germany', 'Berlin'), ('Italy', 'Rome'), ('Japan', 'Tokyo'), ('Spain', 'Madrid'),
-              ('England', 'London'), ('Russia', 'Moscow'), ('China', 'Beijing'), ('Egypt', 'Cairo'),
-              ('Greece', 'Athens'), ('Canada', 'Ottawa'), ('Ireland', 'Dublin'), ('Portugal', 'Lisbon'),
-              ('Austria', 'Vienna'), ('Hungary', 'Budapest'), ('Poland', 'Warsaw'), ('Sweden', 'Stockholm'),
-              ('Norway', 'Oslo'), ('Finland', 'Helsinki'), ('Denmark', 'Copenhagen'), ('Netherlands', 'Amsterdam'),
-              ('Belgium', 'Brussels'), ('Switzerland', 'Bern'), ('Czech Republic', 'Prague'),
-              ('Romania', 'Bucharest'), ('Bulgaria', 'Sofia'), ('Serbia', 'Belgrade'), ('Croatia', 'Zagreb'),
-              ('Ukraine', 'Kyiv'), ('Turkey', 'Ankara'), ('Iran', 'Tehran'), ('Iraq', 'Baghdad'),
-              ('Syria', 'Damascus'), ('Lebanon', 'Beirut'), ('Israel', 'Jerusalem'), ('Jordan', 'Amman'),
-              ('Saudi Arabia', 'Riyadh'), ('India', 'New Delhi'), ('Pakistan', 'Islamabad'),
-              ('Afghanistan', 'Kabul'), ('Bangladesh', 'Dhaka'), ('Nepal', 'Kathmandu'), ('Thailand', 'Bangkok'),
-              ('Vietnam', 'Hanoi'), ('Indonesia', 'Jakarta'), ('Malaysia', 'Kuala Lumpur'),
-              ('Philippines', 'Manila'), ('South Korea', 'Seoul'), ('North Korea', 'Pyongyang'),
-              ('Mongolia', 'Ulaanbaatar'), ('Australia', 'Canberra'), ('New Zealand', 'Wellington'),
-              ('United States', 'Washington'), ('Mexico', 'Mexico City'), ('Cuba', 'Havana'), ('Brazil', 'Brasilia'),
-              ('Argentina', 'Buenos Aires'), ('Chile', 'Santiago'), ('Peru', 'Lima'), ('Colombia', 'Bogota'),
-              ('Venezuela', 'Caracas'), ('Ecuador', 'Quito'), ('Bolivia', 'La Paz'), ('Uruguay', 'Montevideo'),
-              ('Paraguay', 'Asuncion'), ('Kenya', 'Nairobi'), ('Ethiopia', 'Addis Ababa'), ('Nigeria', 'Abuja'),
-              ('Ghana', 'Accra'), ('Morocco', 'Rabat'), ('Algeria', 'Algiers'), ('Tunisia', 'Tunis'),
-              ('Libya', 'Tripoli'), ('Sudan', 'Khartoum'), ('South Africa', 'Pretoria'), ('Scotland', 'Edinburgh'),
-              ('Wales', 'Cardiff'), ('Iceland', 'Reykjavik'), ('Estonia', 'Tallinn'), ('Latvia', 'Riga'),
-              ('Lithuania', 'Vilnius'), ('Belarus', 'Minsk'), ('Georgia', 'Tbilisi'), ('Armenia', 'Yerevan'),
-              ('Azerbaijan', 'Baku'), ('Kazakhstan', 'Astana'), ('Uzbekistan', 'Tashkent'), ('Qatar', 'Doha'),
-              ('Kuwait', 'Kuwait City'), ('Oman', 'Muscat'), ('Yemen', 'Sanaa'), ('Sri Lanka', 'Colombo'),
-              ('Myanmar', 'Naypyidaw'), ('Cambodia', 'Phnom Penh'), ('Laos', 'Vientiane'),
-              ('Taiwan', 'Taipei'), ('Slovakia', 'Bratislava'),
-              ('Slovenia', 'Ljubljana'), ('Albania', 'Tirana'), ('Malta', 'Valletta'),
-              ('Cyprus', 'Nicosia'), ('Jamaica', 'Kingston'), ('Senegal', 'Dakar'), ('Tanzania', 'Dodoma'),
-              ('Uganda', 'Kampala'), ('Zimbabwe', 'Harare'), ('Zambia', 'Lusaka'), ('Angola', 'Luanda'),
-              ('Mali', 'Bamako'), ('Panama', 'Panama City'), ('Costa Rica', 'San Jose'), ('Haiti', 'Port-au-Prince')]
-# Other city names an answer may give (a wrong capital is still an entity to agree or disagree on).
-EXTRA_ENTITIES = ("New York", "Los Angeles", "Sydney", "Melbourne", "Toronto", "Montreal", "Vancouver", "Istanbul",
-                  "Mumbai", "Shanghai", "Hong Kong", "Osaka", "Kyoto", "Barcelona", "Milan", "Munich", "Hamburg",
-                  "Frankfurt", "St. Petersburg", "Saint Petersburg", "Alexandria", "Lagos", "Johannesburg",
-                  "Cape Town", "Rio de Janeiro", "Sao Paulo", "Karachi", "Lahore", "Almaty", "Zurich", "Geneva",
-                  "Auckland", "Casablanca", "Tel Aviv", "Dubai", "Abu Dhabi", "Manchester", "Glasgow", "Belfast")
 
 
 @dataclass
@@ -150,248 +123,6 @@ class ConsistencyConfig:
                                  f"{self.max_template_eta2}, {self.min_firing}")
         if self.null_draws < 0 or self.probe_every < 1 or self.max_new_tokens < 1:
             raise WorkbenchError("null_draws must be >= 0, probe_every >= 1 and max_new_tokens >= 1")
-
-
-# ---------------------------------------------------------------------------- answers and labels
-
-
-def known_entities() -> tuple[str, ...]:
-    """Names an answer entity is matched against: every candidate's capital and other large cities."""
-    return tuple(dict.fromkeys([c for _, c in CANDIDATES] + list(EXTRA_ENTITIES)))
-
-
-def answer_entity(text: str, known: tuple[str, ...] = ()) -> str:
-    """The entity an answer names: the earliest known name in it (longest at a tie: "New Delhi" over
-    "Delhi"), else its first capitalised phrase ("the city of Paris" -> paris), else its first word."""
-    low = text.lower()
-    best: tuple[int, int, str] | None = None
-    for name in known:
-        m = re.search(r"(?<![a-z])" + re.escape(name.lower()) + r"(?![a-z])", low)
-        if m and (best is None or (m.start(), -len(name)) < (best[0], best[1])):
-            best = (m.start(), -len(name), name.lower())
-    if best is not None:
-        return best[2]
-    m = re.search(r"[A-Z][\w'.-]*(?:\s+(?:de\s+|of\s+)?[A-Z][\w'.-]*)*", text)
-    if m:
-        return m.group(0).rstrip(".").lower()
-    m = re.search(r"[A-Za-z]+", text)
-    return m.group(0).lower() if m else ""
-
-
-def fact_consistency(entities: list[str]) -> float:
-    """Share of the fact's paraphrase pairs whose answers name the same entity (empty answers never agree)."""
-    pairs = list(itertools.combinations(entities, 2))
-    return sum(a == b and a != "" for a, b in pairs) / max(len(pairs), 1)
-
-
-def per_fact(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Per fact (in order of first appearance): consistency and accuracy of its paraphrases."""
-    facts = list(dict.fromkeys(r["fact"] for r in rows))
-    cons = [fact_consistency([r["entity"] for r in rows if r["fact"] == f]) for f in facts]
-    acc = [float(np.mean([r["correct"] for r in rows if r["fact"] == f])) for f in facts]
-    return {"facts": np.array(facts, dtype=object), "consistency": np.array(cons), "accuracy": np.array(acc)}
-
-
-def known_facts(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The facts whose answer under the first template names the expected entity (what the model knows)."""
-    return [(r["fact"], r["expected"]) for r in rows if r["template"] == 0 and r["correct"]]
-
-
-def answers(lm: Any, facts: list[tuple[str, str]], ivs: list, max_new_tokens: int) -> list[dict[str, Any]]:
-    prompts = [t.format(x=c) for c, _ in facts for t in TEMPLATES]
-    g = generate(lm, prompts, ivs, max_new_tokens=max_new_tokens, batch_size=32)
-    known = known_entities()
-    rows = []
-    for i, text in enumerate(g.texts):
-        country, capital = facts[i // len(TEMPLATES)]
-        ent = answer_entity(text, known)
-        rows.append({"fact": country, "expected": capital, "template": i % len(TEMPLATES), "prompt": prompts[i],
-                     "text": text, "entity": ent, "correct": ent == capital.lower()})
-    return rows
-
-
-# ---------------------------------------------------------------------------- contrast and selection
-
-
-def consistency_contrast(codes: Tensor, fact: list, entity: list[str]) -> tuple[Tensor, Tensor, int]:
-    """Within-fact contrast of consistent against inconsistent paraphrase pairs.
-
-    `codes [N, F]` (one row per prompt), its fact and answer entity. For every fact holding both
-    kinds of pairs: mean over its consistent pairs of the pair code (mean of the two prompts)
-    minus the same over its inconsistent pairs. Returns the mean over those facts, its t statistic
-    over facts (mean / standard error; 0 where the spread is 0), and how many facts contributed.
-    """
-    codes = codes.double()
-    diffs = []
-    for f in dict.fromkeys(fact):
-        idx = [i for i, g in enumerate(fact) if g == f]
-        cons, inc = [], []
-        for i, j in itertools.combinations(idx, 2):
-            (cons if entity[i] == entity[j] and entity[i] != "" else inc).append((codes[i] + codes[j]) / 2)
-        if cons and inc:
-            diffs.append(torch.stack(cons).mean(0) - torch.stack(inc).mean(0))
-    if not diffs:
-        raise WorkbenchError("no training fact has both consistent and inconsistent paraphrase pairs; the contrast "
-                             "needs some (use more facts)")
-    d = torch.stack(diffs)
-    mean = d.mean(0)
-    if d.shape[0] < 2:
-        return mean, mean.sign(), 1
-    se = d.std(0) / d.shape[0] ** 0.5
-    t = torch.where(se > 0, mean / se.clamp_min(1e-30), torch.zeros_like(mean))
-    return mean, t, d.shape[0]
-
-
-def template_eta2(codes: Tensor, template: list[int]) -> Tensor:
-    """Per feature, the share of its variance over prompts that the template explains (eta^2 of a one-way ANOVA)."""
-    x = codes.double()
-    total = (x - x.mean(0)).pow(2).sum(0)
-    t = torch.as_tensor(template)
-    between = torch.zeros_like(total)
-    for k in t.unique():
-        g = x[t == k]
-        between += g.shape[0] * (g.mean(0) - x.mean(0)).pow(2)
-    return torch.where(total > 0, between / total.clamp_min(1e-30), torch.zeros_like(total))
-
-
-def eligible_features(codes: Tensor, template: list[int], max_eta2: float, min_firing: float) -> tuple[Tensor, Tensor]:
-    """Features that fire on at least `min_firing` of the prompts and are not mostly template; and every eta^2."""
-    eta = template_eta2(codes, template)
-    fires = (codes > 0).double().mean(0)
-    ok = (fires >= max(min_firing, 1e-12)) & (eta <= max_eta2)
-    return ok, eta
-
-
-def select_features(codes: Tensor, fact: list, template: list[int], entity: list[str], n: int, *,
-                    max_eta2: float = 0.5, min_firing: float = 0.05) -> dict[str, Any]:
-    """The `n` eligible features with the largest |t| of the consistency contrast, with their signs."""
-    mean, t, n_facts = consistency_contrast(codes, fact, entity)
-    ok, eta = eligible_features(codes, template, max_eta2, min_firing)
-    if not bool(ok.any()):
-        raise WorkbenchError("no feature is eligible (firing and not mostly template); lower --min-firing or raise "
-                             "--max-template-eta2")
-    score = torch.where(ok, t.abs(), torch.full_like(t, -1.0))
-    top = score.topk(min(n, int(ok.sum()))).indices
-    return {"features": [int(f) for f in top], "sign": [float(torch.sign(mean[f])) or 1.0 for f in top],
-            "t": [float(t[f]) for f in top], "contrast": [float(mean[f]) for f in top],
-            "template_eta2": [float(eta[f]) for f in top], "eligible": ok, "eta2": eta, "facts_contrasted": n_facts,
-            "dropped_template": int(((eta > max_eta2) & ((codes > 0).double().mean(0) >= max(min_firing, 1e-12))).sum())}
-
-
-# ---------------------------------------------------------------------------- the intervention
-
-
-@dataclass
-class FiringShift(Intervention):
-    """Add `shifts[f]` to feature f where it fires (code > 0), never below zero; the error term is kept.
-
-    LF-Steering's `activation + alpha` restricted to active features: a silent feature stays
-    silent (the shift would otherwise write its direction into every token), and a negative shift
-    stops at zero, where a ReLU-type code ends.
-    """
-
-    sae: Any
-    shifts: dict[int, float]
-    positions: Positions = field(default_factory=lambda: Positions("prompt"))
-    hook: str = ""
-
-    def __post_init__(self) -> None:
-        self.hook = self.hook or self.sae.cfg.hook
-        self._feats = torch.tensor(list(self.shifts), dtype=torch.long)
-        self._vals = torch.tensor(list(self.shifts.values()), dtype=torch.float32)
-
-    def new_codes(self, old: Tensor) -> Tensor:
-        return torch.where(old > 0, (old + self._vals.to(old)).clamp_min(0), old)
-
-    def delta(self, act: Tensor, site: HookSite) -> Tensor:
-        return code_edit_delta(self.sae, self._feats, act, self.new_codes)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "shifts": {str(k): v for k, v in self.shifts.items()}}
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def span_reads(lm: Any, prompts: list[str], hooks: list[str], batch_size: int = 32) -> dict[str, list[Tensor]]:
-    """Per hook, per prompt, the `[tokens, d]` activations of the question span (BOS left out)."""
-    out: dict[str, list[Tensor]] = {h: [] for h in hooks}
-    skip = len(lm.prefix_ids or [])
-    for sl in chunks(len(prompts), batch_size):
-        b = encode_texts(lm, prompts[sl])
-        acts = capture(lm, b.tokens.to(_device(lm)), hooks, stop=True)
-        mask = b.mask.clone()
-        mask[:, :skip] = False
-        for h in hooks:
-            a = acts[h].float().cpu()
-            out[h] += [a[i][mask[i]] for i in range(a.shape[0])]
-    return out
-
-
-def span_codes(sae: Any, reads: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Per prompt, the mean SAE code over its question span `[N, F]`, and per feature its mean when firing."""
-    means, tot, cnt = [], torch.zeros(sae.num_features, dtype=torch.float64), torch.zeros(sae.num_features,
-                                                                                           dtype=torch.float64)
-    with torch.no_grad():
-        for r in reads:
-            z = sae.encode(r.to(sae.W_dec.device, sae.W_dec.dtype)).to_dense().double().cpu()
-            means.append(z.mean(0))
-            tot += z.sum(0)
-            cnt += (z > 0).sum(0)
-    return torch.stack(means), (tot / cnt.clamp_min(1)).float()
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties counted half."""
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels) == 1
-    p, n = s[y], s[~y]
-    if len(p) == 0 or len(n) == 0:
-        return float("nan")
-    return float(((p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()) / (len(p) * len(n)))
-
-
-def layer_probe(reads: dict[str, list[Tensor]], fact: list, entity: list[str], folds: int = 5,
-                ridge: float = 10.0) -> dict[str, float]:
-    """Per hook, the held-out-fact ROC AUC of a linear probe predicting pair consistency from |h_i - h_j|.
-
-    The probe is ridge regression on standardised features (closed form, so 30 layers cost
-    seconds); folds hold out whole facts, so it cannot score by recognising the fact.
-    """
-    pairs, labels, groups = [], [], []
-    facts = list(dict.fromkeys(fact))
-    for f in facts:
-        idx = [i for i, g in enumerate(fact) if g == f]
-        for i, j in itertools.combinations(idx, 2):
-            pairs.append((i, j))
-            labels.append(int(entity[i] == entity[j] and entity[i] != ""))
-            groups.append(facts.index(f))
-    y = np.array(labels, dtype=np.float64)
-    grp = np.array(groups)
-    fold_of = grp % min(folds, len(facts))
-    out: dict[str, float] = {}
-    if len(set(labels)) < 2:
-        return {h: float("nan") for h in reads}
-    a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    for h, rs in reads.items():
-        m = torch.stack([r.mean(0) for r in rs]).double().numpy()
-        x = np.abs(m[a] - m[b])
-        pred = np.zeros(len(y))
-        for k in np.unique(fold_of):
-            tr, te = fold_of != k, fold_of == k
-            mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
-            xt = (x[tr] - mu) / sd
-            w = np.linalg.solve(xt.T @ xt + ridge * len(xt) * np.eye(x.shape[1]) / x.shape[1] + 1e-9 * np.eye(x.shape[1]),
-                                xt.T @ (y[tr] - y[tr].mean()))
-            pred[te] = ((x[te] - mu) / sd) @ w
-        out[h] = auc(pred, y.astype(int))
-    return out
-
-
-def diffmean_vector(reads: list[Tensor], fact: list, entity: list[str]) -> Tensor:
-    """DiffMean of consistency: the within-fact consistent-minus-inconsistent contrast of the raw span means."""
-    m = torch.stack([r.mean(0) for r in reads])
-    mean, _, _ = consistency_contrast(m, fact, entity)
-    return mean.float()
 
 
 # ---------------------------------------------------------------------------- the run
