@@ -11,7 +11,8 @@ into the weights, and each SAE saved in the common format with a summary.
 The trainer is the loop and the order of things; the pieces live beside it: `saes.slot` (one
 SAE with its optimiser and health statistics), `saes.run_log` (metric windows, metrics.jsonl,
 the summary), `saes.checkpoint` (state packing and files), `saes.heldout` (the evaluation,
-reusable on its own). What differs between architectures is asked of their classes.
+reusable on its own), `saes.run_output` (folding, evaluating and saving the SAEs at the end).
+What differs between architectures is asked of their classes.
 
 Resuming continues from the last checkpoint with the same result as an uninterrupted run: the
 data order is a function of (seed, epoch, batch index) (for a stream, `harvesting.shuffle_buffer`, of the shuffle
@@ -21,8 +22,6 @@ reads (weights, Adam moments, thresholds, firing statistics, step count) is in t
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import time
 import zlib
@@ -49,29 +48,18 @@ from saes.data import ActivationSource, open_source
 from saes.distributed import DistContext, setup_distributed
 from saes.feature_parallel import FeatureParallel, check_layout, feature_layout
 from saes.guards import finite_flags, raise_if_not_finite, run_identity
-from saes.heldout import evaluate_heldout
 from saes.kernels import deterministic as deterministic_kernels
 from saes.initialise import init_sample, initialise
 from saes.losses import lr_multiplier, moment_sums, variance_from_sums
 from saes.registry import build_sae, resolve_aux_loss
 from saes.run_plan import plan_run, resolve_matmul_dtype
-from saes.run_log import (
-    SUMMARY_FILE,
-    append_metrics,
-    progress_postfix,
-    run_summary,
-    sae_row,
-    truncate_metrics,
-    window_metrics,
-    window_to_floats,
-)
+from saes.run_log import append_metrics, progress_postfix, truncate_metrics, window_metrics, window_to_floats
+from saes.run_output import evaluate_saes, folded_sae, save_run
 from saes.slot import Slot, make_adam, width_scaled_lr
-from saes.storage import save_sae
-from saes.whitening import fit_run_whitening, fold_whitening, whiten_sample
+from saes.whitening import fit_run_whitening, whiten_sample
 from workbench.config import config_to_dict, save_config
 from workbench.device import resolve_device
-from workbench.errors import WorkbenchError
-from workbench.io import atomic_save_safetensors, atomic_write_json
+from workbench.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -360,35 +348,15 @@ class Trainer:
             self.checkpoint()
         return self.finish()
 
-    # ------------------------------------------------------------------ evaluation and saving
+    # ------------------------------------------------------------------ evaluation and saving (saes.run_output)
 
     def folded(self, s: Slot) -> SparseAutoencoder:
         """A copy of the SAE that takes raw activations (input scale folded in), in eval mode."""
-        sae = copy.deepcopy(s.sae)
-        if s.hook in self.whitening:  # the map already takes raw x: the scale is folded in with it
-            fold_whitening(sae, self.whitening[s.hook].rescaled(self.scales[s.hook]))
-        else:
-            sae.fold_input_scale(self.scales[s.hook])
-        train_record = {**config_to_dict(self.cfg), "lr": s.lr, "aux_loss": s.aux, "k_aux": self.k_aux_for(s),
-                        "dead_tokens": self.dead_tokens, "steps": self.step, "tokens": self.tokens,
-                        "matmul_dtype": self._matmul_dtype_name(),
-                        # the cache's content hash: `sae eval` tells its own training cache from another
-                        # one by it, even after the cache moved or another harvest took its path
-                        "cache_identity": self.identity.get("data")}
-        sae.cfg = dataclasses.replace(sae.cfg, train=train_record)
-        return sae.eval()
+        return folded_sae(self, s)
 
     def evaluate(self, saes: list[SparseAutoencoder]) -> list[dict[str, Any]]:
         """Held-out metrics of `saes` (see saes.heldout) over this run's held-out split; {} each if it is empty."""
-        b, frac = self.cfg.batch_size, self.cfg.heldout_fraction
-        if self.source.num_batches(b, split="heldout", heldout_fraction=frac, drop_last=False) == 0:
-            return [{} for _ in saes]
-        it = self.source.batches(self.hooks, b, shuffle=False, split="heldout", heldout_fraction=frac, drop_last=False)
-        try:
-            return evaluate_heldout(saes, it, device=self.device, max_tokens=self.cfg.eval_tokens)
-        finally:
-            if hasattr(it, "close"):
-                it.close()
+        return evaluate_saes(self, saes)
 
     def whole_slots(self) -> list[Slot]:
         """The slots with whole SAEs on rank 0 (gathered under feature parallelism; a collective then)."""
@@ -397,32 +365,7 @@ class Trainer:
         return self.layout.gather(self.slots) or []
 
     def finish(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {}
-        slots = self.whole_slots()
-        if self.dist.is_main:
-            folded = [self.folded(s) for s in slots]
-            evals = self.evaluate(folded)
-            rows = []
-            for s, sae, ev in zip(slots, folded, evals):
-                d = self.out / s.name
-                stats = {"firing_counts": s.fired_total.cpu(), "tokens_since_fired": s.since_fired.cpu(),
-                         "tokens": torch.tensor([self.tokens])}
-                save_sae(sae, d, stats)
-                rows.append(sae_row(name=s.name, directory=d, hook=s.hook, architecture=sae.architecture, k=sae.cfg.k,
-                                    num_features=sae.num_features,
-                                    dead_features=int((s.since_fired >= self.dead_tokens).sum()),
-                                    last_metrics=s.last_metrics, heldout=ev))
-            summary = run_summary(out=self.out, steps=self.step, tokens=self.tokens, elapsed=self.elapsed,
-                                  session_tokens=self.session_tokens, session_time=self.session_time,
-                                  dead_tokens=self.dead_tokens, device=str(self.device),
-                                  world_size=self.dist.world_size, matmul_dtype=self._matmul_dtype_name(),
-                                  rows=rows)
-            atomic_write_json(self.out / SUMMARY_FILE, summary)
-            for h, w in self.whitening.items():  # the map in raw units, for the record (the SAEs do not need it)
-                atomic_save_safetensors(self.out / "whitening" / f"{h}.safetensors", w.rescaled(self.scales[h]).tensors(),
-                                        {"kind": w.kind, "tokens": str(w.tokens), "source": self.cfg.whiten_source})
-        self.dist.barrier()
-        return summary
+        return save_run(self)
 
     def close(self) -> None:
         self.dist.close()
