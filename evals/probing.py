@@ -68,26 +68,25 @@ def accuracy_intervals(probing: dict[str, Any], level: float = 0.95, n_resamples
                        seed: int = 0) -> dict[str, dict[str, Any]]:
     """Bootstrap intervals of every accuracy of a `sparse_probing` result: per class (resampling its
     test examples) and of the mean over classes (each class resampled on its own, then averaged, as
-    the reported mean is).
+    the reported mean is: `evals.intervals.stratified_mean_interval`).
 
     An accuracy on n test examples is the mean of n right/wrong outcomes, so its count of right
     answers and n are all the bootstrap needs: no probe is refitted."""
-    from evals.intervals import percentile_interval, resample_counts
+    from evals.intervals import bootstrap_interval, stratified_mean_interval
 
     per_class = probing["per_class"]
     out: dict[str, dict[str, Any]] = {"mean": {}, "per_class": {c: {} for c in per_class}}
     for key in probing["mean"]:
-        draws = []
+        outcomes = []
         for ci, (c, row) in enumerate(per_class.items()):
             n = int(row["n_test"])
             right = np.zeros(n)
             right[:int(round(row[key] * n))] = 1.0
-            acc = np.concatenate([counts @ right / n for counts in resample_counts(n, n_resamples, seed + ci)])
-            out["per_class"][c][key] = percentile_interval(row[key], acc, n, level).to_dict()
-            draws.append(acc)
-        total = sum(int(r["n_test"]) for r in per_class.values())
-        out["mean"][key] = {**percentile_interval(probing["mean"][key], np.mean(draws, axis=0), total, level).to_dict(),
-                            "resampled": "test examples, per class", "resamples": n_resamples}
+            out["per_class"][c][key] = bootstrap_interval(right, n_resamples=n_resamples, level=level,
+                                                          seed=seed + ci).to_dict()
+            outcomes.append(right)
+        iv = stratified_mean_interval(outcomes, n_resamples=n_resamples, level=level, seed=seed)
+        out["mean"][key] = {**iv.to_dict(), "resampled": "test examples, per class", "resamples": n_resamples}
     return out
 
 
