@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,14 +129,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return d
 
 
-def load_checkpoint(d: Path, num_saes: int) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+def load_checkpoint(d: Path, num_saes: int, load: Callable[[str], dict[str, torch.Tensor]] | None = None
+                    ) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]]:
+    """trainer.json and each SAE's tensors, read by `load` (default: whole; a feature-parallel rank
+    reads its rows only, saes.shard_files.read_rows)."""
+    load = load or load_file
     state = json.loads((d / "trainer.json").read_text())
     tensors = []
     for i in range(num_saes):
         f = d / f"sae-{i:03d}.safetensors"
         if not f.is_file():
             raise WorkbenchError(f"checkpoint {d} lacks {f.name}: it was written by a run with fewer SAEs")
-        tensors.append(load_file(str(f)))
+        tensors.append(load(str(f)))
     return state, tensors
 
 
@@ -177,8 +182,9 @@ def config_differences(saved: dict[str, Any], now: dict[str, Any], may_differ: t
     return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff)
 
 
-def resumable_state(out: Path, cfg: Any, identity: dict[str, Any],
-                    names: list[str]) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]] | None:
+def resumable_state(out: Path, cfg: Any, identity: dict[str, Any], names: list[str],
+                    load: Callable[[str], dict[str, torch.Tensor]] | None = None,
+                    ) -> tuple[dict[str, Any], list[dict[str, torch.Tensor]]] | None:
     """The latest checkpoint of the run at `out` (None when there is none), refused in one line
     unless `cfg.resume` asks for it and it was trained by this config, on this data, for these SAEs."""
     from saes.config import RESUMABLE_FIELDS
@@ -193,7 +199,7 @@ def resumable_state(out: Path, cfg: Any, identity: dict[str, Any],
             f"{out} already holds a run (checkpoint {ckpt.name}); pass --resume to continue it, "
             f"or choose another --out"
         )
-    state, tensors = load_checkpoint(ckpt, len(names))
+    state, tensors = load_checkpoint(ckpt, len(names), load)
     # a field added since the checkpoint was written held its default then
     saved = {**config_to_dict(type(cfg)()), **state["config"]}
     shown = config_differences(saved, config_to_dict(cfg), RESUMABLE_FIELDS)

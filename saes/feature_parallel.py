@@ -25,11 +25,13 @@ Ties: the merge orders candidates by torch.topk; an exact tie at the k-th place 
 another feature of equal value than one process would (never with continuous activations, and
 every rank of a group always resolves it the same way).
 
-Save and resume: checkpoints and the saved SAE are gathered onto rank 0 and written as ordinary
-files (the same as a one-process run's); a run starts (and resumes) with the whole SAE on every
-rank, then keeps its shard. So the start briefly holds the whole SAE once per rank (without Adam
-moments, which are created by the first step): a start that streams each shard from the
-initialiser or the checkpoint is the next step for SAEs that no single device can hold even once.
+No rank ever holds a whole SAE (an SAE no single device can hold even once must start, resume
+and save): a rank builds only its rows, equal bit for bit to those rows of the one-process
+initialisation (saes.shard_init replays the one-process draw piece by piece); a resume reads only
+its rows of the checkpoint (saes.shard_files.read_rows); checkpoints and the saved SAE are the
+ordinary files of a one-process run, written from the rows (saes.feature_parallel_output: the
+run's rank 0 receives one block at a time). The held-out evaluation at the end is split like the
+step. `gather` (whole copies on rank 0) remains for inspecting small SAEs.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from saes.base import SparseAutoencoder, StepContext, StepOutput
 from saes.kernels import SparseCodes, sparse_decode
 from saes.losses import moment_sums, variance_from_sums
 from saes.registry import architecture_classes, sae_class
+from saes.shard_init import build_shard
 from workbench.distributed import DistContext
 from workbench.errors import WorkbenchError
 
@@ -133,22 +137,35 @@ class FeatureParallel:
 
     # ------------------------------------------------------------------ layout of a slot
 
-    @torch.no_grad()
-    def shard(self, slot: "Slot", make_opt: Callable[[list[Tensor]], torch.optim.Optimizer]) -> None:
-        """Keep this rank's features of `slot` (parameters and Adam moments); the step becomes the split one."""
-        sae = slot.sae
-        lo, hi = self.bounds(sae.num_features)
-        state = {name: slot.opt.state.get(p, {}) for name, p in zip(slot.param_names, slot.params)}
-        for name in SHARDED:
-            setattr(sae, name, nn.Parameter(getattr(sae, name).detach()[lo:hi].clone()))
-        params = dict(sae.named_parameters())
-        opt = make_opt([params[n] for n in slot.param_names])
-        for name in slot.param_names:
-            if state.get(name):
-                opt.state[params[name]] = {k: _rows(v, lo, hi) if name in SHARDED else _copy(v)
-                                           for k, v in state[name].items()}
-        slot.opt = opt
-        slot.step_fn = lambda x, ctx, sae=sae: self.training_step(sae, x, ctx)
+    def build(self, scfg: "SAEConfig", gen: torch.Generator, device: torch.device) -> SparseAutoencoder:
+        """This rank's rows of the SAE `build_sae(scfg, generator=gen)` would build (saes.shard_init)."""
+        lo, hi = self.bounds(scfg.num_features)
+        return build_shard(scfg, gen, lo, hi, device=device)
+
+    def adopt(self, slot: "Slot") -> None:
+        """Train `slot` (built by `build`) with the split step."""
+        slot.step_fn = lambda x, ctx, sae=slot.sae: self.training_step(sae, x, ctx)
+
+    def rows_of(self, name: str, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """This rank's rows of a checkpoint tensor (`saes.checkpoint.pack_slot`'s names), None if it is whole."""
+        parts = name.split(".")
+        if len(parts) >= 2 and parts[0] in ("sae", "opt") and parts[1] in SHARDED and len(shape) >= 1:
+            return self.bounds(shape[0])
+        return None
+
+    def broadcaster(self, slots: list["Slot"], world: DistContext) -> Callable[[Tensor], object]:
+        """saes.initialise's broadcast: a replicated tensor from the run's rank 0, a rank's rows from the
+        first replica holding the same rows (the rows of another shard must not overwrite them)."""
+        rows = {getattr(s.sae, name).data_ptr() for s in slots for name in SHARDED}
+
+        def broadcast(t: Tensor) -> object:
+            if t.data_ptr() not in rows:
+                return world.broadcast_(t)
+            if self.data.enabled:
+                dist.broadcast(t, self.data.global_ranks[0], group=self.data.group)
+            return t
+
+        return broadcast
 
     def local_numel(self, slot: "Slot") -> tuple[int, int]:
         """(parameter elements, Adam-state elements) this rank holds for `slot`."""
@@ -292,10 +309,6 @@ class FeatureParallel:
 
 def _is_rows(v: Any) -> bool:
     return isinstance(v, Tensor) and v.dim() > 0
-
-
-def _rows(v: Any, lo: int, hi: int) -> Any:
-    return v[lo:hi].clone() if _is_rows(v) else _copy(v)
 
 
 def _copy(v: Any) -> Any:

@@ -47,6 +47,7 @@ from saes.config import TrainConfig
 from saes.data import ActivationSource, open_source
 from saes.distributed import DistContext, setup_distributed
 from saes.feature_parallel import FeatureParallel, check_layout, feature_layout
+from saes.feature_parallel_output import save_run_sharded, write_checkpoint_shards
 from saes.guards import finite_flags, raise_if_not_finite, run_identity
 from saes.kernels import deterministic as deterministic_kernels
 from saes.initialise import init_sample, initialise
@@ -55,6 +56,7 @@ from saes.registry import build_sae, resolve_aux_loss
 from saes.run_plan import plan_run, resolve_matmul_dtype
 from saes.run_log import append_metrics, progress_postfix, truncate_metrics, window_metrics, window_to_floats
 from saes.run_output import evaluate_saes, folded_sae, save_run
+from saes.shard_files import read_rows
 from saes.slot import Slot, make_adam, width_scaled_lr
 from saes.whitening import fit_run_whitening, whiten_sample
 from workbench.config import config_to_dict, save_config
@@ -119,10 +121,7 @@ class Trainer:
         self.whitening = fit_run_whitening(cfg, self.source, self.hooks, self.scales, sample)
         if sample is not None and not resumed:
             initialise(self.slots, whiten_sample(sample, self.whitening), cfg.init_b_dec, self.device,
-                       self.dist.broadcast_)
-        if self.layout is not None:  # every rank started with the whole SAE (initialised or resumed): keep a shard
-            for s in self.slots:
-                self.layout.shard(s, lambda ps: make_adam(ps, s.lr, cfg.adam_betas, cfg.adam_eps, self.device))
+                       self.dist.broadcast_ if self.layout is None else self.layout.broadcaster(self.slots, self.dist))
         if self.dist.is_main:
             atomic_write_json(self.out / RUN_FILE, self._run_record())
             save_config(cfg, self.out / "train_config.json")
@@ -134,7 +133,9 @@ class Trainer:
         slots = []
         for name, scfg in self.plan.saes:
             gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
-            sae = build_sae(scfg, device=self.device, generator=gen)
+            # under feature parallelism only this rank's rows of that SAE (saes.feature_parallel)
+            sae = (build_sae(scfg, device=self.device, generator=gen) if self.layout is None
+                   else self.layout.build(scfg, gen, self.device))
             named = [(n, p) for n, p in sae.named_parameters() if p.requires_grad]
             lr = cfg.lr or width_scaled_lr(scfg.num_features)
             opt = make_adam([p for _, p in named], lr, cfg.adam_betas, cfg.adam_eps, self.device)
@@ -142,6 +143,8 @@ class Trainer:
             if cfg.compile:
                 sae.compile_dense_parts()
             slots.append(Slot.new(name, scfg.hook, sae, opt, [n for n, _ in named], lr, aux, self.device))
+            if self.layout is not None:
+                self.layout.adopt(slots[-1])
         return slots
 
     def _matmul_dtype_name(self) -> str:
@@ -160,14 +163,15 @@ class Trainer:
             for s in self.slots])
 
     def checkpoint(self) -> Path | None:
-        """Write the trainer state (rank 0 only; all ranks hold the same state)."""
+        """Write the trainer state (rank 0; under feature parallelism each SAE's file from every rank's rows)."""
         path = None
-        slots = self.whole_slots()
+        if self.layout is not None:  # each SAE's file written from the ranks' rows (no rank holds a whole SAE)
+            write_checkpoint_shards(self.layout, self.out, self.step, self.slots)
         if self.buffer is not None:  # every rank's buffer is in the step directory before latest.json names it
             save_stream_state(self.out, self.step, self.dist.rank, self.buffer.state())
             self.dist.barrier()
         if self.dist.is_main:
-            tensors = [pack_slot(s) for s in slots]
+            tensors = [pack_slot(s) for s in self.slots] if self.layout is None else []
             state = {"format": STATE_FORMAT, "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
                      "config": config_to_dict(self.cfg), "saes": [s.name for s in self.slots], "identity": self.identity,
                      # Metric sums of the current logging window, so a resumed run logs the same lines.
@@ -177,7 +181,8 @@ class Trainer:
         return path
 
     def _maybe_resume(self) -> bool:
-        found = resumable_state(self.out, self.cfg, self.identity, [s.name for s in self.slots])
+        load = None if self.layout is None else (lambda f: read_rows(f, self.layout.rows_of))  # this rank's rows
+        found = resumable_state(self.out, self.cfg, self.identity, [s.name for s in self.slots], load)
         if found is None:
             return False
         state, tensors = found
@@ -365,7 +370,7 @@ class Trainer:
         return self.layout.gather(self.slots) or []
 
     def finish(self) -> dict[str, Any]:
-        return save_run(self)
+        return save_run(self) if self.layout is None else save_run_sharded(self)
 
     def close(self) -> None:
         self.dist.close()

@@ -6,7 +6,10 @@ same global batches: with N ranks holding F/N features each, and with 2 data-par
 2 feature shards. Same selections = the per-feature firing counts over the whole run are equal
 (integers, every step's picks summed); the saved SAE (one ordinary file, written by rank 0) has
 the one-process weights within float tolerance (the shards' matmuls and the decode's all-reduce
-sum in another order). Each rank holds ~1/N of the parameters and of the Adam state.
+sum in another order). Each rank holds ~1/N of the parameters and of the Adam state, and no rank
+ever allocates a tensor spanning all F features of a matrix: not at the start (each rank draws its
+rows of the one-process initialisation), not on resuming (each reads its rows of the checkpoint),
+not when saving (the checkpoint and the SAE are one ordinary file each, written from the shards).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import torch
 from safetensors.torch import load_file
 
 from saes.config import SAEConfig
+from saes.storage import load_sae, save_sae
+from workbench.io import atomic_save_safetensors
 from saes.feature_parallel import check_layout, feature_layout
 from workbench.distributed import DistContext
 from workbench.errors import WorkbenchError
@@ -41,6 +46,11 @@ def run_case(out: Path, world: int, fp: int, *extra: str) -> list[dict]:
     proc = subprocess.run([sys.executable, str(CASE), str(out), str(world), str(fp), *extra], env=env,
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    for r in range(world):  # the whole F x d never exists on a rank (see fp_case.WholeTensors)
+        for name in (f"rank{r}.json", f"killed{r}.json"):
+            if (out / name).exists():
+                whole = json.loads((out / name).read_text())["whole"]
+                assert whole == [], f"rank {r} of {world} allocated whole-feature tensors {whole}"
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world) if (out / f"rank{r}.json").exists()]
 
 
@@ -57,7 +67,9 @@ def one_process(tmp_path_factory):
         case.worker(0, args, 0)
     finally:
         torch.set_num_threads(threads)
-    return out, json.loads((out / "rank0.json").read_text())
+    ref = json.loads((out / "rank0.json").read_text())
+    assert [48, 16] in ref["whole"], "the tracker does not see the one process's whole matrices"
+    return out, ref
 
 
 def saved(out: Path, name: str) -> tuple[dict, dict, dict]:
@@ -83,6 +95,20 @@ def assert_same_sae(out: Path, ref: Path, name: str) -> None:
         for key in ("fvu", "l0", "multi_topk", "aux"):
             if key in r:
                 assert m[key] == pytest.approx(r[key], rel=1e-4, abs=1e-6), (m["step"], key)
+    (row,), (row_ref,) = (json.loads((o / "summary.json").read_text())["saes"] for o in (out, ref))
+    assert row_ref["heldout_tokens"] > 0
+    for key, v in row_ref.items():  # the held-out evaluation of the shards is the one process's
+        if key.startswith("heldout_"):
+            assert row[key] == pytest.approx(v, rel=1e-4, abs=1e-6), key
+    assert_ordinary_file(out / name, out / "resaved")
+
+
+def assert_ordinary_file(sae_dir: Path, scratch: Path) -> None:
+    """The saved SAE loads as any SAE, and its file is byte for byte a one-process save of its weights."""
+    sae = load_sae(sae_dir)
+    save_sae(sae, scratch, load_file(str(sae_dir / "stats.safetensors")))
+    for f in ("sae.safetensors", "stats.safetensors", "cfg.json"):
+        assert (sae_dir / f).read_bytes() == (scratch / f).read_bytes(), f
 
 
 def assert_shard_sizes(ranks: list[dict], ref: dict, fp: int) -> None:
@@ -109,6 +135,11 @@ def test_two_feature_shards_killed_and_resumed_equal_one_process(tmp_path, one_p
     ref_out, ref = one_process
     assert run_case(tmp_path, 2, 2, "--kill-at", "6") == []
     assert (tmp_path / "checkpoint").is_dir() and not (tmp_path / ref["name"]).exists()
+    ckpt = tmp_path / "checkpoint" / "step-000000004" / "sae-000.safetensors"
+    tensors = load_file(str(ckpt))  # one ordinary file: what one process writes for these tensors
+    assert tensors["sae.W_dec"].shape == tensors["opt.enc_weight.exp_avg_sq"].shape == (48, 16)
+    atomic_save_safetensors(tmp_path / "resaved.safetensors", tensors, {"step": "4"})
+    assert ckpt.read_bytes() == (tmp_path / "resaved.safetensors").read_bytes()
     ranks = run_case(tmp_path, 2, 2)
     assert len(ranks) == 2 and all(r["steps"] == ref["steps"] == 10 for r in ranks)
     assert_shard_sizes(ranks, ref, 2)
