@@ -15,11 +15,13 @@ ranks feature-parallel, no data parallelism). Per rank it reports:
 - training peak MiB, the largest over the ranks: the process's peak memory (RSS on a CPU,
   allocated CUDA memory on a GPU) up to the last training step, less what it held before the
   trainer was built (the torch runtime and the activations, the same in every process). It
-  includes the start, when a rank holds the whole SAE once before keeping its shard (see
-  saes.feature_parallel), and every step's activations (the [B, F/N] pre-activations);
-- save peak MiB on rank 0, counted the same way up to the end: the final checkpoint and the saved
-  SAE are gathered whole onto rank 0 (one ordinary file), so rank 0 briefly holds the whole SAE
-  and its Adam state, as the one process does;
+  includes the start (a rank builds only its rows: saes.shard_init) and every step's activations
+  (the [B, F/N] pre-activations);
+- save peak MiB, counted the same way up to the end (so at least the training peak), on rank 0 and
+  the largest over the ranks: the final checkpoint and the saved SAE are one ordinary file each,
+  written by rank 0 from every rank's rows, one block at a time (saes.shard_files), so no rank
+  holds the whole SAE (the one process does: its copy for the checkpoint's Adam state, the saved
+  W_enc's transpose);
 - tokens/s of the whole run (all ranks together), the training loop only.
 
 Ranks share this machine's cores (one thread each), so tokens/s here says what the collectives
@@ -148,22 +150,22 @@ def main() -> int:
     kind = "CUDA" if args.device == "cuda" else "RSS"
     print()
     print(f"| ranks | params+Adam MiB / rank | vs 1 process | training peak {kind} MiB / rank (max) | vs 1 process "
-          f"| save peak {kind} MiB, rank 0 | vs 1 process | tokens/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| save peak {kind} MiB, rank 0 | vs 1 process | save peak {kind} MiB / rank (max) | tokens/s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for world in args.ranks:
         if f % world:
-            print(f"| {world} | F {f} does not split into {world} | | | | |")
+            print(f"| {world} | F {f} does not split into {world} | | | | | | | |")
             continue
         recs = measure(world, args)
         held = max(r["held_bytes"] for r in recs)
         train = max(r["train_peak"] for r in recs)
-        save = recs[0]["save_peak"]
+        save, save_max = recs[0]["save_peak"], max(r["save_peak"] for r in recs)
         tps = recs[0]["tokens"] / max(recs[0]["seconds"], 1e-9)
         if base is None:
             base = (held, train, save)
         print(f"| {world} | {held / MiB:,.1f} | {held / base[0]:.2f}x | {train / MiB:,.0f} | {train / base[1]:.2f}x | "
-              f"{save / MiB:,.0f} | {save / base[2]:.2f}x | {tps:,.0f} |", flush=True)
+              f"{save / MiB:,.0f} | {save / base[2]:.2f}x | {save_max / MiB:,.0f} | {tps:,.0f} |", flush=True)
     print(f"\n(before the trainer, each process held {recs[0]['before'] / MiB:,.0f} MiB: the runtime and the activations)")
     return 0
 

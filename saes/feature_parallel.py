@@ -61,15 +61,20 @@ if TYPE_CHECKING:
 SHARDED = ("enc_weight", "b_enc", "W_dec")
 
 
+def _splittable(cls: type[SparseAutoencoder]) -> bool:
+    # the policy, and no data-dependent start of its own (`init_from_sample` sees one rank's rows here)
+    return getattr(cls, "feature_parallel", False) and cls.init_from_sample is SparseAutoencoder.init_from_sample
+
+
 def feature_parallel_architectures() -> tuple[str, ...]:
     """The architectures whose training step this layout can split (class policy `feature_parallel`)."""
-    return tuple(sorted(c.architecture for c in architecture_classes() if getattr(c, "feature_parallel", False)))
+    return tuple(sorted(c.architecture for c in architecture_classes() if _splittable(c)))
 
 
 def check_layout(n: int, saes: list[tuple[str, "SAEConfig"]]) -> None:
     """Refuse, in one line, an SAE the layout cannot split into `n` equal shards."""
     for name, scfg in saes:
-        if not getattr(sae_class(scfg.architecture), "feature_parallel", False):
+        if not _splittable(sae_class(scfg.architecture)):
             raise WorkbenchError(
                 f"--feature-parallel {n}: architecture {scfg.architecture!r} ({name}) cannot split its features "
                 f"across ranks; architectures that can: {', '.join(feature_parallel_architectures())}")

@@ -151,7 +151,8 @@ def _write_block(fd: int, block: Tensor, start: int, r: int, axis: int, whole: l
         _pwrite_all(fd, data[i * row:(i + 1) * row], start + i * stride + r * row)
 
 
-def read_rows(path: str | os.PathLike, rows_of: Callable[[str, tuple[int, ...]], tuple[int, int] | None]) -> dict[str, Tensor]:
+def read_rows(path: str | os.PathLike,
+              rows_of: Callable[[str, tuple[int, ...]], tuple[int, int] | None]) -> dict[str, Tensor]:
     """Every tensor of a safetensors file; those for which `rows_of(name, shape)` gives (lo, hi) only
     their rows [lo, hi) along axis 0, read through the memory-mapped file (no whole tensor in memory)."""
     from safetensors import safe_open

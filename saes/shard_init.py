@@ -15,10 +15,11 @@ one process spends). Every rank gets bit-identical rows to the one-process draw;
 (tests/saes/test_shard_init.py), and `replay_holds` checks it at run time on a small case, so a
 torch whose sampler differs falls back to drawing the whole matrix instead of a wrong start.
 
-Data-dependent parts of the start (b_dec from the sample, `init_from_sample`) run after the build
-on every rank (saes.initialise); the architectures that can split features use the common
-per-row initialisation and no `init_from_sample` (`shardable_init`), so no step of their start
-needs all features.
+Data-dependent parts of the start run after the build on every rank (saes.initialise): b_dec from
+the sample is replicated (d values), and the layout refuses architectures with an
+`init_from_sample` of their own (saes.feature_parallel.check_layout), so no step of the start
+needs all features. An architecture whose `reset_parameters` is its own (`shardable_init`) is
+built whole and cut (correct, without the memory saving).
 """
 
 from __future__ import annotations
@@ -83,9 +84,8 @@ def replay_holds() -> bool:
 
 
 def shardable_init(cls: type[SparseAutoencoder]) -> bool:
-    """Whether `cls` starts from the common per-row draw with no step that needs all its features."""
-    return (cls.reset_parameters is SparseAutoencoder.reset_parameters
-            and cls.init_from_sample is SparseAutoencoder.init_from_sample)
+    """Whether `cls` starts from the common per-row draw (`SparseAutoencoder.reset_parameters`)."""
+    return cls.reset_parameters is SparseAutoencoder.reset_parameters
 
 
 @torch.no_grad()

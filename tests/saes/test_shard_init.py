@@ -36,3 +36,31 @@ def test_shard_equals_the_rows_of_the_one_process_sae(n):
         for name in ("enc_weight", "b_enc", "W_dec"):
             assert torch.equal(getattr(shard, name), getattr(whole, name)[r * per:(r + 1) * per]), (r, name)
         assert torch.equal(shard.b_dec, whole.b_dec)
+
+
+def test_architecture_with_its_own_draw_is_built_whole_and_cut():
+    cfg = SAEConfig(architecture="relu", d_in=6, num_features=24, k=3)  # reset_parameters scales the rows by 0.1
+    whole = build_sae(cfg, generator=torch.Generator().manual_seed(2))
+    shard = build_shard(cfg, torch.Generator().manual_seed(2), 8, 16)
+    assert torch.equal(shard.W_dec, whole.W_dec[8:16]) and torch.equal(shard.enc_weight, whole.enc_weight[8:16])
+
+
+def test_layout_refuses_a_start_that_needs_all_features():
+    from saes.architectures.topk import TopKSAE
+    from saes.feature_parallel import check_layout
+    from saes.registry import register, unregister
+    from workbench.errors import WorkbenchError
+
+    class SampledTopK(TopKSAE):  # a data-dependent start over all features, which one rank's rows cannot do
+        architecture = "sampled-topk"
+
+        def init_from_sample(self, x: torch.Tensor) -> None:
+            self.b_enc.fill_(1.0)
+
+    register(SampledTopK)
+    try:
+        cfg = SAEConfig(architecture="sampled-topk", d_in=8, num_features=16, k=3)
+        with pytest.raises(WorkbenchError, match=r"'sampled-topk'.*cannot split its features across ranks; .* can: topk$"):
+            check_layout(2, [("h/sampled-topk-k3-x2", cfg)])
+    finally:
+        unregister("sampled-topk")
