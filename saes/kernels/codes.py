@@ -85,8 +85,13 @@ class SparseCodes:
 
 
 def feature_index(cols: Tensor, num_features: int) -> tuple[Tensor, Tensor]:
-    """Sort entries by feature (stable, so ties keep token order) and delimit each feature's run."""
-    order = torch.argsort(cols, stable=True)
+    """Sort entries by feature (stable, so ties keep token order) and delimit each feature's run.
+
+    On a GPU the keys are sorted as int32 (feature ids are < 2^31): a radix sort over half the
+    key bits, the same order.
+    """
+    keys = cols.int() if cols.is_cuda and num_features < 2**31 else cols
+    order = torch.argsort(keys, stable=True)
     counts = torch.bincount(cols, minlength=num_features)
     fo = torch.zeros(num_features + 1, dtype=torch.long, device=cols.device)
     torch.cumsum(counts, 0, out=fo[1:])

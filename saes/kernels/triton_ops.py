@@ -1,19 +1,28 @@
 """The Triton path of every sparse kernel (CUDA tensors; CPU tensors under `TRITON_INTERPRET=1`).
 
-Same function names and meanings as `torch_ops`, which is their reference. Two kernels cover
+Same function names and meanings as `torch_ops`, which is their reference. Three kernels cover
 almost everything:
 
-* `_csr_gather_sum`: out[s] = sum over entries e of segment s of w[e] * table[idx[e]] (+ bias).
-  With segments = tokens it is the sparse decode (table W_dec) and the encoder input gradient
-  (table W_enc^T); with segments = features, through the reverse index, it is the decoder weight
-  gradient (table grad_out) and the encoder weight gradient (table x). Each output row is written
-  by exactly one program, in a fixed order: deterministic, no atomics, and every row is written
-  (empty segments get zeros, or the bias).
+* `_token_bag`: out[b] = sum over entries e of token b of w[e] * table[idx[e]] (+ bias): the
+  sparse decode (table W_dec) and the encoder input gradient (table W_enc^T). One program per
+  token and block of columns gathers all of the token's rows as one `[BLOCK_E, BLOCK_D]` tile
+  (k <= 64: the whole token at once) and reduces over the rows once, after the loop, so no
+  cross-warp reduction runs per iteration; bf16 tables are read as bf16 (half the bytes) and
+  accumulated in fp32. Fixed-k codes pass k as a compile-time constant: no offsets are read.
+* `_feature_chunk_sums` + `_feature_chunk_fixup`: the weight gradients, out[f] = sum over the
+  entries of feature f of w[e] * table[row[e]] (tables grad_out and x), deterministically. The
+  entries in feature order (the reverse index) are cut into chunks of `CHUNK` entries: each
+  program sums one chunk in order and writes every feature run that starts and ends inside it;
+  a run that crosses a chunk boundary leaves a partial sum per chunk, and the fix-up adds those
+  in chunk order (tiles of `BLOCK_P` partials). So every program does the same bounded work
+  however uneven the features are (a feature on every token costs B / CHUNK partials, not one
+  program looping over B rows), nothing is atomic, and each output row is written exactly once
+  (the rows of features that never fired get zeros from the same launch).
 * `_gather_dot`: g[e] = a[rows[e]] . b[cols[e]], the gradient at the active features.
 
 Outside deterministic mode the two weight gradients instead scatter with fp32 atomics from the
-token-ordered entries (`_scatter_outer_add`), which skips the sort and balances work when a
-few features fire on most tokens. Inputs may be fp32 or bf16; accumulation is always fp32.
+token-ordered entries (`_scatter_outer_add`), which needs no reverse index. Inputs may be fp32
+or bf16; accumulation is always fp32.
 
 The interpreter reads `TRITON_INTERPRET` when a kernel is defined, so set it before this module
 is first imported (the tests run it in a subprocess for that reason).
@@ -37,19 +46,24 @@ def _row_start(row, stride):
 
 
 @triton.jit
-def _csr_gather_sum(
+def _token_bag(
     table_ptr, stride_t0, stride_t1,
     idx_ptr, w_ptr, offsets_ptr, bias_ptr,
     out_ptr, stride_o0, stride_o1,
     D,
-    HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    seg = tl.program_id(0)
+    """out[seg] = sum of w[e] * table[idx[e]] over the segment's entries; K > 0: fixed width K."""
+    seg = tl.program_id(0).to(tl.int64)
     dofs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = dofs < D
-    start = tl.load(offsets_ptr + seg)
-    end = tl.load(offsets_ptr + seg + 1)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if K > 0:
+        start = seg * K
+        end = start + K
+    else:
+        start = tl.load(offsets_ptr + seg)
+        end = tl.load(offsets_ptr + seg + 1)
+    acc = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
     for e0 in range(start, end, BLOCK_E):
         eofs = e0 + tl.arange(0, BLOCK_E)
         emask = eofs < end
@@ -59,11 +73,93 @@ def _csr_gather_sum(
             table_ptr + idx[:, None] * stride_t0 + dofs[None, :] * stride_t1,
             mask=emask[:, None] & dmask[None, :],
             other=0.0,
-        ).to(tl.float32)
-        acc += tl.sum(tile * w[:, None], axis=0)
+        )
+        acc += tile.to(tl.float32) * w[:, None]
+    res = tl.sum(acc, axis=0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + dofs, mask=dmask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + _row_start(seg, stride_o0) + dofs * stride_o1, acc.to(out_ptr.dtype.element_ty), mask=dmask)
+        res += tl.load(bias_ptr + dofs, mask=dmask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + _row_start(tl.program_id(0), stride_o0) + dofs * stride_o1, res.to(out_ptr.dtype.element_ty),
+             mask=dmask)
+
+
+@triton.jit
+def _feature_chunk_sums(
+    table_ptr, stride_t0, stride_t1,
+    order_ptr, rows_ptr, cols_ptr, w_ptr, fo_ptr,
+    out_ptr, stride_o0, stride_o1, part_ptr,
+    N, F, D, n_chunks,
+    CHUNK: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Programs < n_chunks: one chunk of the feature-ordered entries each; the rest: zero rows.
+
+    Entry i (in feature order) is entry order[i] of the codes. A run of feature f inside the
+    chunk [c0, c1) is written to out[f] when f's whole segment [fo[f], fo[f+1]) lies inside the
+    chunk; otherwise its sum goes to part[chunk, 0] (the run that holds the chunk's first entry)
+    or part[chunk, 1] (the run that holds its last entry), for `_feature_chunk_fixup`.
+    """
+    # (scalar conditions join a mask through tl.where: `mask & scalar` is not a boolean in the interpreter)
+    pid = tl.program_id(0)
+    dofs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = dofs < D
+    if pid < n_chunks:
+        c0 = pid.to(tl.int64) * CHUNK
+        c1 = tl.minimum(c0 + CHUNK, N)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for i in range(c0, c1):
+            e = tl.load(order_ptr + i)
+            f = tl.load(cols_ptr + e)
+            r = tl.load(rows_ptr + e)
+            w = tl.load(w_ptr + e).to(tl.float32)
+            s0 = tl.load(fo_ptr + f)
+            s1 = tl.load(fo_ptr + f + 1)
+            row = tl.load(table_ptr + r * stride_t0 + dofs * stride_t1, mask=dmask, other=0.0).to(tl.float32)
+            acc = tl.where((i == c0) | (i == s0), 0.0, acc) + row * w
+            last = (i == c1 - 1) | (i == s1 - 1)
+            whole = (s0 >= c0) & (s1 <= c1)
+            tl.store(out_ptr + f * stride_o0 + dofs * stride_o1, acc.to(out_ptr.dtype.element_ty),
+                     mask=tl.where(last & whole, dmask, False))
+            slot = tl.where(s0 <= c0, 0, 1)
+            tl.store(part_ptr + (pid.to(tl.int64) * 2 + slot) * D + dofs, acc, mask=tl.where(last & (whole == 0), dmask, False))
+    else:
+        fofs = (pid - n_chunks).to(tl.int64) * BLOCK_F + tl.arange(0, BLOCK_F)
+        fmask = fofs < F
+        a = tl.load(fo_ptr + fofs, mask=fmask, other=0)
+        b = tl.load(fo_ptr + fofs + 1, mask=fmask, other=0)
+        empty = fmask & (a == b)
+        zero = tl.zeros([BLOCK_F, BLOCK_D], dtype=out_ptr.dtype.element_ty)
+        tl.store(out_ptr + fofs[:, None] * stride_o0 + dofs[None, :] * stride_o1, zero,
+                 mask=empty[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _feature_chunk_fixup(
+    order_ptr, cols_ptr, fo_ptr,
+    out_ptr, stride_o0, stride_o1, part_ptr,
+    N, D,
+    CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """out[f] for each feature run that starts in this chunk and continues past it: the chunk's
+    partial, then the first-run partials of the following chunks it covers, in chunk order."""
+    p = tl.program_id(0).to(tl.int64)
+    dofs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = dofs < D
+    c0 = p * CHUNK
+    c1 = tl.minimum(c0 + CHUNK, N)
+    f = tl.load(cols_ptr + tl.load(order_ptr + c1 - 1))
+    s0 = tl.load(fo_ptr + f)
+    s1 = tl.load(fo_ptr + f + 1)
+    owner = (s0 >= c0) & (s1 > c1)
+    last_chunk = tl.where(owner, (s1 - 1) // CHUNK, p)
+    slot = tl.where(s0 == c0, 0, 1)
+    acc = tl.load(part_ptr + (p * 2 + slot) * D + dofs, mask=tl.where(owner, dmask, False), other=0.0)
+    more = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
+    for q0 in range(p + 1, last_chunk + 1, BLOCK_P):
+        q = q0 + tl.arange(0, BLOCK_P)
+        qmask = q <= last_chunk
+        more += tl.load(part_ptr + (q * 2)[:, None] * D + dofs[None, :], mask=qmask[:, None] & dmask[None, :],
+                        other=0.0)
+    acc += tl.sum(more, axis=0)
+    tl.store(out_ptr + f * stride_o0 + dofs * stride_o1, acc.to(out_ptr.dtype.element_ty), mask=tl.where(owner, dmask, False))
 
 
 @triton.jit
@@ -107,29 +203,42 @@ def _scatter_outer_add(
     tl.atomic_add(out_ptr + c[:, None] * D + dofs[None, :], t * w[:, None], mask=m)
 
 
+# Chunk of feature-ordered entries per program in the weight gradients. Part of the summation
+# order, so it is fixed (never autotuned): the same inputs give the same bits on every run.
+CHUNK = 32
+BLOCK_P = 16  # partials added per step of the fix-up
+BLOCK_F = 32  # rows of never-fired features zeroed per program
+
+
 def _block_d(d: int) -> int:
     return max(16, min(256, triton.next_power_of_2(d)))
 
 
 def csr_gather_sum(
     table: Tensor, idx: Tensor, weights: Tensor, offsets: Tensor, bias: Tensor | None = None,
-    out: Tensor | None = None, out_dtype: torch.dtype | None = None,
+    out: Tensor | None = None, out_dtype: torch.dtype | None = None, k: int | None = None,
 ) -> Tensor:
-    """out[s] = sum_{e in offsets[s]:offsets[s+1]} weights[e] * table[idx[e]] (+ bias); fp32 accumulate."""
+    """out[s] = sum_{e in offsets[s]:offsets[s+1]} weights[e] * table[idx[e]] (+ bias); fp32 accumulate.
+
+    With `k` (every segment holds exactly k entries, `offsets` = arange * k) the kernel takes the
+    fixed-width path and reads no offsets.
+    """
     segs = offsets.numel() - 1
     d = table.shape[1]
     if out is None:
         out = torch.empty(segs, d, dtype=out_dtype or table.dtype, device=table.device)
     if segs == 0 or d == 0:
         return out
+    if k is not None and k > 64:  # a tile as wide as k would not fit in registers: loop in tiles
+        k = None
+    block_e = max(1, triton.next_power_of_2(k)) if k else 16
     bd = _block_d(d)
-    grid = (segs, triton.cdiv(d, bd))
-    _csr_gather_sum[grid](
+    _token_bag[(segs, triton.cdiv(d, bd))](
         table, table.stride(0), table.stride(1),
         idx, weights, offsets, bias if bias is not None else table,
         out, out.stride(0), out.stride(1),
         d,
-        HAS_BIAS=bias is not None, BLOCK_E=16, BLOCK_D=bd,
+        K=k or 0, HAS_BIAS=bias is not None, BLOCK_E=block_e, BLOCK_D=bd,
     )
     return out
 
@@ -139,14 +248,14 @@ def decode_forward(
     out: Tensor | None = None,
 ) -> Tensor:
     """x_hat[b] = sum over b's entries of vals * W_dec[cols] (+ b_dec)."""
-    return csr_gather_sum(W_dec, cols, vals, offsets, b_dec, out=out)
+    return csr_gather_sum(W_dec, cols, vals, offsets, b_dec, out=out, k=k)
 
 
 def encoder_input_grad(
     g: Tensor, cols: Tensor, offsets: Tensor, k: int | None, W_enc_t: Tensor, out: Tensor | None = None
 ) -> Tensor:
     """dx = sparse(g) W_enc^T, with `W_enc_t` the `[F, d]` view of the encoder (any strides)."""
-    return csr_gather_sum(W_enc_t, cols, g, offsets, None, out=out)
+    return csr_gather_sum(W_enc_t, cols, g, offsets, None, out=out, k=k)
 
 
 def grad_at_active(
@@ -170,11 +279,42 @@ def grad_at_active(
     return out
 
 
-def weighted_segment_sum(
-    table: Tensor, idx: Tensor, order: Tensor, seg_offsets: Tensor, weights: Tensor, out: Tensor | None = None
+def feature_segment_sum(
+    table: Tensor, rows: Tensor, cols: Tensor, w: Tensor, by_feature: tuple[Tensor, Tensor],
+    out: Tensor | None = None, out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Segment sums through a reverse index (see `torch_ops.weighted_segment_sum`)."""
-    return csr_gather_sum(table, idx[order], weights[order], seg_offsets, None, out=out)
+    """out[f] = sum over the entries e of feature f of w[e] * table[rows[e]], `[F, d]`, without atomics.
+
+    `by_feature` is the reverse index `(order, fo)` (`codes.feature_index`); within a feature the
+    entries are summed in that order, in chunks of `CHUNK` (see the module docstring), so the
+    result is bit-identical run to run. A `table` with row stride 0 is one row read for every
+    entry (the bias gradient's column of ones).
+    """
+    order, fo = by_feature
+    f = fo.numel() - 1
+    n, d = cols.numel(), table.shape[1]
+    if out is None:
+        out = torch.empty(f, d, dtype=out_dtype or table.dtype, device=table.device)
+    if f == 0 or d == 0:
+        return out
+    if n == 0:
+        return out.zero_()
+    bd = _block_d(d)
+    n_chunks = triton.cdiv(n, CHUNK)
+    part = torch.empty(n_chunks * 2, d, dtype=torch.float32, device=table.device)
+    grid_d = triton.cdiv(d, bd)
+    _feature_chunk_sums[(n_chunks + triton.cdiv(f, BLOCK_F), grid_d)](
+        table, table.stride(0), table.stride(1),
+        order, rows, cols, w, fo,
+        out, out.stride(0), out.stride(1), part,
+        n, f, d, n_chunks,
+        CHUNK=CHUNK, BLOCK_F=BLOCK_F, BLOCK_D=bd,
+    )
+    _feature_chunk_fixup[(n_chunks, grid_d)](
+        order, cols, fo, out, out.stride(0), out.stride(1), part, n, d,
+        CHUNK=CHUNK, BLOCK_P=BLOCK_P, BLOCK_D=bd,
+    )
+    return out
 
 
 def scatter_outer_add(table: Tensor, rows: Tensor, cols: Tensor, w: Tensor, num_out: int) -> Tensor:
@@ -201,8 +341,7 @@ def decoder_weight_grad(
         return res if out is None else out.copy_(res)
     if by_feature is None:
         by_feature = feature_index(cols, num_features)
-    order, fo = by_feature
-    return weighted_segment_sum(grad_out, rows, order, fo, vals, out=out)
+    return feature_segment_sum(grad_out, rows, cols, vals, by_feature, out=out)
 
 
 def encoder_weight_grad(
@@ -219,7 +358,6 @@ def bias_grad(
     """db_enc[f] = sum of g over entries of feature f (a segment sum over a 1-column table of ones)."""
     if not is_deterministic():
         return torch.zeros(num_features, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
-    order, fo = by_feature if by_feature is not None else feature_index(cols, num_features)
-    ones = g.new_ones(1, 1)
-    zeros = torch.zeros_like(cols)
-    return csr_gather_sum(ones, zeros, g[order], fo, None, out_dtype=g.dtype).view(-1)
+    by_feature = by_feature if by_feature is not None else feature_index(cols, num_features)
+    ones = g.new_ones(1, 1).expand(cols.numel() or 1, 1)  # row stride 0: every entry reads the one row
+    return feature_segment_sum(ones, cols, cols, g, by_feature, out_dtype=g.dtype).view(-1)
