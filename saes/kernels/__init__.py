@@ -1,7 +1,8 @@
 """Sparse kernels: SAE training and inference whose cost scales with k active features, not with F.
 
 One dispatch point (`backend`): CUDA tensors run Triton kernels, everything else the torch path;
-`SAE_KERNELS=torch` forces the torch path. Every SAE architecture goes through `encode` (one dense
+`SAE_KERNELS=torch` forces the torch path; `SAE_SELECT=fused` (off by default, not yet measured on a
+GPU) fuses a plain TopK selection with the encoder matmul on the Triton path (`fused_select`). Every SAE architecture goes through `encode` (one dense
 matmul, then any number of selectors) and `sparse_decode`.
 
     codes, aux = encode(x - b_dec, W_enc_param.t(), b_enc, [TopK(32), TopK(512, features=dead)])
@@ -9,7 +10,14 @@ matmul, then any number of selectors) and `sparse_decode`.
 """
 
 from saes.kernels.codes import SparseCodes, feature_index
-from saes.kernels.dispatch import backend, deterministic, is_deterministic, ops_for, triton_available
+from saes.kernels.dispatch import (
+    backend,
+    deterministic,
+    fused_select_enabled,
+    is_deterministic,
+    ops_for,
+    triton_available,
+)
 from saes.kernels.functions import encode, release_workspace, sparse_decode
 from saes.kernels.selectors import (
     BatchTopK,
@@ -50,6 +58,7 @@ __all__ = [
     "encoder_input_grad",
     "encoder_weight_grad",
     "feature_index",
+    "fused_select_enabled",
     "release_workspace",
     "grad_at_active",
     "is_deterministic",

@@ -51,6 +51,23 @@ def ops_for(tensor: Tensor) -> ModuleType:
     return torch_ops
 
 
+SELECT_CHOICES = ("dense", "fused")
+
+
+def fused_select_enabled(tensor: Tensor) -> bool:
+    """Whether `encode` fuses a plain TopK selection with the encoder matmul (`SAE_SELECT=fused`).
+
+    The fused kernel (`saes.kernels.fused_select`) never writes the `[B, F]` pre-activations; it
+    runs only on the Triton backend (CUDA, or the interpreter in tests), so on the torch path the
+    choice changes nothing. Default `dense` (the unfused path, which stays the reference the fused
+    one is tested against) until a GPU run of `benchmarks/gpu_check.py` shows the fused step faster.
+    """
+    choice = os.environ.get("SAE_SELECT", "dense").strip().lower() or "dense"
+    if choice not in SELECT_CHOICES:
+        raise choices_error("SAE_SELECT value", choice, SELECT_CHOICES)
+    return choice == "fused" and backend(tensor) == "triton"
+
+
 def is_deterministic() -> bool:
     """Whether kernels must give bit-identical results run to run (no atomics in reductions)."""
     return _deterministic or torch.are_deterministic_algorithms_enabled()

@@ -16,8 +16,15 @@ import torch
 from torch import Tensor
 
 from saes.kernels.codes import SparseCodes, cached_feature_index, feature_index
-from saes.kernels.dispatch import ops_for
-from saes.kernels.selectors import FeatureChoice, Selector, check_selector, select, select_feature_choice
+from saes.kernels.dispatch import fused_select_enabled, ops_for
+from saes.kernels.selectors import (
+    FeatureChoice,
+    Selection,
+    Selector,
+    check_selector,
+    select,
+    select_feature_choice,
+)
 from saes.kernels.torch_ops import acc_dtype
 from workbench.errors import WorkbenchError
 
@@ -72,6 +79,17 @@ def release_workspace() -> None:
     _WORKSPACE.clear()
 
 
+def _fused_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, selectors, mdt: torch.dtype) -> tuple[Tensor, Tensor] | None:
+    """The top-k of every plain TopK selector in one fused matmul + selection pass when
+    `SAE_SELECT=fused` on the Triton backend (see `saes.kernels.fused_select`), else None."""
+    if not fused_select_enabled(x):
+        return None
+    from saes.kernels.fused_select import fusable_k, fused_topk
+
+    k = fusable_k(selectors)
+    return None if k is None else fused_topk(x, W_enc, b_enc, k, mdt)
+
+
 class _Encode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, selectors, ops, out_codes, matmul_dtype):  # type: ignore[override]
@@ -80,14 +98,19 @@ class _Encode(torch.autograd.Function):
         mdt = x.dtype if exact else matmul_dtype
         # Feature Choice ranks tokens within each feature: give it contiguous [F, B] rows.
         features_major = all(isinstance(sel, FeatureChoice) for sel in selectors)
-        if features_major:
+        fused = _fused_topk(x, W_enc, b_enc, selectors, mdt)
+        if fused is not None:
+            pre = None
+        elif features_major:
             ws = _workspace((f, b), mdt, x.device)
             pre = torch.addmm(b_enc.to(mdt)[:, None], W_enc.t().to(mdt), x.t().to(mdt), out=ws)
         else:
             pre = torch.addmm(b_enc.to(mdt), x.to(mdt), W_enc.to(mdt), out=_workspace((b, f), mdt, x.device))
         vals, indices, masks = [], [], []
         for sel in selectors:
-            if features_major:
+            if fused is not None:  # sorted largest first: each TopK takes its first k
+                s = Selection(fused[0][:, : sel.k], None, fused[1][:, : sel.k], None, sel.k)
+            elif features_major:
                 s = select_feature_choice(pre, sel.capacity, features_major=True)
             else:
                 s = select(pre, sel)
