@@ -1,9 +1,9 @@
 """Sparse kernels: SAE training and inference whose cost scales with k active features, not with F.
 
 One dispatch point (`backend`): CUDA tensors run Triton kernels, everything else the torch path;
-`SAE_KERNELS=torch` forces the torch path; `SAE_SELECT=fused` (off by default, not yet measured on a
-GPU) fuses a plain TopK selection with the encoder matmul on the Triton path (`fused_select`). Every SAE architecture goes through `encode` (one dense
-matmul, then any number of selectors) and `sparse_decode`.
+`SAE_KERNELS=torch` forces the torch path. Every SAE architecture goes through `encode` (one dense
+matmul, then any number of selectors) and `sparse_decode`. `SAE_SELECT=fused` (off by default, not
+yet measured on a GPU) fuses a plain TopK selection with the encoder matmul on the Triton path.
 
     codes, aux = encode(x - b_dec, W_enc_param.t(), b_enc, [TopK(32), TopK(512, features=dead)])
     x_hat = sparse_decode(codes, W_dec, b_dec)
