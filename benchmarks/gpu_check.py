@@ -11,18 +11,25 @@ package's `__init__` pulls in its trainer's dependencies. Without it those colum
 
 Rows: the Triton building blocks at one shape (sparse decode, the weight and input gradients)
 against a dense torch equivalent and sparsify's kernel for the same job, then whole TopK training
-steps (encode, decode, MSE, backward, Adam, decoder renormalisation) in tokens/s: ours, the plain
-dense step in fp32 and under bf16 autocast, and sparsify's step (its fused encoder + its Triton
-embedding bag, under bf16 autocast as sparsify runs it). Medians over repeats after warm-up.
+steps (encode, decode, MSE, backward, Adam, decoder renormalisation) in tokens/s: ours with the
+unfused and the fused selection (`SAE_SELECT=fused`), each with atomic and with deterministic
+(sorted) reductions, the plain dense step in fp32 and under bf16 autocast, and sparsify's step
+(its fused encoder + its Triton embedding bag, under bf16 autocast as sparsify runs it), at
+F 131072 with the physical floor (the bf16 encoder matmul alone + Adam's memory traffic at the
+measured copy bandwidth) and at F 4608; last, issue 21's goals with their figures and PASS/MISS.
+Medians over repeats after warm-up.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -110,31 +117,119 @@ def kernels(args: argparse.Namespace, sp, dtype: torch.dtype) -> None:
         "sparsify: F.embedding_bag, as its fused encoder does")
 
 
-def steps(args: argparse.Namespace, sp) -> None:
-    dev, b, d, f, k, reps = args.device, args.batch, args.d, args.features, args.k, args.repeats
+@contextlib.contextmanager
+def selection(choice: str) -> Iterator[None]:
+    """`SAE_SELECT` for the block: each row names its selection path whatever the caller's environment."""
+    old = os.environ.get("SAE_SELECT")
+    os.environ["SAE_SELECT"] = choice
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SAE_SELECT", None)
+        else:
+            os.environ["SAE_SELECT"] = old
+
+
+def ours(x: torch.Tensor, k: int, fused: bool = False, det: bool = False, mdt=torch.bfloat16):
+    def run(p: SAEParams) -> torch.Tensor:
+        with selection("fused" if fused else "dense"), deterministic(det):
+            return sparse_step(p, x, k, mdt)
+    return run
+
+
+OURS, FUSED = "ours, bf16-chosen selection", "ours, fused selection (SAE_SELECT=fused), bf16"
+OURS_DET, FUSED_DET = "ours, bf16-chosen, deterministic (sorted)", "ours, fused selection, deterministic (sorted)"
+DENSE = "dense fp32 (plain torch)"
+SPARSIFY = "sparsify (fused encoder + Triton bag, bf16 autocast)"
+FLOOR = "floor: bf16 encoder matmul + Adam traffic at copy bandwidth"
+
+
+def floor(args: argparse.Namespace, f: int) -> tuple[float, str, float]:
+    """The step's physical floor, measured here: the bf16 encoder matmul alone at the step's shapes,
+    plus Adam's memory traffic over the SAE's parameters (fp32: read param, grad, both moments;
+    write param and moments = 28 bytes per parameter) at the bandwidth of a large copy. Also times a
+    real Adam step (fused on CUDA) over tensors of those sizes, for comparison."""
+    dev, b, d, reps = args.device, args.batch, args.d, args.repeats
+    gen = torch.Generator(device=dev).manual_seed(2)
+    xb = torch.randn(b, d, generator=gen, device=dev).bfloat16()
+    Wb = torch.randn(f, d, generator=gen, device=dev).bfloat16()
+    t_mm = bench(lambda: xb @ Wb.t(), reps, dev)
+    big = torch.empty(2**28 if dev == "cuda" else 2**24, dtype=torch.uint8, device=dev)
+    other = torch.empty_like(big)
+    bw = 2 * big.numel() / bench(lambda: other.copy_(big), reps, dev)
+    sizes = [(f, d), (f,), (f, d), (d,)]  # W_enc, b_enc, W_dec, b_dec
+    params = [torch.zeros(sz, device=dev, requires_grad=True) for sz in sizes]
+    for q in params:
+        q.grad = torch.randn(q.shape, generator=gen, device=dev)
+    n = sum(q.numel() for q in params)
+    opt = torch.optim.Adam(params, lr=1e-4, fused=dev == "cuda")
+    t_adam = bench(opt.step, reps, dev)
+    t_traffic = 28 * n / bw
+    note = (f"matmul {t_mm * 1e3:.3f} ms + {28 * n / 1e9:.2f} GB at {bw / 1e9:,.0f} GB/s = "
+            f"{t_traffic * 1e3:.3f} ms")
+    return t_mm + t_traffic, note, t_adam
+
+
+def steps(args: argparse.Namespace, sp, f: int, with_floor: bool) -> dict[str, float]:
+    dev, b, d, k, reps = args.device, args.batch, args.d, args.k, args.repeats
     gen = torch.Generator(device=dev).manual_seed(1)
     x = torch.randn(b, d, generator=gen, device=dev)
     print(f"\n## TopK training step, B {b} d {d} F {f} k {k} (tokens/s; ratio = ours / baseline)")
-    print("| step | ms | tokens/s | ours (bf16-chosen) vs this |")
-    print("|---|---:|---:|---:|")
+    print("| step | ms | tokens/s | ours (bf16-chosen) vs this | note |")
+    print("|---|---:|---:|---:|---|")
     runs = {
-        "ours, bf16-chosen selection": lambda p: sparse_step(p, x, k, torch.bfloat16),
-        "ours, fp32 matmul": lambda p: sparse_step(p, x, k),
-        "dense fp32 (plain torch)": lambda p: dense_step(p, x, k),
+        OURS: ours(x, k),
+        FUSED: ours(x, k, fused=True),
+        OURS_DET: ours(x, k, det=True),
+        FUSED_DET: ours(x, k, fused=True, det=True),
+        "ours, fp32 matmul": ours(x, k, mdt=None),
+        DENSE: lambda p: dense_step(p, x, k),
         "dense bf16 autocast (plain torch)": lambda p: dense_step(p, x, k, True),
     }
     if sp is not None:
-        runs["sparsify (fused encoder + Triton bag, bf16 autocast)"] = lambda p: sparsify_step(p, x, k, sp)
-    times = {}
-    for name, fn in runs.items():
-        p = SAEParams(d, f, dev)
-        times[name] = bench(lambda: fn(p), reps, dev)
-        del p
-    ours = times["ours, bf16-chosen selection"]
+        runs[SPARSIFY] = lambda p: sparsify_step(p, x, k, sp)
+    times, notes = {}, {}
+    for name, fn in runs.items():  # fresh parameters per row, freed after it
+        times[name] = bench(functools.partial(fn, SAEParams(d, f, dev)), reps, dev)
+    if with_floor:
+        times[FLOOR], notes[FLOOR], times["Adam step alone (torch, fused on CUDA)"] = floor(args, f)
     for name, t in times.items():
-        print(f"| {name} | {t * 1e3:.2f} | {b / t:,.0f} | {t / ours:.2f}x |", flush=True)
+        print(f"| {name} | {t * 1e3:.2f} | {b / t:,.0f} | {t / times[OURS]:.2f}x | {notes.get(name, '')} |", flush=True)
     if dev == "cuda":
         print(f"peak GPU memory over the steps: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    return times
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def goals(args: argparse.Namespace, wide: dict[str, float], small: dict[str, float]) -> None:
+    """Issue 21's acceptance, each goal with its measured figure. "Ours" is the faster of the two
+    selection paths with atomic reductions (named in the row); the deterministic goal compares the
+    same path with sorted reductions."""
+    best = min((OURS, FUSED), key=lambda n: wide[n])
+    det = OURS_DET if best == OURS else FUSED_DET
+    small_best = min((OURS, FUSED), key=lambda n: small[n])
+    sp = wide.get(SPARSIFY)
+    rows = [
+        (f"F {args.features}: ours vs sparsify's step", "n/a (no --sparsify)" if sp is None else
+         f"{sp / wide[best]:.2f}x ({best})", ">= 3x", None if sp is None else sp / wide[best] >= 3),
+        (f"F {args.features}: ours as a fraction of the floor", f"{wide[FLOOR] / wide[best]:.0%} ({best})", ">= 50%",
+         wide[FLOOR] / wide[best] >= 0.5),
+        (f"F {args.small}: ours vs the plain dense loop (dense fp32 step; the trainer's figure is "
+         "bench_train.py's)", f"{small[DENSE] / small[small_best]:.2f}x ({small_best})", ">= 1.5x",
+         small[DENSE] / small[small_best] >= 1.5),
+        (f"F {args.features}: deterministic vs atomic step", f"{wide[det] / wide[best] - 1:+.0%} ({det})", "<= +10%",
+         wide[det] <= 1.1 * wide[best]),
+        ("resume bit-identical on CUDA", "measured by gpu_determinism.py (gpu_check.sh part 3)", "identical", None),
+    ]
+    print("\n## goals (issue 21), measured in this run")
+    print("| goal | measured | target | verdict |")
+    print("|---|---|---|---|")
+    for goal, measured, target, ok in rows:
+        print(f"| {goal} | {measured} | {target} | {verdict(ok)} |")
 
 
 def main() -> int:
@@ -145,6 +240,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     args.batch, args.d, args.features, args.k = (16, 16, 64, 2) if args.quick else (4096, 768, 131072, 32)
+    args.small = 32 if args.quick else 4608
     if args.quick:
         args.repeats = 1
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
@@ -153,7 +249,9 @@ def main() -> int:
     sp = load_sparsify(args.sparsify)
     for dtype in (torch.bfloat16, torch.float32):
         kernels(args, sp, dtype)
-    steps(args, sp)
+    wide = steps(args, sp, args.features, with_floor=True)
+    small = steps(args, sp, args.small, with_floor=False)
+    goals(args, wide, small)
     return 0
 
 

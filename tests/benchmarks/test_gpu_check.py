@@ -37,6 +37,18 @@ def test_kernel_table_runs_under_the_triton_interpreter():
                 "dense fp32 (plain torch)"):
         assert out.count(f"| {row}") >= 1, row
     assert "n/a" in out  # no sparsify given: its columns say so instead of failing
+    # issue 21: the floor row, the fused-selection and deterministic step rows, the small-width
+    # table, and one verdict per goal (here on made-up tiny shapes, so only that each is printed)
+    for row in ("floor: bf16 encoder matmul + Adam traffic", "Adam step alone", "ours, fused selection",
+                "ours, bf16-chosen, deterministic", "ours, fused selection, deterministic"):
+        assert out.count(f"| {row}") >= 1, row
+    assert out.count("## TopK training step") == 2, "the wide step table and the small-width one"
+    goals = out[out.index("## goals"):].splitlines()
+    for goal in ("vs sparsify's step", "of the floor", "vs the plain dense loop", "deterministic vs atomic",
+                 "resume bit-identical"):
+        line = next((g for g in goals if goal in g), None)
+        assert line is not None, goal
+        assert any(v in line for v in ("PASS", "MISS", "n/a")), line
 
 
 def test_determinism_check_finds_cpu_runs_identical():
