@@ -13,15 +13,16 @@ ranks feature-parallel, no data parallelism). Per rank it reports:
   counted from its tensors (what the layout divides: W_enc, b_enc, W_dec and their moments; b_dec
   is replicated);
 - training peak MiB, the largest over the ranks: the process's peak memory (RSS on a CPU,
-  allocated CUDA memory on a GPU) up to the last training step, less what it held before the
-  trainer was built (the torch runtime and the activations, the same in every process). It
-  includes the start (a rank builds only its rows: saes.shard_init) and every step's activations
-  (the [B, F/N] pre-activations);
-- save peak MiB, counted the same way up to the end (so at least the training peak), on rank 0 and
-  the largest over the ranks: the final checkpoint and the saved SAE are one ordinary file each,
-  written by rank 0 from every rank's rows, one block at a time (saes.shard_files), so no rank
-  holds the whole SAE (the one process does: its copy for the checkpoint's Adam state, the saved
-  W_enc's transpose);
+  allocated CUDA memory on a GPU) from the trainer's construction to the last training step, less
+  what it held just before (the torch runtime and the activations, the same in every process); the
+  peak is reset at that point (Linux `clear_refs`, CUDA's peak counter) so that an earlier high mark
+  (the warm-up run's) cannot hide it. It includes the start (a rank builds only its rows:
+  saes.shard_init) and every step's activations (the [B, F/N] pre-activations);
+- save peak MiB, on rank 0 and the largest over the ranks: the peak from the last step to the end,
+  less the memory at the last step, the peak reset there too: the final checkpoint and the saved SAE
+  are one ordinary file each, written by rank 0 from every rank's rows, one block at a time
+  (saes.shard_files), so no rank holds the whole SAE (the one process does: its copy for the
+  checkpoint's Adam state, the saved W_enc's transpose);
 - tokens/s of the whole run (all ranks together), the training loop only.
 
 Ranks share this machine's cores (one thread each), so tokens/s here says what the collectives
@@ -76,24 +77,41 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
         dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world)
 
-    def peak() -> int:
-        if cuda:
-            return torch.cuda.max_memory_allocated()
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def phase_start() -> int:
+        """Reset the peak and return the memory now: each phase's peak is then its own, not the
+        growth above whatever an earlier phase (or the warm-up run) left as the process's high mark."""
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated()
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
+        return status("VmRSS")
+
+    def peak() -> int:
+        return torch.cuda.max_memory_allocated() if cuda else status("VmHWM")
 
     try:
         x = sparse_activations(random_dictionary(2 * args.d, args.d, seed=1), args.tokens, active=8, seed=2)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        before = peak()
+        before = phase_start()
         steps = args.tokens // args.batch
         at_last_step: list[int] = []
+        save_start: list[int] = []
+
+        def at_step(tr: object, step: int) -> None:
+            if step == steps:  # the training phase ends: its peak, then a fresh peak for the save
+                at_last_step.append(peak() - before)
+                save_start.append(phase_start())
+
         cfg = TrainConfig(arch=("topk",), k=(args.k,), expansion=(args.expansion,), batch_size=args.batch,
                           out=os.path.join(out, "run"), progress=False, checkpoint_every=0, heldout_fraction=0.0,
                           init_sample_tokens=min(4096, args.tokens), precision="float32", feature_parallel=world,
                           device=f"cuda:{rank}" if cuda else "cpu", deterministic="off", log_every=10**6)
-        trainer = Trainer(cfg, TensorSource(x),
-                          callback=lambda tr, step: at_last_step.append(peak()) if step == steps else None)
+        trainer = Trainer(cfg, TensorSource(x), callback=at_step)
         try:
             t0 = time.perf_counter()
             trainer.train()
@@ -102,8 +120,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
             held = sum(p.numel() * p.element_size() for p in s.params)
             held += sum(v.numel() * v.element_size() for p in s.params for v in s.opt.state.get(p, {}).values()
                         if isinstance(v, torch.Tensor) and v.dim() > 0)
-            rec = {"rank": rank, "held_bytes": held, "train_peak": at_last_step[0] - before,
-                   "save_peak": peak() - before, "before": before, "seconds": seconds,
+            rec = {"rank": rank, "held_bytes": held, "train_peak": at_last_step[0],
+                   "save_peak": peak() - save_start[0], "before": before, "seconds": seconds,
                    "tokens": trainer.session_tokens, "num_features": s.sae.num_features}
             Path(out, f"rank{rank}.json").write_text(json.dumps(rec))
         finally:
