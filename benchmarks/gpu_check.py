@@ -117,6 +117,36 @@ def kernels(args: argparse.Namespace, sp, dtype: torch.dtype) -> None:
         "sparsify: F.embedding_bag, as its fused encoder does")
 
 
+def selection_kernels(args: argparse.Namespace) -> None:
+    """The selection alone, bf16: the unfused bf16 addmm + torch.topk against the fused kernel with
+    either in-tile merge, beside the matmul alone; and how many places the fused pick shares with
+    torch.topk on the addmm's output (below 100% only by ties and bf16 rounding at the boundary)."""
+    from saes.kernels.fused_select import fused_topk
+
+    dev, b, d, f, reps = args.device, args.batch, args.d, args.features, args.repeats
+    gen = torch.Generator(device=dev).manual_seed(3)
+    x = torch.randn(b, d, generator=gen, device=dev)
+    W = torch.randn(f, d, generator=gen, device=dev) / d**0.5
+    bias = torch.randn(f, generator=gen, device=dev) * 0.1
+    xb, Wb, bb = x.bfloat16(), W.bfloat16(), bias.bfloat16()
+    t_mm = bench(lambda: xb @ Wb.t(), reps, dev)
+    print(f"\n## TopK selection, B {b} d {d} F {f} bf16 (ms; ratio = unfused / this; "
+          f"matmul alone {t_mm * 1e3:.3f} ms)")
+    print("| selection | k | ms | vs unfused | same places as unfused |")
+    print("|---|---:|---:|---:|---:|")
+    for k in (args.k, 4 * args.k):
+        t_ref = bench(lambda: torch.addmm(bb, xb, Wb.t()).topk(k, dim=1, sorted=False), reps, dev)
+        ref = torch.addmm(bb, xb, Wb.t()).topk(k, dim=1).indices
+        mask = torch.zeros(b, f, dtype=torch.bool, device=dev).scatter_(1, ref, True)
+        print(f"| unfused: bf16 addmm + torch.topk | {k} | {t_ref * 1e3:.3f} | 1.00x | 100% |")
+        for merge in ("insert", "bitonic"):
+            t = bench(lambda: fused_topk(x, W.t(), bias, k, torch.bfloat16, merge=merge), reps, dev)
+            same = mask.gather(1, fused_topk(x, W.t(), bias, k, torch.bfloat16, merge=merge)[1]).float().mean()
+            print(f"| fused matmul + TopK, {merge} merge | {k} | {t * 1e3:.3f} | {t_ref / t:.2f}x | {float(same):.4%} |",
+                  flush=True)
+        del mask
+
+
 @contextlib.contextmanager
 def selection(choice: str) -> Iterator[None]:
     """`SAE_SELECT` for the block: each row names its selection path whatever the caller's environment."""
@@ -249,6 +279,7 @@ def main() -> int:
     sp = load_sparsify(args.sparsify)
     for dtype in (torch.bfloat16, torch.float32):
         kernels(args, sp, dtype)
+    selection_kernels(args)
     wide = steps(args, sp, args.features, with_floor=True)
     small = steps(args, sp, args.small, with_floor=False)
     goals(args, wide, small)

@@ -6,7 +6,8 @@ dense work. Here each program owns `BM` tokens and a chunk of features: it compu
 `[BM, BN]` tiles of `pre` one after another (fp32 accumulation), and keeps the running top-KP of
 each token (KP = k rounded up to a power of two) in registers, inserting a tile's keys while they
 beat the smallest kept one (`_insert`; `tl.topk`'s bitonic sort costs more per tile, and under the
-interpreter its xor reductions run element by element). Only KP candidates per token and chunk
+interpreter its xor reductions run element by element; `merge="bitonic"` keeps that variant to
+measure against on a GPU). Only KP candidates per token and chunk
 are written; `torch.topk` over those `[B, chunks * KP]` candidates makes the final choice, so the
 result is exact whatever the tiling.
 
@@ -37,6 +38,7 @@ from torch import Tensor
 from workbench.errors import WorkbenchError
 
 _LOW = 0xFFFFFFFF
+MERGES = ("insert", "bitonic")
 _EMPTY = -(2**63)  # the key of a padded place: below every real value, -inf and NaN included
 
 
@@ -64,7 +66,7 @@ def _encode_topk(
     b_ptr, out_ptr,
     B, D, F, tiles_per_chunk,
     KP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    BF16: tl.constexpr, EMULATE_BF16: tl.constexpr,
+    BF16: tl.constexpr, EMULATE_BF16: tl.constexpr, BITONIC: tl.constexpr,
 ):
     """out[row, chunk, :] = the KP largest keys of row's pre-activations within the chunk."""
     pid_m = tl.program_id(0)
@@ -101,7 +103,12 @@ def _encode_topk(
         else:
             acc += bias[None, :]
         key = tl.where(cmask[None, :], _value_key(acc, cols), -9223372036854775808)
-        run = _insert(run, key)
+        if BITONIC:  # the alternative to measure on a GPU: sort the tile's top KP, merge by a second sort
+            if tl.max((tl.max(key, axis=1) > tl.min(run, axis=1)).to(tl.int32), axis=0) > 0:
+                best = tl.topk(key, KP, dim=1)
+                run = tl.topk(tl.reshape(tl.join(run, best), [BM, 2 * KP]), KP, dim=1)
+        else:
+            run = _insert(run, key)
     n_chunks = tl.num_programs(1)
     out_rows = rows.to(tl.int64) * (n_chunks * KP) + chunk * KP
     tl.store(out_ptr + out_rows[:, None] + tl.arange(0, KP)[None, :], run, mask=rmask[:, None])
@@ -147,14 +154,15 @@ def _tiles(b: int, k: int, bf16: bool) -> tuple[int, int, int]:
 def fused_topk(
     x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, matmul_dtype: torch.dtype | None = None, *,
     block_m: int | None = None, block_n: int | None = None, block_k: int | None = None,
-    chunks: int | None = None,
+    chunks: int | None = None, merge: str = "insert",
 ) -> tuple[Tensor, Tensor]:
     """Per-token top-k of `x @ W_enc + b_enc` without the dense matrix: `(values, feature ids)`, `[B, k]`.
 
     Values are the raw pre-activations (no ReLU), sorted largest first, in `matmul_dtype` (default
     `x.dtype`); ids are int64. `x` is `[B, d]`, `W_enc` `[d, F]` with any strides (the `.t()` of an
     `[F, d]` parameter is the layout that reads best), `b_enc` `[F]`. Any k from 1 to F works,
-    wider than a tile too. The block sizes and the number of feature chunks are for tests and tuning.
+    wider than a tile too. The block sizes, the number of feature chunks and the in-tile `merge`
+    ("insert", or "bitonic": `tl.topk` of each tile) are for tests and tuning.
     """
     b, d = x.shape
     f = W_enc.shape[1]
@@ -166,7 +174,11 @@ def fused_topk(
     bf16 = mdt == torch.bfloat16
     kp = triton.next_power_of_2(k)
     bm, bn, bk = _tiles(b, k, bf16)
+    if merge not in MERGES:
+        raise WorkbenchError(f"unknown fused TopK merge {merge!r}; valid choices: {', '.join(MERGES)}")
     bm, bn, bk = block_m or bm, block_n or bn, block_k or bk
+    if merge == "bitonic":
+        bn = max(bn, kp)  # tl.topk takes at most the tile's width
     n_tiles = triton.cdiv(f, bn)
     row_blocks = triton.cdiv(b, bm)
     if chunks is None:  # about a thousand programs: enough to fill a GPU, few candidates to merge
@@ -179,6 +191,7 @@ def fused_topk(
             x, x.stride(0), x.stride(1), W_enc, W_enc.stride(0), W_enc.stride(1), b_enc, keys,
             b, d, f, tiles_per_chunk,
             KP=kp, BM=bm, BN=bn, BK=bk, BF16=bf16, EMULATE_BF16=bf16 and _interpreted(),
+            BITONIC=merge == "bitonic",
             num_warps=8 if bm * bn >= 8192 else 4,
         )
     keys = keys.view(b, chunks * kp).topk(k, dim=1, sorted=True).values

@@ -40,7 +40,9 @@ def test_kernel_table_runs_under_the_triton_interpreter():
     # issue 21: the floor row, the fused-selection and deterministic step rows, the small-width
     # table, and one verdict per goal (here on made-up tiny shapes, so only that each is printed)
     for row in ("floor: bf16 encoder matmul + Adam traffic", "Adam step alone", "ours, fused selection",
-                "ours, bf16-chosen, deterministic", "ours, fused selection, deterministic"):
+                "ours, bf16-chosen, deterministic", "ours, fused selection, deterministic",
+                "unfused: bf16 addmm + torch.topk", "fused matmul + TopK, insert merge",
+                "fused matmul + TopK, bitonic merge"):
         assert out.count(f"| {row}") >= 1, row
     assert out.count("## TopK training step") == 2, "the wide step table and the small-width one"
     goals = out[out.index("## goals"):].splitlines()

@@ -88,6 +88,19 @@ def test_negative_pre_activations():
     assert_topk_up_to_ties(vals, idx, pre, k, 1e-6)
 
 
+def test_bitonic_merge_variant():
+    """The tl.topk merge kept for GPU timing picks the same places (exact ties included)."""
+    b, d, f, k = SHAPES[0]
+    x, W, bias = inputs(b, d, f, seed=5)
+    vals, idx = fused_topk(x, W, bias, k, merge="bitonic", **SMALL_TILES)
+    assert_topk_up_to_ties(vals, idx, dense_reference(x, W, bias), k, 1e-5)
+    x, W, bias = inputs(29, 5, 97, seed=6, integer=True)
+    vals, idx = fused_topk(x, W, bias, 3, merge="bitonic", **SMALL_TILES)
+    assert torch.equal(idx, fused_topk(x, W, bias, 3, **SMALL_TILES)[1]), "ties to the lower id either way"
+    with pytest.raises(Exception, match="merge 'heap'"):
+        fused_topk(x, W, bias, 3, merge="heap")
+
+
 @pytest.mark.parametrize("k", [1, 3, 40])
 def test_planted_exact_ties(k):
     """Integer inputs: the pre-activations are exact small integers, so the k-th value is tied
