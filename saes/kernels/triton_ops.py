@@ -5,14 +5,15 @@ almost everything:
 
 * `_token_bag`: out[b] = sum over entries e of token b of w[e] * table[idx[e]] (+ bias): the
   sparse decode (table W_dec) and the encoder input gradient (table W_enc^T). One program per
-  token and block of columns gathers all of the token's rows as one `[BLOCK_E, BLOCK_D]` tile
-  (k <= 64: the whole token at once) and reduces over the rows once, after the loop, so no
+  token and block of columns gathers the token's rows as `[BLOCK_E, BLOCK_D]` tiles (k <= 32:
+  the whole token at once) and reduces over the rows once, after the loop, so no
   cross-warp reduction runs per iteration; bf16 tables are read as bf16 (half the bytes) and
   accumulated in fp32. Fixed-k codes pass k as a compile-time constant: no offsets are read.
 * `_feature_chunk_sums` + `_feature_chunk_fixup`: the weight gradients, out[f] = sum over the
   entries of feature f of w[e] * table[row[e]] (tables grad_out and x), deterministically. The
   entries in feature order (the reverse index) are cut into chunks of `CHUNK` entries: each
-  program sums one chunk in order and writes every feature run that starts and ends inside it;
+  program gathers one chunk's rows as a tile, sums each feature run by a segmented scan, and
+  writes every run that starts and ends inside the chunk;
   a run that crosses a chunk boundary leaves a partial sum per chunk, and the fix-up adds those
   in chunk order (tiles of `BLOCK_P` partials). So every program does the same bounded work
   however uneven the features are (a feature on every token costs B / CHUNK partials, not one
@@ -83,6 +84,12 @@ def _token_bag(
 
 
 @triton.jit
+def _segmented_add(start_a, sum_a, start_b, sum_b):
+    """Combine of a segmented inclusive sum: b's running sum restarts where b starts a run."""
+    return start_a | start_b, tl.where(start_b, sum_b, sum_a + sum_b)
+
+
+@triton.jit
 def _feature_chunk_sums(
     table_ptr, stride_t0, stride_t1,
     order_ptr, rows_ptr, cols_ptr, w_ptr, fo_ptr,
@@ -92,34 +99,39 @@ def _feature_chunk_sums(
 ):
     """Programs < n_chunks: one chunk of the feature-ordered entries each; the rest: zero rows.
 
-    Entry i (in feature order) is entry order[i] of the codes. A run of feature f inside the
-    chunk [c0, c1) is written to out[f] when f's whole segment [fo[f], fo[f+1]) lies inside the
-    chunk; otherwise its sum goes to part[chunk, 0] (the run that holds the chunk's first entry)
-    or part[chunk, 1] (the run that holds its last entry), for `_feature_chunk_fixup`.
+    Entry i (in feature order) is entry order[i] of the codes. The chunk's rows are gathered as
+    one `[CHUNK, BLOCK_D]` tile (all loads in flight at once) and summed per feature run by one
+    segmented scan along the entries. A run of feature f inside the chunk [c0, c1) is written to
+    out[f] when f's whole segment [fo[f], fo[f+1]) lies inside the chunk; otherwise its sum goes
+    to part[chunk, 0] (the run holding the chunk's first entry) or part[chunk, 1] (the run
+    holding its last entry), for `_feature_chunk_fixup`.
     """
-    # (scalar conditions join a mask through tl.where: `mask & scalar` is not a boolean in the interpreter)
     pid = tl.program_id(0)
     dofs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = dofs < D
     if pid < n_chunks:
         c0 = pid.to(tl.int64) * CHUNK
         c1 = tl.minimum(c0 + CHUNK, N)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for i in range(c0, c1):
-            e = tl.load(order_ptr + i)
-            f = tl.load(cols_ptr + e)
-            r = tl.load(rows_ptr + e)
-            w = tl.load(w_ptr + e).to(tl.float32)
-            s0 = tl.load(fo_ptr + f)
-            s1 = tl.load(fo_ptr + f + 1)
-            row = tl.load(table_ptr + r * stride_t0 + dofs * stride_t1, mask=dmask, other=0.0).to(tl.float32)
-            acc = tl.where((i == c0) | (i == s0), 0.0, acc) + row * w
-            last = (i == c1 - 1) | (i == s1 - 1)
-            whole = (s0 >= c0) & (s1 <= c1)
-            tl.store(out_ptr + f * stride_o0 + dofs * stride_o1, acc.to(out_ptr.dtype.element_ty),
-                     mask=tl.where(last & whole, dmask, False))
-            slot = tl.where(s0 <= c0, 0, 1)
-            tl.store(part_ptr + (pid.to(tl.int64) * 2 + slot) * D + dofs, acc, mask=tl.where(last & (whole == 0), dmask, False))
+        i = c0 + tl.arange(0, CHUNK)
+        imask = i < c1
+        e = tl.load(order_ptr + i, mask=imask, other=0)
+        f = tl.load(cols_ptr + e, mask=imask, other=0)
+        r = tl.load(rows_ptr + e, mask=imask, other=0)
+        w = tl.load(w_ptr + e, mask=imask, other=0.0).to(tl.float32)
+        s0 = tl.load(fo_ptr + f, mask=imask, other=0)
+        s1 = tl.load(fo_ptr + f + 1, mask=imask, other=0)
+        m2 = imask[:, None] & dmask[None, :]
+        tile = tl.load(table_ptr + r[:, None] * stride_t0 + dofs[None, :] * stride_t1, mask=m2, other=0.0)
+        tile = tile.to(tl.float32) * w[:, None]
+        starts = tl.broadcast_to(((i == c0) | (i == s0))[:, None], [CHUNK, BLOCK_D])
+        _, sums = tl.associative_scan((starts, tile), 0, _segmented_add)
+        last = imask & ((i == c1 - 1) | (i == s1 - 1))
+        whole = (s0 >= c0) & (s1 <= c1)
+        tl.store(out_ptr + f[:, None] * stride_o0 + dofs[None, :] * stride_o1, sums.to(out_ptr.dtype.element_ty),
+                 mask=(last & whole)[:, None] & dmask[None, :])
+        slot = pid.to(tl.int64) * 2 + tl.where(s0 <= c0, 0, 1)
+        tl.store(part_ptr + slot[:, None] * D + dofs[None, :], sums,
+                 mask=(last & (whole == 0))[:, None] & dmask[None, :])
     else:
         fofs = (pid - n_chunks).to(tl.int64) * BLOCK_F + tl.arange(0, BLOCK_F)
         fmask = fofs < F
@@ -229,10 +241,10 @@ def csr_gather_sum(
         out = torch.empty(segs, d, dtype=out_dtype or table.dtype, device=table.device)
     if segs == 0 or d == 0:
         return out
-    if k is not None and k > 64:  # a tile as wide as k would not fit in registers: loop in tiles
-        k = None
-    block_e = max(1, triton.next_power_of_2(k)) if k else 16
-    bd = _block_d(d)
+    # Rows of a token gathered per step (TopK's k <= 32 in one step), and columns per program:
+    # 512 bytes of each row, so a bf16 table is read in blocks as wide (in bytes) as fp32's.
+    block_e = min(32, triton.next_power_of_2(k)) if k else 16
+    bd = min(_block_d(d), 512 // table.element_size())
     _token_bag[(segs, triton.cdiv(d, bd))](
         table, table.stride(0), table.stride(1),
         idx, weights, offsets, bias if bias is not None else table,
@@ -299,7 +311,7 @@ def feature_segment_sum(
         return out
     if n == 0:
         return out.zero_()
-    bd = _block_d(d)
+    bd = min(128, _block_d(d))  # a [CHUNK, 128] fp32 tile and its scan stay in registers
     n_chunks = triton.cdiv(n, CHUNK)
     part = torch.empty(n_chunks * 2, d, dtype=torch.float32, device=table.device)
     grid_d = triton.cdiv(d, bd)
