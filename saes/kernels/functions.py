@@ -80,8 +80,9 @@ def release_workspace() -> None:
 
 
 def _fused_topk(x: Tensor, W_enc: Tensor, b_enc: Tensor, selectors, mdt: torch.dtype) -> tuple[Tensor, Tensor] | None:
-    """The top-k of every plain TopK selector in one fused matmul + selection pass when
-    `SAE_SELECT=fused` on the Triton backend (see `saes.kernels.fused_select`), else None."""
+    """The top-k of the TopK selectors over all features in one fused matmul + selection pass when
+    `SAE_SELECT=fused` on the Triton backend and every selector is a TopK (see
+    `saes.kernels.fused_select`), else None."""
     if not fused_select_enabled(x):
         return None
     from saes.kernels.fused_select import fusable_k, fused_topk
@@ -108,7 +109,11 @@ class _Encode(torch.autograd.Function):
             pre = torch.addmm(b_enc.to(mdt), x.to(mdt), W_enc.to(mdt), out=_workspace((b, f), mdt, x.device))
         vals, indices, masks = [], [], []
         for sel in selectors:
-            if fused is not None:  # sorted largest first: each TopK takes its first k
+            if fused is not None and sel.features is not None:
+                from saes.kernels.fused_select import select_topk_among
+
+                s = select_topk_among(x, W_enc, b_enc, sel.k, sel.features, mdt)
+            elif fused is not None:  # sorted largest first: each TopK takes its first k
                 s = Selection(fused[0][:, : sel.k], None, fused[1][:, : sel.k], None, sel.k)
             elif features_major:
                 s = select_feature_choice(pre, sel.capacity, features_major=True)

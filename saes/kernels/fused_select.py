@@ -200,10 +200,27 @@ def fused_topk(
 
 
 def fusable_k(selectors) -> int | None:
-    """The widest k when every selector is a plain TopK (one fused pass serves them all: each takes
-    the first k of the sorted result), else None (another rule needs the dense pre-activations)."""
+    """The widest k among the TopK selectors over all features when every selector is a TopK (one
+    fused pass serves them all: each takes the first k of the sorted result; a TopK among listed
+    features, AuxK's, gets `select_topk_among`), else None: another rule needs the dense matrix."""
     from saes.kernels.selectors import TopK
 
-    if not selectors or not all(isinstance(s, TopK) and s.features is None for s in selectors):
+    if not selectors or not all(isinstance(s, TopK) for s in selectors):
         return None
-    return max(s.k for s in selectors)
+    ks = [s.k for s in selectors if s.features is None]
+    return max(ks) if ks else None
+
+
+def select_topk_among(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, features: Tensor, mdt: torch.dtype):
+    """`select_topk(pre, k, features)` without the dense `pre`: a matmul over the listed features
+    only (AuxK's dead features, usually few), in the same dtype as the unfused path's."""
+    from saes.kernels.selectors import Selection
+
+    b = x.shape[0]
+    features = features.to(x.device, torch.long)
+    kk = min(k, features.numel())
+    if kk == 0:
+        return Selection(x.new_zeros(b, 0, dtype=mdt), None, features.new_zeros(b, 0), None, 0)
+    pre = torch.addmm(b_enc[features].to(mdt), x.to(mdt), W_enc[:, features].to(mdt))
+    v, j = pre.topk(kk, dim=1, sorted=False)
+    return Selection(v, None, features[j], None, kk)

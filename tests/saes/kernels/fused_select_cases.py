@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from saes.kernels import TopK, encode, sparse_decode
+from saes.kernels import BatchTopK, TopK, encode, sparse_decode
 from saes.kernels.fused_select import fused_topk
 
 DEVICE = os.environ.get("SAE_TEST_DEVICE", "cpu")
@@ -146,12 +146,14 @@ def test_k_wider_than_a_tile_and_bad_k():
 
 
 def test_encode_fused_equals_unfused(monkeypatch):
-    """encode with SAE_SELECT=fused gives the codes and gradients of the unfused path."""
+    """encode with SAE_SELECT=fused gives the codes and gradients of the unfused path, for the
+    trainer's TopK selectors: main k, Multi-TopK's 4k, AuxK among some (dead) features."""
     monkeypatch.setenv("SAE_KERNELS", "triton")
     b, d, f, _ = SHAPES[0]
     gen = torch.Generator().manual_seed(21)
     params = [torch.randn(b, d, generator=gen), torch.randn(f, d, generator=gen) / d**0.5,
               torch.randn(f, generator=gen) * 0.1, torch.randn(f, d, generator=gen), torch.randn(d, generator=gen)]
+    dead = torch.randperm(f, generator=gen)[: f // 3].to(DEVICE)
     import saes.kernels.fused_select as fs
 
     calls = []
@@ -161,15 +163,13 @@ def test_encode_fused_equals_unfused(monkeypatch):
     for mode in ("dense", "fused"):
         monkeypatch.setenv("SAE_SELECT", mode)
         x, We, be, Wd, bd = [p.to(DEVICE).requires_grad_(True) for p in params]
-        main, multi = encode(x, We.t(), be, [TopK(5), TopK(20)])
-        loss = sparse_decode(main, Wd, bd).pow(2).sum() + sparse_decode(multi, Wd).pow(2).sum() / 8
+        codes = encode(x, We.t(), be, [TopK(5), TopK(20), TopK(7, features=dead), TopK(3, features=dead[:0])])
+        loss = sum(sparse_decode(c, Wd, bd).pow(2).sum() / (i + 1) for i, c in enumerate(codes))
         grads = torch.autograd.grad(loss, [x, We, be, Wd, bd])
-        results[mode] = [main, multi], grads
-    assert calls == [20], "one fused pass, as wide as the widest TopK, and only when asked for"
-    x = params[0].to(DEVICE)
-    aux = TopK(3, features=torch.arange(4, device=DEVICE))
-    encode(x, params[1].to(DEVICE).t(), params[2].to(DEVICE), [TopK(5), aux])
-    assert calls == [20], "a TopK restricted to some features needs the dense pre-activations: no fused pass"
+        results[mode] = codes, grads
+    assert calls == [20], "one fused pass, as wide as the widest TopK over all features, only when asked for"
+    encode(params[0].to(DEVICE), params[1].to(DEVICE).t(), params[2].to(DEVICE), [TopK(5), BatchTopK(3)])
+    assert calls == [20], "another rule needs the dense pre-activations: no fused pass"
     (codes_d, grads_d), (codes_f, grads_f) = results["dense"], results["fused"]
     for cd, cf in zip(codes_d, codes_f):
         assert cf.k == cd.k and torch.equal(cf.rows, cd.rows) and torch.equal(cf.offsets, cd.offsets)
@@ -177,6 +177,7 @@ def test_encode_fused_equals_unfused(monkeypatch):
         dense_f = cf.to_dense().detach()
         assert torch.allclose(dense_f, dense_d, atol=1e-5), "different places or values"
         assert bool((cf.vals >= 0).all()), "values are relu(pre), as on the unfused path"
+    assert codes_f[3].nnz == 0
     for gf, gd in zip(grads_f, grads_d):
         assert torch.allclose(gf, gd, atol=1e-4, rtol=1e-4)
 
