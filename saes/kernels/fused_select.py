@@ -39,6 +39,7 @@ from workbench.errors import WorkbenchError
 
 _LOW = 0xFFFFFFFF
 MERGES = ("insert", "bitonic")
+MAX_K = 256  # a token's running top-k lives in registers: wider k takes the unfused path
 _EMPTY = -(2**63)  # the key of a padded place: below every real value, -inf and NaN included
 
 
@@ -147,7 +148,7 @@ def _tiles(b: int, k: int, bf16: bool) -> tuple[int, int, int]:
     """(BM, BN, BK) first guesses: 128-wide feature tiles; fewer tokens per program as k grows,
     so the running top-k (BM x KP int64 keys) stays in registers; no more rows than the batch."""
     kp = triton.next_power_of_2(k)
-    bm = min(64 if kp <= 64 else 32, max(16, triton.next_power_of_2(b)))
+    bm = min(64 if kp <= 64 else 32 if kp <= 128 else 16, max(16, triton.next_power_of_2(b)))
     return bm, 128, 64 if bf16 else 32
 
 
@@ -160,14 +161,15 @@ def fused_topk(
 
     Values are the raw pre-activations (no ReLU), sorted largest first, in `matmul_dtype` (default
     `x.dtype`); ids are int64. `x` is `[B, d]`, `W_enc` `[d, F]` with any strides (the `.t()` of an
-    `[F, d]` parameter is the layout that reads best), `b_enc` `[F]`. Any k from 1 to F works,
-    wider than a tile too. The block sizes, the number of feature chunks and the in-tile `merge`
-    ("insert", or "bitonic": `tl.topk` of each tile) are for tests and tuning.
+    `[F, d]` parameter is the layout that reads best), `b_enc` `[F]`. Any k from 1 to F works up
+    to `MAX_K`, wider than a tile too. The block sizes, the number of feature chunks and the in-tile
+    `merge` ("insert", or "bitonic": `tl.topk` of each tile) are for tests and tuning.
     """
     b, d = x.shape
     f = W_enc.shape[1]
-    if not 1 <= k <= f:
-        raise WorkbenchError(f"fused TopK k={k} must be between 1 and the number of features ({f})")
+    if not 1 <= k <= min(f, MAX_K):
+        raise WorkbenchError(f"fused TopK k={k} must be between 1 and the number of features ({f}), "
+                             f"at most {MAX_K}")
     mdt = matmul_dtype or x.dtype
     if mdt not in (torch.float32, torch.bfloat16):
         raise WorkbenchError(f"fused TopK runs in float32 or bfloat16, not {mdt}")
@@ -208,7 +210,7 @@ def fusable_k(selectors) -> int | None:
     if not selectors or not all(isinstance(s, TopK) for s in selectors):
         return None
     ks = [s.k for s in selectors if s.features is None]
-    return max(ks) if ks else None
+    return max(ks) if ks and max(ks) <= MAX_K else None
 
 
 def select_topk_among(x: Tensor, W_enc: Tensor, b_enc: Tensor, k: int, features: Tensor, mdt: torch.dtype):

@@ -15,13 +15,16 @@ import pytest
 import torch
 
 from saes.kernels import BatchTopK, TopK, encode, sparse_decode
-from saes.kernels.fused_select import fused_topk
+from saes.kernels.fused_select import MAX_K, fusable_k, fused_topk
 
 DEVICE = os.environ.get("SAE_TEST_DEVICE", "cpu")
 if DEVICE == "cuda":
     SHAPES = [(4096, 768, 131072, 32), (4093, 771, 32771, 128), (1000, 768, 4608, 64)]
 else:
     SHAPES = [(37, 45, 157, 5), (19, 130, 83, 32), (33, 20, 300, 128)]  # no size a multiple of a tile
+# encode's own tests stay small on a GPU too: fused and unfused there sum in different orders, and
+# over thousands of rows some k-th place would come within fp32 rounding of the next one
+ENCODE_SHAPES = [(37, 45, 157, 5), (19, 130, 83, 32)]
 SMALL_TILES = {"block_m": 16, "block_n": 32, "block_k": 16}  # several tiles and chunks even at small shapes
 
 
@@ -35,18 +38,18 @@ def assert_topk_up_to_ties(vals: torch.Tensor, idx: torch.Tensor, pre: torch.Ten
     place clearly above the k-th value (more than `tol` above) chosen; the rest may differ only
     among places tied with the k-th value."""
     b, f = pre.shape
-    vals, idx = vals.cpu().double(), idx.cpu()
-    pre = pre.cpu()
+    vals, idx = vals.to(pre.device, torch.float64), idx.to(pre.device)
     assert vals.shape == (b, k) and idx.shape == (b, k) and idx.dtype == torch.long
     assert int(idx.min()) >= 0 and int(idx.max()) < f
-    assert all(len(set(r)) == k for r in idx.tolist()), "a feature chosen twice for one token"
+    ordered = idx.sort(dim=1).values
+    assert bool((ordered[:, 1:] != ordered[:, :-1]).all()), "a feature chosen twice for one token"
     scale = pre.abs().max().clamp_min(1.0)
     ref_v = pre.topk(k, dim=1).values
     assert torch.allclose(vals.sort(dim=1, descending=True).values, ref_v, atol=tol * scale, rtol=0)
     assert torch.allclose(pre.gather(1, idx), vals, atol=tol * scale, rtol=0), "a value is not pre at its place"
     kth = ref_v[:, -1:]
     clearly_in = pre > kth + tol * scale
-    chosen = torch.zeros(b, f, dtype=torch.bool).scatter_(1, idx, True)
+    chosen = torch.zeros(b, f, dtype=torch.bool, device=pre.device).scatter_(1, idx, True)
     assert not (clearly_in & ~chosen).any(), "a place clearly in the top k was not chosen"
     assert not (chosen & (pre < kth - tol * scale)).any(), "a place clearly below the k-th value was chosen"
 
@@ -111,7 +114,7 @@ def test_planted_exact_ties(k):
     kth = pre.topk(k, dim=1).values[:, -1:]
     assert int(((pre == kth).sum(1) > 1).sum()) > b // 2, "the test needs ties at the boundary"
     vals, idx = fused_topk(x, W, bias, k, **SMALL_TILES)
-    assert torch.equal(vals.cpu().double(), pre.topk(k, dim=1).values.cpu())
+    assert torch.equal(vals.double(), pre.topk(k, dim=1).values)
     assert_topk_up_to_ties(vals, idx, pre, k, 0.0)
     again = fused_topk(x, W, bias, k, block_m=32, block_n=64, chunks=1)  # other tiles, one chunk
     assert torch.equal(again[1], idx), "ties go to the lower feature id, whatever the tiling"
@@ -137,19 +140,23 @@ def test_bf16_inputs_and_bf16_matmul_of_fp32_inputs(shape):
 def test_k_wider_than_a_tile_and_bad_k():
     b, d, f, _ = SHAPES[0]
     x, W, bias = inputs(b, d, f, seed=11)
-    for k in (33, 64, f):  # wider than a tile (block_n=32); k=F keeps every feature
+    for k in (33, 64, min(f, MAX_K)):  # wider than a tile (block_n=32); on the CPU k=F keeps every feature
         vals, idx = fused_topk(x, W, bias, k, **SMALL_TILES)
         assert_topk_up_to_ties(vals, idx, dense_reference(x, W, bias), k, 1e-5)
     for bad in (0, f + 1):
         with pytest.raises(Exception, match=f"k={bad}"):
             fused_topk(x, W, bias, bad)
+    x, W, bias = inputs(3, 4, 300, seed=12)
+    with pytest.raises(Exception, match=f"k={MAX_K + 1}.*{MAX_K}"):  # its running top-k would not fit in registers
+        fused_topk(x, W, bias, MAX_K + 1)
+    assert fusable_k([TopK(MAX_K + 1)]) is None, "encode keeps the unfused path for such a k"
 
 
 def test_encode_fused_equals_unfused(monkeypatch):
     """encode with SAE_SELECT=fused gives the codes and gradients of the unfused path, for the
     trainer's TopK selectors: main k, Multi-TopK's 4k, AuxK among some (dead) features."""
     monkeypatch.setenv("SAE_KERNELS", "triton")
-    b, d, f, _ = SHAPES[0]
+    b, d, f, _ = ENCODE_SHAPES[0]
     gen = torch.Generator().manual_seed(21)
     params = [torch.randn(b, d, generator=gen), torch.randn(f, d, generator=gen) / d**0.5,
               torch.randn(f, generator=gen) * 0.1, torch.randn(f, d, generator=gen), torch.randn(d, generator=gen)]
@@ -188,11 +195,11 @@ def test_encode_fused_bf16_selection(monkeypatch):
     fp32 pre-activations there, recomputed as on the unfused path."""
     monkeypatch.setenv("SAE_KERNELS", "triton")
     monkeypatch.setenv("SAE_SELECT", "fused")
-    b, d, f, k = SHAPES[1]
+    b, d, f, k = ENCODE_SHAPES[1]
     x, W, bias = inputs(b, d, f, seed=8)
     (codes,) = encode(x, W, bias, [TopK(k)], matmul_dtype=torch.bfloat16)
-    idx = codes.cols.view(b, k).cpu()
+    idx = codes.cols.view(b, k)
     pre_bf16 = dense_reference(x.bfloat16(), W.bfloat16(), bias.bfloat16())
     assert_topk_up_to_ties(pre_bf16.gather(1, idx), idx, pre_bf16, k, 2**-7)
     exact = dense_reference(x, W, bias).gather(1, idx).relu()
-    assert torch.allclose(codes.vals.detach().cpu().view(b, k).double(), exact, atol=1e-5)
+    assert torch.allclose(codes.vals.detach().view(b, k).double(), exact, atol=1e-5)
