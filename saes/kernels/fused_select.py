@@ -17,9 +17,10 @@ keys sorts values; an exact tie goes to the lower feature id, the same way every
 
 The result is what `select_topk` returns on the dense pre-activations (the raw pre-activations
 at the chosen places; `encode` applies the ReLU), up to ties and fp summation order. With
-`matmul_dtype=bf16` the products are bf16 (the input tiles are cast in the kernel, so no bf16
-copy of `W_enc` is made) and the sums fp32, rounded to bf16 before ranking as a bf16 matmul's
-output is. fp32 inputs use IEEE fp32 dot products (not TF32), as torch's matmul does by default.
+`matmul_dtype=bf16` the products are bf16 and the sums fp32, rounded to bf16 before ranking as
+a bf16 addmm's output is; fp32 inputs are cast to bf16 once per call, as on the unfused path
+(casting fp32 tiles in the kernel would double every tile's reads, and each block of tokens
+re-reads all of `W_enc`). fp32 inputs use IEEE fp32 dot products (not TF32), as torch's matmul does by default.
 
 Off by default (`SAE_SELECT=dense`, see `saes.kernels.dispatch.fused_select_enabled`) until a
 GPU run of `benchmarks/gpu_check.py` measures it against the unfused step; the tile sizes below
@@ -40,7 +41,6 @@ from workbench.errors import WorkbenchError
 _LOW = 0xFFFFFFFF
 MERGES = ("insert", "bitonic")
 MAX_K = 256  # a token's running top-k lives in registers: wider k takes the unfused path
-_EMPTY = -(2**63)  # the key of a padded place: below every real value, -inf and NaN included
 
 
 @triton.jit
@@ -103,7 +103,8 @@ def _encode_topk(
             acc = _round_bf16(acc + _round_bf16(bias)[None, :])
         else:
             acc += bias[None, :]
-        key = tl.where(cmask[None, :], _value_key(acc, cols), -9223372036854775808)
+        # padded places and padded tokens get the smallest key, so they never enter (or prolong) a merge
+        key = tl.where(rmask[:, None] & cmask[None, :], _value_key(acc, cols), -9223372036854775808)
         if BITONIC:  # the alternative to measure on a GPU: sort the tile's top KP, merge by a second sort
             if tl.max((tl.max(key, axis=1) > tl.min(run, axis=1)).to(tl.int32), axis=0) > 0:
                 best = tl.topk(key, KP, dim=1)
@@ -174,6 +175,8 @@ def fused_topk(
     if mdt not in (torch.float32, torch.bfloat16):
         raise WorkbenchError(f"fused TopK runs in float32 or bfloat16, not {mdt}")
     bf16 = mdt == torch.bfloat16
+    if bf16:
+        x, W_enc = x.to(mdt), W_enc.to(mdt)  # strides kept: the [d, F] view of an [F, d] copy
     kp = triton.next_power_of_2(k)
     bm, bn, bk = _tiles(b, k, bf16)
     if merge not in MERGES:
