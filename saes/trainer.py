@@ -261,7 +261,10 @@ class Trainer:
             n = counts[s.hook]
             ready = self.tokens >= self.dead_tokens
             aux = s.aux if (s.aux != "zipf" or ready) else "none"
-            dead = torch.nonzero(s.since_fired >= self.dead_tokens).flatten() if s.aux == "auxk" else None
+            # only AuxK reads the dead list, and none can be dead before dead_tokens tokens (tokens since a
+            # feature fired never exceed the tokens trained): skip its nonzero, a host sync on CUDA, until then
+            can_die = s.aux == "auxk" and self.cfg.aux_coef > 0 and self.tokens >= self.dead_tokens
+            dead = torch.nonzero(s.since_fired >= self.dead_tokens).flatten() if can_die else None
             ctx = StepContext(
                 denom=denoms[s.hook], n_tokens=n, step=self.step, total_steps=self.total_steps,
                 matmul_dtype=self.matmul_dtype, dead=dead, usage=s.usage, aux_loss=aux, aux_coef=self.cfg.aux_coef,

@@ -57,10 +57,7 @@ class SparseCodes:
         cls, vals: Tensor, rows: Tensor, cols: Tensor, batch_size: int, num_features: int
     ) -> "SparseCodes":
         """Variable-width codes from entries already sorted by token (`rows` ascending)."""
-        counts = torch.bincount(rows, minlength=batch_size)
-        offsets = torch.zeros(batch_size + 1, dtype=torch.long, device=rows.device)
-        torch.cumsum(counts, 0, out=offsets[1:])
-        return cls(vals, cols.long(), rows.long(), offsets, num_features)
+        return cls(vals, cols.long(), rows.long(), token_offsets(rows, batch_size), num_features)
 
     def l0(self) -> Tensor:
         """Number of stored entries per token, `[B]` (entries whose value is exactly 0 count too)."""
@@ -84,18 +81,60 @@ class SparseCodes:
         )
 
 
-def feature_index(cols: Tensor, num_features: int) -> tuple[Tensor, Tensor]:
+def feature_index(cols: Tensor, num_features: int, sync_free: bool | None = None) -> tuple[Tensor, Tensor]:
     """Sort entries by feature (stable, so ties keep token order) and delimit each feature's run.
 
-    On a GPU the keys are sorted as int32 (feature ids are < 2^31): a radix sort over half the
-    key bits, the same order.
+    `sync_free` (default: on CUDA tensors) builds the run offsets by a search of the sorted ids
+    instead of `bincount`, which on CUDA reads the largest id back to the host (a synchronisation
+    in every backward pass); it also sorts the ids as int32 keys (a radix sort over half the
+    bits, same order). On the CPU `bincount` is the faster of the two, and both give the same
+    offsets.
     """
-    keys = cols.int() if cols.is_cuda and num_features < 2**31 else cols
-    order = torch.argsort(keys, stable=True)
+    if sync_free is None:
+        sync_free = cols.is_cuda
+    if sync_free:
+        keys = cols.int() if num_features < 2**31 else cols
+        sorted_keys, order = torch.sort(keys, stable=True)
+        fo = torch.searchsorted(sorted_keys, torch.arange(num_features + 1, device=cols.device, dtype=keys.dtype))
+        return order, fo
+    order = torch.argsort(cols, stable=True)
     counts = torch.bincount(cols, minlength=num_features)
     fo = torch.zeros(num_features + 1, dtype=torch.long, device=cols.device)
     torch.cumsum(counts, 0, out=fo[1:])
     return order, fo
+
+
+def token_offsets(rows: Tensor, batch_size: int, sync_free: bool | None = None) -> Tensor:
+    """CSR offsets `[batch_size + 1]` of entries sorted by token (`rows` ascending); sync-free on
+    CUDA as in `feature_index`."""
+    if rows.is_cuda if sync_free is None else sync_free:
+        return torch.searchsorted(rows, torch.arange(batch_size + 1, device=rows.device, dtype=rows.dtype))
+    counts = torch.bincount(rows, minlength=batch_size)
+    offsets = torch.zeros(batch_size + 1, dtype=torch.long, device=rows.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    return offsets
+
+
+class FeatureIndex:
+    """The reverse index of some codes, built on first use: `order, fo = index` unpacks it.
+
+    The autograd Functions hand one to both weight gradients, so the entries are sorted once, and
+    not at all when no kernel reads the index (the Triton path's atomic reductions).
+    """
+
+    def __init__(self, cache: dict | None, cols: Tensor, num_features: int) -> None:
+        self.cache = cache if cache is not None else {}
+        self.cols, self.num_features = cols, num_features
+
+    def get(self) -> tuple[Tensor, Tensor]:
+        return cached_feature_index(self.cache, self.cols, self.num_features)
+
+    def __iter__(self):
+        return iter(self.get())
+
+    @property
+    def built(self) -> bool:
+        return "by_feature" in self.cache
 
 
 def cached_feature_index(cache: dict, cols: Tensor, num_features: int) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from saes.kernels.codes import SparseCodes, cached_feature_index, feature_index
+from saes.kernels.codes import FeatureIndex, SparseCodes
 from saes.kernels.dispatch import fused_select_enabled, ops_for
 from saes.kernels.selectors import (
     FeatureChoice,
@@ -161,12 +161,12 @@ class _Encode(torch.autograd.Function):
             if len(parts) == 1:
                 idx, g = parts[0]
                 rows, cols = idx.rows, idx.cols
-                by_feature = cached_feature_index(idx.cache, cols, f)
+                by_feature = FeatureIndex(idx.cache, cols, f)
             else:
                 rows = torch.cat([idx.rows for idx, _ in parts])
                 cols = torch.cat([idx.cols for idx, _ in parts])
                 g = torch.cat([g for _, g in parts])
-                by_feature = feature_index(cols, f)
+                by_feature = FeatureIndex(None, cols, f)
             if need_w:
                 dW = ops.encoder_weight_grad(x, g, rows, cols, f, by_feature).t()
             if need_b:
@@ -229,7 +229,7 @@ class _Decode(torch.autograd.Function):
         if need_v:
             gv = ops.grad_at_active(grad_out, W_dec, idx.rows, idx.cols, idx.offsets).to(vals.dtype)
         if need_w:
-            by_feature = cached_feature_index(idx.cache, idx.cols, W_dec.shape[0])
+            by_feature = FeatureIndex(idx.cache, idx.cols, W_dec.shape[0])  # sorted only if a kernel reads it
             dW = ops.decoder_weight_grad(vals, idx.rows, idx.cols, grad_out, W_dec.shape[0], by_feature)
             dW = dW.to(W_dec.dtype)
         if need_b:

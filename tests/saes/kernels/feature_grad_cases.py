@@ -144,3 +144,27 @@ def test_token_bag_fixed_width_reads_no_offsets(dtype):
                                                bias.cpu())) < TOL[dtype]
         gx = T.encoder_input_grad(c.vals, c.cols, offsets, k, W.t().contiguous().t())
         assert rel(gx, c.to_dense().double() @ W.double()) < TOL[dtype], k
+
+
+@pytest.mark.parametrize("det", [False, True])
+def test_reverse_index_is_built_only_when_read(det, monkeypatch):
+    """The Triton path's atomic reductions read no reverse index, so a training step in that mode
+    sorts nothing; in deterministic mode both weight gradients share one sort of the entries."""
+    monkeypatch.setenv("SAE_KERNELS", "triton")
+    from saes.kernels import TopK, encode, sparse_decode
+    from saes.kernels import codes as codes_module
+
+    b, d, f, k = SHAPES[0]
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(b, d, generator=gen).to(DEVICE)
+    W = (torch.randn(f, d, generator=gen) / d**0.5).to(DEVICE).requires_grad_(True)
+    be = torch.zeros(f, device=DEVICE, requires_grad=True)
+    Wd = torch.randn(f, d, generator=gen).to(DEVICE).requires_grad_(True)
+    sorts = []
+    build = codes_module.feature_index
+    monkeypatch.setattr(codes_module, "feature_index", lambda *a, **kw: sorts.append(1) or build(*a, **kw))
+    with deterministic(det):
+        (codes,) = encode(x, W.t(), be, [TopK(k)])
+        sparse_decode(codes, Wd).pow(2).sum().backward()
+    assert len(sorts) == (1 if det else 0)
+    assert W.grad is not None and Wd.grad is not None and be.grad is not None
