@@ -8,6 +8,7 @@ real trainer: on the CPU both repeated and resumed runs must come out bit-identi
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,16 @@ def test_kernel_table_runs_under_the_triton_interpreter():
         line = next((g for g in goals if goal in g), None)
         assert line is not None, goal
         assert any(v in line for v in ("PASS", "MISS", "n/a")), line
+    # issue 21: "the bf16 sparse decode at least as fast as the fp32 one", both figures in the line,
+    # equal to the "sparse decode fwd" rows of the bf16 and fp32 kernel tables
+    line = next((g for g in goals if "bf16 sparse decode <= fp32 sparse decode" in g), None)
+    assert line is not None, "bf16 vs fp32 sparse decode goal"
+    decode = re.findall(r"^\| sparse decode fwd \| ([0-9.]+) \|", out, re.M)
+    assert len(decode) == 2, decode  # the bf16 table, then the fp32 one
+    assert f"bf16 {decode[0]} ms" in line and f"fp32 {decode[1]} ms" in line, line
+    assert ("MISS" in line) != ("PASS" in line), line
+    if decode[0] != decode[1]:  # equal when rounded: either verdict is right
+        assert ("PASS" in line) == (float(decode[0]) < float(decode[1])), line
 
 
 def test_determinism_check_finds_cpu_runs_identical():
