@@ -67,16 +67,30 @@ class Selection:
     k: int | None
 
 
+def _check_values(t: Tensor, low: int, high: int | None, message: str) -> None:
+    """Every value of `t` in [low, high) (no upper bound when `high` is None), else `message`.
+
+    `encode` checks its selectors on every step, and the AuxK dead list is a new tensor each step:
+    reading its min and max back would stall the host on every CUDA step (issue 21). On a GPU the
+    check is a device-side assert instead, which fails the next synchronising call with `message`;
+    on the CPU the values are read and a bad one is a WorkbenchError naming the valid range.
+    """
+    if t.is_cuda:
+        ok = t >= low if high is None else (t >= low) & (t < high)
+        torch._assert_async(ok.all(), message)
+        return
+    if int(t.min()) < low or (high is not None and int(t.max()) >= high):
+        raise WorkbenchError(message)
+
+
 def check_selector(sel: object, batch_size: int, num_features: int) -> None:
     """Reject a selector that cannot apply to a `[batch_size, num_features]` batch, naming the values."""
     if isinstance(sel, TopK):
         limit = num_features if sel.features is None else sel.features.numel()
         if sel.k < 1 or (sel.features is None and sel.k > num_features):
             raise WorkbenchError(f"TopK k={sel.k} must be between 1 and the number of features ({limit})")
-        if sel.features is not None and sel.features.numel() and (
-            int(sel.features.min()) < 0 or int(sel.features.max()) >= num_features
-        ):
-            raise WorkbenchError(f"TopK features must be feature ids in [0, {num_features})")
+        if sel.features is not None and sel.features.numel():
+            _check_values(sel.features, 0, num_features, f"TopK features must be feature ids in [0, {num_features})")
     elif isinstance(sel, BatchTopK):
         if sel.k < 1 or sel.k > num_features:
             raise WorkbenchError(f"BatchTopK k={sel.k} must be between 1 and the number of features ({num_features})")
@@ -85,8 +99,8 @@ def check_selector(sel: object, batch_size: int, num_features: int) -> None:
             raise WorkbenchError(
                 f"FeatureChoice capacity has shape {tuple(sel.capacity.shape)}; expected ({num_features},)"
             )
-        if sel.capacity.numel() and int(sel.capacity.min()) < 0:
-            raise WorkbenchError("FeatureChoice capacity must be >= 0 for every feature")
+        if sel.capacity.numel():
+            _check_values(sel.capacity, 0, None, "FeatureChoice capacity must be >= 0 for every feature")
     elif isinstance(sel, Threshold):
         if sel.theta.shape != (num_features,):
             raise WorkbenchError(f"Threshold theta has shape {tuple(sel.theta.shape)}; expected ({num_features},)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -56,3 +57,46 @@ def test_topk_step_reads_one_value_until_features_can_be_dead(tmp_path):
     for _ in range(3):
         reads_in_step(trainer, batches)
     assert trainer.tokens >= 512 and reads_in_step(trainer, batches)["nonzero"] == 1
+
+
+class OnCuda(CountHostReads):
+    """Counts host reads while the given tensors answer `is_cuda` / `device` as if they lived on a GPU
+    (their values stay on the CPU, so a check that still runs there can be seen to run)."""
+
+    IS_CUDA, DEVICE = torch.Tensor.is_cuda.__get__, torch.Tensor.device.__get__
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        super().__init__()
+        self.ids = {id(t) for t in tensors}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if args and id(args[0]) in self.ids:
+            if func == self.IS_CUDA:
+                return True
+            if func == self.DEVICE:
+                return torch.device("cuda", 0)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_selector_checks_read_nothing_back_from_a_gpu():
+    """`encode` checks its selectors on every step: the AuxK TopK's feature ids (the dead list, new
+    each step) and FeatureChoice's capacities. On CUDA the range checks are device-side asserts, not
+    host reads; they still fire on a bad value. On the CPU the check reads the values and names them."""
+    from saes.kernels.selectors import FeatureChoice, TopK, check_selector
+    from workbench.errors import WorkbenchError
+
+    dead = torch.tensor([3, 0, 7])
+    capacity = torch.full((8,), 2)
+    with OnCuda(dead, capacity) as mode:
+        check_selector(TopK(2, features=dead), 16, 8)
+        check_selector(FeatureChoice(capacity), 16, 8)
+    assert mode.calls == {}, mode.calls
+    bad, below, neg = torch.tensor([3, 8]), torch.tensor([-1, 3]), torch.tensor([2, 2, -1, 2, 2, 2, 2, 2])
+    for sel in (TopK(1, features=bad), TopK(1, features=below), FeatureChoice(neg)):
+        with OnCuda(bad, below, neg) as mode, pytest.raises(RuntimeError):  # on a CPU the assert is synchronous
+            check_selector(sel, 16, 8)
+        assert mode.calls == {}, mode.calls
+    with pytest.raises(WorkbenchError, match=r"TopK features must be feature ids in \[0, 8\)"):
+        check_selector(TopK(1, features=bad), 16, 8)
+    with pytest.raises(WorkbenchError, match="FeatureChoice capacity must be >= 0"):
+        check_selector(FeatureChoice(neg), 16, 8)
