@@ -30,6 +30,18 @@ def test_gpu_check_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
 
 
+def test_gpu_check_fits_one_device_call():
+    """One device call runs at most 600 s: the parts' limits sum to at most 570 s, the kernels and steps
+    part (four fused-kernel compilations, two step tables) gets 200-240 s, and the GPU tests include
+    the fused selection's compiled cases."""
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    limits = dict(re.findall(r"\b(L[1-6])=(\d+)", re.search(r"^L1=.*$", text, re.M).group(0)))
+    assert sorted(limits) == [f"L{i}" for i in range(1, 7)], limits
+    assert sum(map(int, limits.values())) <= 570 and 200 <= int(limits["L2"]) <= 240, limits
+    assert int(re.search(r"GPU_CHECK_BUDGET:-(\d+)", text).group(1)) <= 570
+    assert "tests/saes/kernels/test_fused_select.py" in text
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_kernel_table_runs_under_the_triton_interpreter():
     out = run(["benchmarks/gpu_check.py", "--device", "cpu", "--quick"], SAE_KERNELS="triton", TRITON_INTERPRET="1")
