@@ -59,9 +59,11 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
+HOOKS = ("blocks.4.hook_resid_post", "blocks.8.hook_resid_post")
+
+
 def bench_harvest(tokens: int, reps: int, device: torch.device, scratch: Path, model: str = "smollm2-135m",
-                  corpus: str = "wiki-vital", hooks: tuple[str, ...] = ("blocks.4.hook_resid_post", "blocks.8.hook_resid_post"),
-                  ctx_len: int = 128, bs: int = 16) -> None:
+                  corpus: str = "wiki-vital", hooks: tuple[str, ...] = HOOKS, ctx_len: int = 128, bs: int = 16) -> None:
     lm = load_model(model, device=device)
     stop = lm.stop_layer(list(hooks))
     hf = lm.bridge.original_model
@@ -243,7 +245,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="device of the harvest table: cpu, cuda, cuda:N or auto")
     ap.add_argument("--model", default="smollm2-135m", help="model of the harvest table (alias or local directory)")
     ap.add_argument("--corpus", default="wiki-vital", help="corpus of the harvest table (alias or local file)")
-    ap.add_argument("--hooks", nargs="+", default=["blocks.4.hook_resid_post", "blocks.8.hook_resid_post"])
+    ap.add_argument("--hooks", nargs="+", default=list(HOOKS))
     ap.add_argument("--context-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16, help="contexts per forward pass")
     ap.add_argument("--scratch", default=str(Path(__file__).resolve().parents[1] / "cache"),
