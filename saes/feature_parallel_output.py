@@ -12,6 +12,7 @@ training step: per-rank top-k candidates merged, the decode summed over the grou
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,8 @@ from torch import Tensor
 
 from saes.base import SparseAutoencoder
 from saes.checkpoint import CHECKPOINT_DIR, pack_slot, step_dir_name
-from saes.losses import moment_sums, variance_from_sums
-from saes.run_log import SUMMARY_FILE, run_summary, sae_row
-from saes.run_output import folded_sae
+from saes.heldout import heldout_metrics, hook_inputs
+from saes.run_output import evaluate_saes, folded_sae, save_saes, write_summary
 from saes.shard_files import write_sharded
 from saes.storage import CFG_FILE, STATS_FILE, WEIGHTS_FILE
 from workbench.config import config_to_dict
@@ -74,13 +74,7 @@ def evaluate_shards(layout: "FeatureParallel", saes: list[SparseAutoencoder],
     sums: dict[str, Tensor] = {}
     n = 0
     for batch in batches:
-        xs: dict[str, Tensor] = {}
-        for sae in saes:
-            h = sae.cfg.hook
-            if h not in xs:
-                x = (batch if isinstance(batch, Tensor) else batch[h]).to(device, torch.float32)
-                sums[h] = moment_sums(x) if h not in sums else sums[h] + moment_sums(x)
-                xs[h] = x
+        xs = hook_inputs(saes, batch, device, sums)
         for sae, r in zip(saes, res):
             x = xs[sae.cfg.hook]
             lo = layout.bounds(sae.num_features)[0]
@@ -98,23 +92,8 @@ def evaluate_shards(layout: "FeatureParallel", saes: list[SparseAutoencoder],
     out = []
     for sae, r in zip(saes, res):
         counts = layout.features.reduce(torch.tensor([r["nnz"], int((r["fired"] == 0).sum())], device=device), "sum")
-        var = float(variance_from_sums(sums[sae.cfg.hook]))
-        out.append({"heldout_tokens": n, "heldout_fvu": r["sse"] / var, "heldout_l0": int(counts[0]) / n,
-                    "heldout_unfired_pct": 100 * int(counts[1]) / sae.num_features})
+        out.append(heldout_metrics(n, sums[sae.cfg.hook], r["sse"], int(counts[0]), int(counts[1]), sae.num_features))
     return out
-
-
-def _evaluate(trainer: "Trainer", saes: list[SparseAutoencoder]) -> list[dict[str, Any]]:
-    """As `saes.run_output.evaluate_saes`, split by features."""
-    b, frac = trainer.cfg.batch_size, trainer.cfg.heldout_fraction
-    if trainer.source.num_batches(b, split="heldout", heldout_fraction=frac, drop_last=False) == 0:
-        return [{} for _ in saes]
-    it = trainer.source.batches(trainer.hooks, b, shuffle=False, split="heldout", heldout_fraction=frac, drop_last=False)
-    try:
-        return evaluate_shards(trainer.layout, saes, it, device=trainer.device, max_tokens=trainer.cfg.eval_tokens)
-    finally:
-        if hasattr(it, "close"):
-            it.close()
 
 
 def save_run_sharded(trainer: "Trainer") -> dict[str, Any]:
@@ -125,27 +104,9 @@ def save_run_sharded(trainer: "Trainer") -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if layout.data.rank == 0:
         folded = [folded_sae(trainer, s) for s in trainer.slots]
-        evals = _evaluate(trainer, folded)
-        rows = []
-        for s, sae, ev in zip(trainer.slots, folded, evals):
-            d = trainer.out / s.name
-            stats = {"firing_counts": s.fired_total.cpu(), "tokens_since_fired": s.since_fired.cpu(),
-                     "tokens": torch.tensor([trainer.tokens])}
-            save_sae_shard(layout, sae, d, stats)
-            rows.append(sae_row(name=s.name, directory=d, hook=s.hook, architecture=sae.architecture, k=sae.cfg.k,
-                                num_features=sae.num_features,
-                                dead_features=int((s.since_fired >= trainer.dead_tokens).sum()),
-                                last_metrics=s.last_metrics, heldout=ev))
+        evals = evaluate_saes(trainer, folded, partial(evaluate_shards, layout))
+        rows = save_saes(trainer, trainer.slots, folded, evals, partial(save_sae_shard, layout))
         if trainer.dist.is_main:
-            summary = run_summary(out=trainer.out, steps=trainer.step, tokens=trainer.tokens, elapsed=trainer.elapsed,
-                                  session_tokens=trainer.session_tokens, session_time=trainer.session_time,
-                                  dead_tokens=trainer.dead_tokens, device=str(trainer.device),
-                                  world_size=trainer.dist.world_size, matmul_dtype=trainer._matmul_dtype_name(),
-                                  rows=rows)
-            atomic_write_json(trainer.out / SUMMARY_FILE, summary)
-            for h, w in trainer.whitening.items():  # the map in raw units, for the record (as save_run)
-                atomic_save_safetensors(trainer.out / "whitening" / f"{h}.safetensors",
-                                        w.rescaled(trainer.scales[h]).tensors(),
-                                        {"kind": w.kind, "tokens": str(w.tokens), "source": trainer.cfg.whiten_source})
+            summary = write_summary(trainer, rows)
     trainer.dist.barrier()
     return summary

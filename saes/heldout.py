@@ -28,6 +28,22 @@ from saes.base import SparseAutoencoder
 from saes.losses import moment_sums, variance_from_sums
 
 
+def hook_inputs(saes: Sequence[SparseAutoencoder], batch: Mapping[str, Tensor] | Tensor, device: torch.device,
+                sums: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each hook's activations in `batch` that `saes` read, as float32 on `device`, read once per hook;
+    adds their moment sums into `sums[hook]` (the FVU's denominator). Shared with
+    `saes.feature_parallel_output.evaluate_shards`, so the split evaluation reads the same inputs."""
+    xs: dict[str, Tensor] = {}
+    for sae in saes:
+        h = sae.cfg.hook
+        if h not in xs:
+            x = (batch if isinstance(batch, Tensor) else batch[h]).to(device, torch.float32)
+            m = moment_sums(x)
+            sums[h] = m if h not in sums else sums[h] + m
+            xs[h] = x
+    return xs
+
+
 @torch.no_grad()
 def evaluate_heldout(saes: Sequence[SparseAutoencoder], batches: Iterable[Mapping[str, Tensor] | Tensor], *,
                      device: torch.device | str | None = None, max_tokens: int = 0) -> list[dict[str, Any]]:
@@ -41,14 +57,7 @@ def evaluate_heldout(saes: Sequence[SparseAutoencoder], batches: Iterable[Mappin
     sums: dict[str, Tensor] = {}
     n = 0
     for batch in batches:
-        xs = {}
-        for sae in saes:
-            h = sae.cfg.hook
-            if h not in xs:
-                x = (batch if isinstance(batch, Tensor) else batch[h]).to(dev, torch.float32)
-                m = moment_sums(x)
-                sums[h] = m if h not in sums else sums[h] + m
-                xs[h] = x
+        xs = hook_inputs(saes, batch, dev, sums)
         bn = next(iter(xs.values())).shape[0]
         for sae, r in zip(saes, res):
             x = xs[sae.cfg.hook]
@@ -66,13 +75,21 @@ def evaluate_heldout(saes: Sequence[SparseAutoencoder], batches: Iterable[Mappin
             break
     if n == 0:
         return [{} for _ in saes]
-    out = []
-    for sae, r in zip(saes, res):
-        var = float(variance_from_sums(sums[sae.cfg.hook]))
-        m = {"heldout_tokens": n, "heldout_fvu": r["sse"] / var, "heldout_l0": r["nnz"] / n,
-             "heldout_unfired_pct": 100 * float((r["fired"] == 0).float().mean())}
-        if sae.threshold_inference:
-            m["heldout_fvu_batch_rule"] = r["sse_batch"] / var
-            m["heldout_l0_batch_rule"] = r["nnz_batch"] / n
-        out.append(m)
-    return out
+    return [heldout_metrics(n, sums[sae.cfg.hook], r["sse"], r["nnz"], int((r["fired"] == 0).sum()), sae.num_features,
+                            batch_rule=(r["sse_batch"], r["nnz_batch"]) if sae.threshold_inference else None)
+            for sae, r in zip(saes, res)]
+
+
+def heldout_metrics(n: int, sums: Tensor, sse: float, nnz: int, unfired: int, num_features: int, *,
+                    batch_rule: tuple[float, int] | None = None) -> dict[str, Any]:
+    """One SAE's metrics dict from its totals over `n` tokens: the inputs' `moment_sums`, the squared
+    error, the positive codes, the features that never fired, and (`batch_rule`) the batch rule's
+    squared error and positive codes. Shared with `saes.feature_parallel_output.evaluate_shards`,
+    whose totals are summed over ranks, so both report the same numbers."""
+    var = float(variance_from_sums(sums))
+    m = {"heldout_tokens": n, "heldout_fvu": sse / var, "heldout_l0": nnz / n,
+         "heldout_unfired_pct": 100 * unfired / num_features}
+    if batch_rule is not None:
+        m["heldout_fvu_batch_rule"] = batch_rule[0] / var
+        m["heldout_l0_batch_rule"] = batch_rule[1] / n
+    return m

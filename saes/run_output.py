@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from saes.base import SparseAutoencoder
 from saes.heldout import evaluate_heldout
@@ -44,17 +47,53 @@ def folded_sae(trainer: "Trainer", s: Slot) -> SparseAutoencoder:
     return sae.eval()
 
 
-def evaluate_saes(trainer: "Trainer", saes: list[SparseAutoencoder]) -> list[dict[str, Any]]:
-    """Held-out metrics of `saes` (see saes.heldout) over this run's held-out split; {} each if it is empty."""
+def evaluate_saes(trainer: "Trainer", saes: list[SparseAutoencoder],
+                  evaluate: Callable[..., list[dict[str, Any]]] = evaluate_heldout) -> list[dict[str, Any]]:
+    """Held-out metrics of `saes` (see saes.heldout) over this run's held-out split; {} each if it is empty.
+
+    `evaluate(saes, batches, device=, max_tokens=)` computes them: `evaluate_heldout`, or the
+    feature-parallel split of it (`saes.feature_parallel_output.evaluate_shards`)."""
     b, frac = trainer.cfg.batch_size, trainer.cfg.heldout_fraction
     if trainer.source.num_batches(b, split="heldout", heldout_fraction=frac, drop_last=False) == 0:
         return [{} for _ in saes]
     it = trainer.source.batches(trainer.hooks, b, shuffle=False, split="heldout", heldout_fraction=frac, drop_last=False)
     try:
-        return evaluate_heldout(saes, it, device=trainer.device, max_tokens=trainer.cfg.eval_tokens)
+        return evaluate(saes, it, device=trainer.device, max_tokens=trainer.cfg.eval_tokens)
     finally:
         if hasattr(it, "close"):
             it.close()
+
+
+def save_saes(trainer: "Trainer", slots: list[Slot], folded: list[SparseAutoencoder], evals: list[dict[str, Any]],
+              save: Callable[[SparseAutoencoder, Path, dict[str, Tensor]], None] = save_sae) -> list[dict[str, Any]]:
+    """Each folded SAE saved by `save(sae, directory, stats)` with its slot's firing statistics; the
+    summary's row of each. `save` is `saes.storage.save_sae`, or the feature-parallel writer of the
+    rows (`saes.feature_parallel_output.save_sae_shard`)."""
+    rows = []
+    for s, sae, ev in zip(slots, folded, evals):
+        d = trainer.out / s.name
+        stats = {"firing_counts": s.fired_total.cpu(), "tokens_since_fired": s.since_fired.cpu(),
+                 "tokens": torch.tensor([trainer.tokens])}
+        save(sae, d, stats)
+        rows.append(sae_row(name=s.name, directory=d, hook=s.hook, architecture=sae.architecture, k=sae.cfg.k,
+                            num_features=sae.num_features,
+                            dead_features=int((s.since_fired >= trainer.dead_tokens).sum()),
+                            last_metrics=s.last_metrics, heldout=ev))
+    return rows
+
+
+def write_summary(trainer: "Trainer", rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's summary (written to SUMMARY_FILE and returned) and any whitening map."""
+    summary = run_summary(out=trainer.out, steps=trainer.step, tokens=trainer.tokens, elapsed=trainer.elapsed,
+                          session_tokens=trainer.session_tokens, session_time=trainer.session_time,
+                          dead_tokens=trainer.dead_tokens, device=str(trainer.device),
+                          world_size=trainer.dist.world_size, matmul_dtype=trainer._matmul_dtype_name(),
+                          rows=rows)
+    atomic_write_json(trainer.out / SUMMARY_FILE, summary)
+    for h, w in trainer.whitening.items():  # the map in raw units, for the record (the SAEs do not need it)
+        atomic_save_safetensors(trainer.out / "whitening" / f"{h}.safetensors", w.rescaled(trainer.scales[h]).tensors(),
+                                {"kind": w.kind, "tokens": str(w.tokens), "source": trainer.cfg.whiten_source})
+    return summary
 
 
 def save_run(trainer: "Trainer") -> dict[str, Any]:
@@ -63,25 +102,6 @@ def save_run(trainer: "Trainer") -> dict[str, Any]:
     slots = trainer.whole_slots()
     if trainer.dist.is_main:
         folded = [folded_sae(trainer, s) for s in slots]
-        evals = evaluate_saes(trainer, folded)
-        rows = []
-        for s, sae, ev in zip(slots, folded, evals):
-            d = trainer.out / s.name
-            stats = {"firing_counts": s.fired_total.cpu(), "tokens_since_fired": s.since_fired.cpu(),
-                     "tokens": torch.tensor([trainer.tokens])}
-            save_sae(sae, d, stats)
-            rows.append(sae_row(name=s.name, directory=d, hook=s.hook, architecture=sae.architecture, k=sae.cfg.k,
-                                num_features=sae.num_features,
-                                dead_features=int((s.since_fired >= trainer.dead_tokens).sum()),
-                                last_metrics=s.last_metrics, heldout=ev))
-        summary = run_summary(out=trainer.out, steps=trainer.step, tokens=trainer.tokens, elapsed=trainer.elapsed,
-                              session_tokens=trainer.session_tokens, session_time=trainer.session_time,
-                              dead_tokens=trainer.dead_tokens, device=str(trainer.device),
-                              world_size=trainer.dist.world_size, matmul_dtype=trainer._matmul_dtype_name(),
-                              rows=rows)
-        atomic_write_json(trainer.out / SUMMARY_FILE, summary)
-        for h, w in trainer.whitening.items():  # the map in raw units, for the record (the SAEs do not need it)
-            atomic_save_safetensors(trainer.out / "whitening" / f"{h}.safetensors", w.rescaled(trainer.scales[h]).tensors(),
-                                    {"kind": w.kind, "tokens": str(w.tokens), "source": trainer.cfg.whiten_source})
+        summary = write_summary(trainer, save_saes(trainer, slots, folded, evaluate_saes(trainer, folded)))
     trainer.dist.barrier()
     return summary

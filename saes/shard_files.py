@@ -9,7 +9,8 @@ their Adam moments: rows, row-major) is one contiguous byte range; along axis 1 
 [d, F], the transpose of the storage) it is a column block, written row by row. The result is
 byte for byte `workbench.io.atomic_save_safetensors` of the whole tensors (the same canonical
 header: the tensors' order in the file is safetensors' own, read off a save of one-element
-stand-ins), and atomic the same way (a temporary file in the directory, fsynced, renamed).
+stand-ins), and atomic the same way (`workbench.io.atomic_file`: a temporary file in the
+directory, fsynced, renamed).
 
 `read_rows` is the way back: each tensor's rows [lo, hi) along axis 0 through safetensors' slices
 of the memory-mapped file, so a resuming rank reads its rows and never the whole.
@@ -19,15 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from workbench.distributed import DistContext
+from workbench.io import atomic_file
 
 
 def _whole_shape(t: Tensor, axis: int | None, n: int) -> list[int]:
@@ -91,10 +91,7 @@ def write_sharded(path: str | os.PathLike, tensors: Mapping[str, Tensor], split:
         return
     entries = {k: (tensors[k].dtype, _whole_shape(tensors[k], split.get(k), n)) for k in names}
     head, starts = safetensors_header(entries, metadata)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    with atomic_file(path) as fd:
         os.ftruncate(fd, len(head) + sum(_nbytes(e) for e in entries.values()))
         _pwrite_all(fd, head, 0)
         ranks = group.global_ranks
@@ -111,27 +108,6 @@ def write_sharded(path: str | os.PathLike, tensors: Mapping[str, Tensor], split:
                     block = t
                 _write_block(fd, block, starts[k], r, split[k], entries[k][1])
                 del block
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _nbytes(entry: tuple[torch.dtype, list[int]]) -> int:

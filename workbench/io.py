@@ -11,6 +11,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,22 +32,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers never see a partial file."""
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[int]:
+    """A descriptor of a new temporary file beside `path` that becomes `path` when the block ends:
+    fsynced, closed, renamed over `path`, the directory fsynced. If the block raises, the temporary
+    file is closed and removed and `path` is untouched. For writers that place the bytes themselves
+    (saes.shard_files writes blocks from other ranks at their offsets) rather than hand over a buffer."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            yield fd
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers never see a partial file."""
+    with atomic_file(path) as fd, os.fdopen(fd, "wb", closefd=False) as f:
+        f.write(data)
 
 
 def atomic_save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
