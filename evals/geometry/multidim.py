@@ -175,3 +175,34 @@ def clusters_as_lists(labels: np.ndarray) -> list[list[int]]:
     """Member lists from one label per feature (as spectral clustering returns), largest first."""
     out = [np.flatnonzero(labels == lab).tolist() for lab in np.unique(labels)]
     return sorted(out, key=len, reverse=True)
+
+
+def cluster_specificity(word_codes: np.ndarray, cache_codes, clusters: list[list[int]],
+                        min_coverage: float = 0.5) -> dict[str, object]:
+    """Score clusters for a concept (the templated day or month words) by specificity, not by mass.
+
+    The cluster with the most activation mass on the concept words is usually a dense generic one (it
+    fires on every token, the concept words included). Specificity asks instead how much more a cluster
+    fires on the concept words than on an ordinary token: `lift` = mean cluster mass per concept word /
+    mean cluster mass per cache token (cluster mass = sum of its members' activations on a token; inf
+    where the cluster never fires on the cache). A cluster must also fire (any member > 0) on at least
+    `min_coverage` of the concept words, so a tiny cluster that fires on three of them and never
+    elsewhere is not picked. `score` = lift where coverage passes, else -inf; `best` = its argmax
+    (None where no cluster passes). word_codes: dense [words, features]; cache_codes: dense or scipy
+    sparse [tokens, features]."""
+    if not 0.0 <= min_coverage <= 1.0:
+        raise WorkbenchError(f"min_coverage must be in [0, 1], got {min_coverage}")
+    mass, lift, coverage = [], [], []
+    n_cache = cache_codes.shape[0]
+    for c in clusters:
+        zc = word_codes[:, c]
+        m_words = float(zc.sum())
+        m_cache = float(cache_codes[:, c].sum())
+        mass.append(m_words)
+        coverage.append(float((zc > 0).any(1).mean()) if len(zc) else 0.0)
+        per_word = m_words / max(len(zc), 1)
+        lift.append(per_word / (m_cache / n_cache) if m_cache > 0 else (np.inf if per_word > 0 else 0.0))
+    mass, lift, coverage = np.array(mass), np.array(lift), np.array(coverage)
+    score = np.where(coverage >= min_coverage, lift, -np.inf)
+    best = int(score.argmax()) if len(score) and score.max() > -np.inf else None
+    return {"mass": mass, "lift": lift, "coverage": coverage, "score": score, "best": best}
