@@ -9,13 +9,22 @@ reconstructions of SAE clusters found by the paper's clusterings?
    bootstrap of templates? Separability and mixture indices on every plane of PCs 1-5.
 2. SAE clusters (blocks.8 SAEs). Both clusterings of the paper: spectral clustering on the angular
    similarity of the decoder rows (F / 25 clusters: the paper's 1000 for 24576 features) and the
-   top-2 neighbour graph (cosine > 0.5, pruned). The day (month) cluster is the one whose members carry
-   the most activation on the templated day (month) words. Its reconstruction (sum of its features'
+   top-2 neighbour graph (cosine > 0.5, pruned). The day (month) cluster is chosen by
+   --cluster-select: `specificity` (default) takes the cluster with the highest lift = mean cluster
+   activation mass per templated day (month) word / mean cluster mass per cache token, among clusters
+   that fire on at least --min-coverage (0.5) of the templated words (evals.geometry.cluster_specificity);
+   `mass` takes the cluster with the most activation mass on the templated words (the first run's
+   choice). Specificity is the better-founded default: mass is dominated by dense generic clusters
+   that fire on every token (on this SAE the mass pick fires on ",", "of", "and"), so it measures
+   density, not the concept; the paper's day/month clusters are the ones that fire on those words and
+   rarely elsewhere. The coverage floor keeps out tiny clusters that fire on a few day words only
+   (their lift is huge because they never fire on the cache). Its reconstruction (sum of its features'
    contributions) on the templated words (cyclic order of class means) and on the first 100k cache
    tokens (both indices on every plane of PCs 1-5, radius filter); where the cluster's PC1-2
    separability falls among all clusters of 2-60 features (the paper ranks clusters this way).
 
     python benchmarks/geometry_multidim.py --out /tmp/geometry/multidim
+    python benchmarks/geometry_multidim.py --parts sae --sae quickstart=cache/quickstart/saes --out /tmp/multidim_spec
 """
 
 from __future__ import annotations
@@ -115,6 +124,10 @@ def main() -> None:
     ap.add_argument("--per-cluster", type=int, default=25, help="spectral clusters = features / this")
     ap.add_argument("--parts", nargs="+", default=["raw", "sae"], choices=["raw", "sae"])
     ap.add_argument("--null-shuffles", type=int, default=100, help="separability null per raw plane")
+    ap.add_argument("--cluster-select", default="specificity", choices=["specificity", "mass"],
+                    help="how the day (month) cluster is chosen (see the docstring)")
+    ap.add_argument("--min-coverage", type=float, default=0.5,
+                    help="specificity: share of templated words the cluster must fire on")
     ap.add_argument("--radius", type=float, default=0.0, help="radius filter as a fraction of the median norm in the plane")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -122,7 +135,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from evals.geometry import (cache_codes, clusters_as_lists, engels_graph_clusters, geometric_clusters,
+    from evals.geometry import (cache_codes, cluster_specificity, clusters_as_lists, engels_graph_clusters, geometric_clusters,
                                 plane_indices, plot_planes_by_token, reconstructions_from_codes, separability_null)
     from evals.geometry.words import last_token_activations, last_token_strings
     from saes import load_sae
@@ -197,15 +210,26 @@ def main() -> None:
                 x = d["acts"][h8]
                 with torch.no_grad():
                     z = sae.encode_dense(torch.from_numpy(x)).numpy()
-                mass = np.array([z[:, c].sum() for c in clusters])
-                best = int(mass.argmax())
+                sel = cluster_specificity(z, codes["codes"], clusters, min_coverage=args.min_coverage)
+                mass = sel["mass"]
+                best = int(mass.argmax()) if args.cluster_select == "mass" else sel["best"]
+                ranked = np.argsort(-sel["score"] if args.cluster_select == "specificity" else -mass)[:5]
+                candidates = [{"index": int(i), "size": len(clusters[i]), "lift": round(float(sel["lift"][i]), 3),
+                               "coverage": round(float(sel["coverage"][i]), 3),
+                               "mass_share": round(float(mass[i] / max(mass.sum(), 1e-9)), 4)} for i in ranked]
+                if best is None:
+                    report["sae"][f"{tag}/{method}/{name}"] = {"selection": args.cluster_select, "candidates": candidates,
+                                                             "result": "no cluster passes the coverage floor"}
+                    print(tag, method, name, "no cluster passes the coverage floor", flush=True)
+                    continue
                 members = clusters[best]
                 zc = z[:, members]
                 recon_t = zc @ w[members].numpy()
                 fired = (zc > 0).any(1)
-                entry = {"cluster_size": len(members), "members": members[:60],
-                         "share_of_templated_words_fired": float(fired.mean()),
-                         "mass_share": float(mass[best] / max(mass.sum(), 1e-9))}
+                entry = {"selection": args.cluster_select, "cluster_index": best, "cluster_size": len(members),
+                         "members": members[:60], "share_of_templated_words_fired": float(fired.mean()),
+                         "mass_share": float(mass[best] / max(mass.sum(), 1e-9)), "lift": float(sel["lift"][best]),
+                         "candidates": candidates}
                 if fired.sum() >= len(words) and all((fired & (d["labels"] == wd)).any() for wd in words):
                     entry["cyclic_templated"] = cyclic_summary(recon_t[fired], d["labels"][fired], d["tmpl"][fired], words,
                                                                args.permutations, args.bootstrap)
@@ -236,7 +260,8 @@ def main() -> None:
                                                    title=f"{tag} {method} {name} cluster ({len(members)} features), cache tokens")
                         fig.savefig(out / f"sae_{tag}_{method}_{name}_cache.png", dpi=110)
                 report["sae"][f"{tag}/{method}/{name}"] = entry
-                print(tag, method, name, {k: v for k, v in entry.items() if k in ("cluster_size", "cache_points",
+                print(tag, method, name, {k: v for k, v in entry.items() if k in ("cluster_size", "cache_points", "lift",
+                      "share_of_templated_words_fired",
                       "pc12_separability_percentile_among_clusters", "cache_top_tokens")}, flush=True)
             report["sae"][f"{tag}/{method}/scan"] = {
                 "clusters_scanned": len(scan),
