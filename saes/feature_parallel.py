@@ -31,19 +31,18 @@ initialisation (saes.shard_init replays the one-process draw piece by piece); a 
 its rows of the checkpoint (saes.shard_files.read_rows); checkpoints and the saved SAE are the
 ordinary files of a one-process run, written from the rows (saes.feature_parallel_output: the
 run's rank 0 receives one block at a time). The held-out evaluation at the end is split like the
-step. `gather` (whole copies on rank 0) remains for inspecting small SAEs.
+step.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from saes.base import SparseAutoencoder, StepContext, StepOutput
 from saes.kernels import SparseCodes, sparse_decode
@@ -179,44 +178,6 @@ class FeatureParallel:
                     if isinstance(v, Tensor) and v.dim() > 0)
         return params, state
 
-    @torch.no_grad()
-    def gather(self, slots: list["Slot"]) -> list["Slot"] | None:
-        """Whole copies of `slots` (parameters, Adam state) on the run's rank 0, None elsewhere.
-
-        A collective: every rank calls it. Replicas hold the same shards, so only the first
-        replica's group gathers.
-        """
-        if self.data.rank != 0:
-            return None
-        out = []
-        for s in slots:
-            full: dict[str, Tensor | None] = {}
-            states: dict[str, dict[str, Any]] = {}
-            for name, p in zip(s.param_names, s.params):
-                st = s.opt.state.get(p, {})
-                if name in SHARDED:
-                    full[name] = self._cat(p.detach())
-                    states[name] = {k: self._cat(v) if _is_rows(v) else _copy(v) for k, v in st.items()}
-                else:
-                    full[name] = p.detach().clone()
-                    states[name] = {k: _copy(v) for k, v in st.items()}
-            if self.features.rank != 0:
-                continue
-            sae = copy.deepcopy(s.sae)
-            for name, t in full.items():
-                setattr(sae, name, nn.Parameter(t))
-            params = dict(sae.named_parameters())
-            opt = type(s.opt)([params[n] for n in s.param_names], **s.opt.defaults)
-            for name in s.param_names:
-                if states[name]:
-                    opt.state[params[name]] = states[name]
-            out.append(dataclasses.replace(s, sae=sae, opt=opt, window=dict(s.window)))
-        return out if self.features.rank == 0 else None
-
-    def _cat(self, t: Tensor) -> Tensor | None:
-        parts = self.features.gather_to_first(t)
-        return torch.cat(parts) if parts is not None else None
-
     # ------------------------------------------------------------------ the step
 
     def clip_grad_norm_(self, slot: "Slot", max_norm: float) -> Tensor:
@@ -310,11 +271,3 @@ class FeatureParallel:
             sse = torch.zeros_like(sse)
             terms = {name: torch.zeros_like(t) for name, t in terms.items()}
         return StepOutput(loss, sse, fired, terms)
-
-
-def _is_rows(v: Any) -> bool:
-    return isinstance(v, Tensor) and v.dim() > 0
-
-
-def _copy(v: Any) -> Any:
-    return v.clone() if isinstance(v, Tensor) else v

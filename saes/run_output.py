@@ -99,7 +99,7 @@ def write_summary(trainer: "Trainer", rows: list[dict[str, Any]]) -> dict[str, A
 def save_run(trainer: "Trainer") -> dict[str, Any]:
     """Rank 0 folds, evaluates and saves every SAE and writes the summary (and any whitening map)."""
     summary: dict[str, Any] = {}
-    slots = trainer.whole_slots()
+    slots = trainer.slots  # whole SAEs: a feature-parallel run saves through saes.feature_parallel_output
     if trainer.dist.is_main:
         folded = [folded_sae(trainer, s) for s in slots]
         summary = write_summary(trainer, save_saes(trainer, slots, folded, evaluate_saes(trainer, folded)))

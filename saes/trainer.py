@@ -366,12 +366,6 @@ class Trainer:
         """Held-out metrics of `saes` (see saes.heldout) over this run's held-out split; {} each if it is empty."""
         return evaluate_saes(self, saes)
 
-    def whole_slots(self) -> list[Slot]:
-        """The slots with whole SAEs on rank 0 (gathered under feature parallelism; a collective then)."""
-        if self.layout is None:
-            return self.slots
-        return self.layout.gather(self.slots) or []
-
     def finish(self) -> dict[str, Any]:
         return save_run(self) if self.layout is None else save_run_sharded(self)
 

@@ -95,18 +95,14 @@ def feature_index(cols: Tensor, num_features: int, sync_free: bool | None = None
     if sync_free:
         keys = cols.int() if num_features < 2**31 else cols
         sorted_keys, order = torch.sort(keys, stable=True)
-        fo = torch.searchsorted(sorted_keys, torch.arange(num_features + 1, device=cols.device, dtype=keys.dtype))
-        return order, fo
-    order = torch.argsort(cols, stable=True)
-    counts = torch.bincount(cols, minlength=num_features)
-    fo = torch.zeros(num_features + 1, dtype=torch.long, device=cols.device)
-    torch.cumsum(counts, 0, out=fo[1:])
-    return order, fo
+        return order, token_offsets(sorted_keys, num_features, sync_free=True)
+    return torch.argsort(cols, stable=True), token_offsets(cols, num_features, sync_free=False)
 
 
 def token_offsets(rows: Tensor, batch_size: int, sync_free: bool | None = None) -> Tensor:
     """CSR offsets `[batch_size + 1]` of entries sorted by token (`rows` ascending); sync-free on
-    CUDA as in `feature_index`."""
+    CUDA as in `feature_index` (which uses it for runs of features: only the search needs the ids
+    sorted, `bincount` takes them in any order)."""
     if rows.is_cuda if sync_free is None else sync_free:
         return torch.searchsorted(rows, torch.arange(batch_size + 1, device=rows.device, dtype=rows.dtype))
     counts = torch.bincount(rows, minlength=batch_size)
