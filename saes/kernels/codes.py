@@ -75,6 +75,12 @@ class SparseCodes:
         """
         return cached_feature_index(self.cache, self.cols, self.num_features)
 
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "SparseCodes":
+        """The same codes on `device`, values in `dtype` (indices keep theirs); the index cache is not
+        carried, since its tensors live on the old device."""
+        return SparseCodes(self.vals.to(device, dtype), self.cols.to(device), self.rows.to(device),
+                           self.offsets.to(device), self.num_features, self.k)
+
     def detach(self) -> "SparseCodes":
         return SparseCodes(
             self.vals.detach(), self.cols, self.rows, self.offsets, self.num_features, self.k, self.cache

@@ -47,9 +47,6 @@ def codes_with_extremes(b: int, f: int, k: int, gen: torch.Generator, fixed: boo
     return SparseCodes.from_rows_cols(torch.randn(rows.numel(), generator=gen), rows, cols, b, f)
 
 
-def on_device(c: SparseCodes, dtype: torch.dtype) -> SparseCodes:
-    return SparseCodes(c.vals.to(DEVICE, dtype), c.cols.to(DEVICE), c.rows.to(DEVICE), c.offsets.to(DEVICE),
-                       c.num_features, c.k)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -58,7 +55,7 @@ def on_device(c: SparseCodes, dtype: torch.dtype) -> SparseCodes:
 def test_weight_grads_match_the_references(shape, fixed, dtype):
     b, d, f, k = shape
     gen = torch.Generator().manual_seed(hash((shape, fixed, str(dtype))) % 2**31)
-    c = on_device(codes_with_extremes(b, f, k, gen, fixed), dtype)
+    c = codes_with_extremes(b, f, k, gen, fixed).to(DEVICE, dtype)
     go = torch.randn(b, d, generator=gen).to(DEVICE, dtype)
     x = torch.randn(b, d, generator=gen).to(DEVICE, dtype)
     dense = c.to_dense().double()
@@ -79,7 +76,7 @@ def test_weight_grads_match_the_references(shape, fixed, dtype):
 def test_weight_grads_are_bitwise_repeatable():
     b, d, f, k = SHAPES[0]
     gen = torch.Generator().manual_seed(3)
-    c = on_device(codes_with_extremes(b, f, k, gen, False), torch.float32)
+    c = codes_with_extremes(b, f, k, gen, False).to(DEVICE, torch.float32)
     go = torch.randn(b, d, generator=gen).to(DEVICE)
     with deterministic(True):
         runs = [T.decoder_weight_grad(c.vals, c.rows, c.cols, go, f) for _ in range(2)]
@@ -109,16 +106,15 @@ def test_weight_grad_work_per_program_is_bounded(monkeypatch):
     seen = record_launches(monkeypatch)
     gen = torch.Generator().manual_seed(4)
     # wide and almost empty: 40 entries over 2048 features
-    c = on_device(SparseCodes.from_topk(torch.randn(40, 1, generator=gen), torch.randint(0, 2048, (40, 1),
-                                                                                        generator=gen), 2048),
-                  torch.float32)
+    idx = torch.randint(0, 2048, (40, 1), generator=gen)
+    c = SparseCodes.from_topk(torch.randn(40, 1, generator=gen), idx, 2048).to(DEVICE, torch.float32)
     with deterministic(True):
         T.decoder_weight_grad(c.vals, c.rows, c.cols, torch.randn(40, 3).to(DEVICE), 2048)
     assert seen and sum(n for _, n in seen) <= 40 + 2048 // 8, seen
     seen.clear()
     # narrow and heavy: 3 features, each on all 300 tokens
     idx = torch.arange(3).repeat(300, 1)
-    c = on_device(SparseCodes.from_topk(torch.randn(300, 3, generator=gen), idx, 3), torch.float32)
+    c = SparseCodes.from_topk(torch.randn(300, 3, generator=gen), idx, 3).to(DEVICE, torch.float32)
     with deterministic(True):
         dW = T.decoder_weight_grad(c.vals, c.rows, c.cols, go := torch.randn(300, 5).to(DEVICE), 3)
     assert max(n for _, n in seen) >= 900 // 64, seen
@@ -133,7 +129,7 @@ def test_token_bag_fixed_width_reads_no_offsets(dtype):
     b, f = (b, f) if GPU else (24, 160)
     gen = torch.Generator().manual_seed(6)
     for k in (7, 70):
-        c = on_device(codes_with_extremes(b, f, k, gen, True), dtype)
+        c = codes_with_extremes(b, f, k, gen, True).to(DEVICE, dtype)
         W = torch.randn(f, d, generator=gen).to(DEVICE, dtype)
         bias = torch.randn(d, generator=gen).to(DEVICE, dtype)
         ref = c.to_dense().double() @ W.double() + bias.double()

@@ -50,10 +50,6 @@ def make_codes(b, f, k, gen, fixed: bool) -> SparseCodes:
     return SparseCodes.from_rows_cols(torch.randn(rows.numel(), generator=gen), rows, cols, b, f)
 
 
-def to_dev(c: SparseCodes, dtype) -> SparseCodes:
-    return SparseCodes(
-        c.vals.to(DEVICE, dtype), c.cols.to(DEVICE), c.rows.to(DEVICE), c.offsets.to(DEVICE), c.num_features, c.k
-    )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -63,7 +59,7 @@ def test_building_blocks(shape, fixed, dtype):
     b, d, f, k = shape
     gen = torch.Generator().manual_seed(hash((shape, fixed, str(dtype))) % 2**31)
     c32 = make_codes(b, f, k, gen, fixed)
-    c = to_dev(c32, dtype)
+    c = c32.to(DEVICE, dtype)
     W = torch.randn(f, d, generator=gen).to(DEVICE, dtype)
     bias = torch.randn(d, generator=gen).to(DEVICE, dtype)
     go = torch.randn(b, d, generator=gen).to(DEVICE, dtype)
@@ -105,7 +101,7 @@ def test_building_blocks(shape, fixed, dtype):
 def test_deterministic_mode_is_bitwise_repeatable():
     b, d, f, k = SHAPES[-1]
     gen = torch.Generator().manual_seed(5)
-    c = to_dev(make_codes(b, f, k, gen, False), torch.float32)
+    c = make_codes(b, f, k, gen, False).to(DEVICE, torch.float32)
     go = torch.randn(b, d, generator=gen).to(DEVICE)
     with deterministic(True):
         runs = [T.decoder_weight_grad(c.vals, c.rows, c.cols, go, f) for _ in range(3)]
