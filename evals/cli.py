@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from evals.evaluate import EvalConfig, evaluate
+    from evals.evaluate import EvalConfig, evaluate_many
     from evals.loading import expand_sae_paths, load_for_eval
     from evals.result import comparison_table
 
@@ -58,22 +58,22 @@ def run_eval(args: argparse.Namespace) -> int:
     from workbench.models import load_model
 
     reader = CacheReader(cfg.cache)
+    device = resolve_device(cfg.device)
     lm = None
     if cfg.model != "none":
         name = cfg.model or (reader.manifest.get("config") or {}).get("model") or reader.model_id
-        lm = load_model(name, device=resolve_device(cfg.device))
-    results = []
+        lm = load_model(name, device=device)
+    loaded = [load_for_eval(ref.dir, device=device, norm_scaling_factor=args.norm_scaling_factor) for ref in saes]
+    # One call for all: the SAEs at one hook share the spliced loss's clean, zero and mean passes.
+    results = evaluate_many(loaded, reader, lm if lm is not None else "none", config=cfg)
     written = []
-    for ref in saes:
-        sae = load_for_eval(ref.dir, device=resolve_device(cfg.device), norm_scaling_factor=args.norm_scaling_factor)
-        r = evaluate(sae, reader, lm if lm is not None else "none", config=cfg)
+    for ref, r in zip(saes, results):
         r.sae.update(name=ref.name, dir=str(ref.dir))
         if args.out or ref.hub:  # never into the hub's download cache
             target = Path(args.out or "cache/evals") / ref.name
         else:
             target = ref.dir
         written.append(r.save(target))
-        results.append(r)
         if len(saes) == 1:
             print(r, flush=True)
     from evals.pareto import pareto_plot

@@ -4,6 +4,7 @@
     r = evaluate("cache/saes/run1/topk_k32_x8", cache="cache/acts", model="smollm2-135m")
     print(r)                 # a table; in a notebook `r` renders as HTML
     r.save("cache/saes/run1/topk_k32_x8")    # eval.json (+ per-feature tensors)
+    rs = evaluate_many([dir_a, dir_b], cache="cache/acts")  # SAEs at one hook share the spliced passes
 
 The held-out split is the one training used (the SAE's `heldout_fraction`, else 1%): the last
 contexts of the cache, documents the SAE never saw. The spliced evaluation runs on those same
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +28,6 @@ from typing import Any, Literal
 import torch
 
 from evals.cache_pass import cache_pass
-from evals.contexts import cache_contexts, corpus_contexts
 from evals.health import weight_stats
 from evals.loading import load_for_eval
 from evals.probe_corpus import LABEL_SETS
@@ -40,7 +41,8 @@ from evals.provenance import (
     training_documents,
 )
 from evals.result import EvalResult
-from evals.splice import SPLICE_POSITIONS, VARIANTS, spliced_losses
+from evals.evaluate_splice import SpliceJob, ce_context_count, run_spliced
+from evals.splice import SPLICE_POSITIONS
 from harvesting import CacheReader
 from workbench.device import resolve_device
 from workbench.errors import WorkbenchError
@@ -104,28 +106,6 @@ def check_fits_cache(sae, reader: CacheReader, hook: str) -> None:
                              f"d_model={reader.d_model(hook)} there; it was trained on another model")
 
 
-SAEBENCH_CE_TOKENS = 10 * 16 * 128  # SAEBench core: n_eval_reconstruction_batches x batch_size_prompts x context
-
-
-def ce_context_count(cfg: EvalConfig, length: int) -> int:
-    """Contexts for the spliced loss: --ce-contexts, else --ce-tokens (default SAEBench's 20,480)
-    rounded up to whole contexts of `length` tokens."""
-    if cfg.ce_tokens and cfg.ce_contexts:
-        raise WorkbenchError(f"give --ce-tokens ({cfg.ce_tokens}) or --ce-contexts ({cfg.ce_contexts}), not both")
-    if cfg.ce_tokens < 0 or cfg.ce_contexts < 0:
-        raise WorkbenchError(f"--ce-tokens and --ce-contexts must be positive; got {cfg.ce_tokens}, {cfg.ce_contexts}")
-    if cfg.ce_contexts:
-        return cfg.ce_contexts
-    return -(-(cfg.ce_tokens or SAEBENCH_CE_TOKENS) // length)
-
-
-def _auto_batch_contexts(lm, length: int, variants: int, device: torch.device) -> int:
-    vocab = int(getattr(lm.bridge.cfg, "d_vocab", 0) or len(lm.tokenizer))
-    budget = (8 if device.type == "cuda" else 1) * 2**30
-    per_context = variants * length * vocab * 4 * 3  # logits, log-probs, one temporary
-    return max(1, budget // per_context)
-
-
 def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = None, *,
              config: EvalConfig | None = None, **overrides: Any) -> EvalResult:
     """Evaluate one SAE (an SAE object or a directory) on a cache and, spliced in, on a model.
@@ -134,6 +114,39 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
 
     `overrides` set fields of `EvalConfig` (e.g. `ce_contexts=32, probing=False`).
     """
+    return evaluate_many([sae], cache, model, config=config, **overrides)[0]
+
+
+def evaluate_many(saes: Sequence[Any], cache: str | Path | CacheReader | None = None, model: Any = None, *,
+                  config: EvalConfig | None = None, **overrides: Any) -> list[EvalResult]:
+    """`evaluate` each of several SAEs, with one model and cache; each gets the result it gets alone.
+
+    SAEs at the same hook (same held-out split and mean) share the spliced loss's forward passes:
+    clean, zero and mean ablation run once for all of them (`evals.evaluate_splice`). Everything
+    else (reconstruction, health, probing, absorption) runs per SAE, one SAE after the other.
+    """
+    cfg = _config(config, overrides)
+    device = resolve_device(cfg.device)
+    reader = cache if isinstance(cache, CacheReader) or cache is None else CacheReader(cache)
+    if reader is None and cfg.cache:
+        reader = CacheReader(cfg.cache)
+    loaded = [_load(sae, device) for sae in saes]
+    probe_reader = CacheReader(cfg.probe_cache) if cfg.probe_cache and cfg.probing else reader
+    for sae, _ in loaded:  # every SAE fits the caches and the model before the first long pass
+        for r in {id(x): x for x in (reader, probe_reader) if x is not None}.values():
+            check_fits_cache(sae, r, sae.cfg.hook)
+    lm = _model(model, cfg, reader, device)
+    for sae, _ in loaded:
+        if lm is not None:
+            check_fits_model(sae, lm, sae.cfg.hook)
+    jobs = [_evaluate_but_splice(sae, path, reader, probe_reader, lm, cfg, device) for sae, path in loaded]
+    if lm is not None:
+        run_spliced(jobs, lm, reader, cfg, device)
+    return [job.result for job in jobs]
+
+
+def _config(config: EvalConfig | None, overrides: dict[str, Any]) -> EvalConfig:
+    """The settings, every one checked before any long pass."""
     cfg = config or EvalConfig()
     unknown = sorted(set(overrides) - set(cfg.__dataclass_fields__))
     if unknown:
@@ -148,34 +161,33 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
     for name in (n.strip() for n in cfg.probe_label_sets.split(",")):
         if name and name not in LABEL_SETS:
             raise WorkbenchError(f"unknown probing label set {name!r}; valid choices: {', '.join(LABEL_SETS)}")
-    device = resolve_device(cfg.device)
+    return cfg
+
+
+def _load(sae, device: torch.device) -> tuple[Any, Path | None]:
+    """The SAE object on `device` and the directory it came from (None for an object)."""
     path = None
     if isinstance(sae, (str, Path)):
         path = Path(sae)
         sae = load_for_eval(path, device=device)
-    sae = sae.to(device).eval()
+    return sae.to(device).eval(), path
+
+
+def _evaluate_but_splice(sae, path: Path | None, reader: CacheReader | None, probe_reader: CacheReader | None, lm,
+                         cfg: EvalConfig, device: torch.device) -> SpliceJob:
+    """Every measure of one SAE but the spliced loss, which waits for the other SAEs at its hook.
+    The SAE fits `reader`, `probe_reader` and `lm` (checked by the caller before any long pass)."""
     hook = sae.cfg.hook
     result = EvalResult(sae=_sae_info(sae, path), settings={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
-    reader = cache if isinstance(cache, CacheReader) or cache is None else CacheReader(cache)
-    if reader is None and cfg.cache:
-        reader = CacheReader(cfg.cache)
     frac, training = cfg.heldout_fraction, None
 
     w_summary, w_per = weight_stats(sae.W_enc, sae.W_dec)
     result.weights = w_summary
     result.per_feature.update(w_per)
 
-    # Every check that the SAE fits the cache and the model comes before any long pass.
     if reader is not None:
-        check_fits_cache(sae, reader, hook)
         frac, training = _heldout(sae, reader, cfg, result)
     result.settings["heldout_fraction"] = frac
-    probe_reader = CacheReader(cfg.probe_cache) if cfg.probe_cache and cfg.probing else reader
-    if probe_reader is not None and probe_reader is not reader:
-        check_fits_cache(sae, probe_reader, hook)
-    lm = _model(model, cfg, reader, device)
-    if lm is not None:
-        check_fits_model(sae, lm, hook)
 
     mean, pool, probe_docs = None, None, None
     if reader is not None:
@@ -196,44 +208,13 @@ def evaluate(sae, cache: str | Path | CacheReader | None = None, model: Any = No
         result.per_feature.update(feats.per_feature())
     else:
         result.notes.append("no cache given: reconstruction, feature health and probing were skipped")
-
-    if lm is not None:
-        if lm.modality != "text" or lm.suffix_ids:  # vision, or a masked LM (CLS ... SEP)
-            result.notes.append(f"{lm.model_id} is not a causal language model: no spliced loss")
-        else:
-            v = len(VARIANTS) - (mean is None) - (not cfg.error_term)
-            if cfg.corpus:
-                length = cfg.context_length
-            elif reader is not None:
-                length = int(reader.manifest["context_length"])
-            else:
-                raise WorkbenchError("the spliced loss needs contexts: give a cache (its held-out documents) or a corpus")
-            bc = cfg.batch_contexts or _auto_batch_contexts(lm, length, v, device)
-            n_contexts = ce_context_count(cfg, length)
-            if cfg.corpus:
-                ctx = corpus_contexts(lm, cfg.corpus, context_length=length, max_contexts=n_contexts,
-                                      batch_contexts=bc, seed=cfg.seed)
-                text = f"corpus {cfg.corpus}"
-            else:
-                ctx = cache_contexts(reader, hook, heldout_fraction=frac, max_contexts=n_contexts,
-                                     batch_contexts=bc)
-                text = "held-out contexts of the cache"
-            result.spliced = {"text": text, **spliced_losses(lm, sae, hook, ctx, mean=mean, error_term=cfg.error_term,
-                                                             splice_positions=cfg.splice_positions, device=device)}
-            result.spliced["tokens_asked"] = n_contexts * length
-            if result.spliced["contexts"] < n_contexts:
-                result.notes.append(f"the spliced loss covers {result.spliced['input_tokens']:,} tokens "
-                                    f"({result.spliced['contexts']} contexts), not the {n_contexts * length:,} "
-                                    f"asked ({text}: there are no more)")
-            if mean is None:
-                result.notes.append("no cache: mean ablation skipped (it needs the mean activation)")
     if reader is not None and pool is not None:
         _probe(pool, probe_docs, cfg, result)
     if cfg.probe_label_sets:
         _probe_label_sets(sae, lm, hook, reader, training, cfg, result)
     if cfg.absorption:
         _absorption(sae, lm, hook, cfg, result)
-    return result
+    return SpliceJob(sae=sae, hook=hook, frac=frac, mean=mean, result=result)
 
 
 def _probe_label_sets(sae, lm, hook: str, reader: CacheReader | None, training: TrainingDocuments | None,

@@ -34,12 +34,13 @@ recorded in the result's ``definition``. Each score comes with a percentile-boot
 One stacked forward pass instead of V separate ones is the whole cost model: the extra work is
 one SAE encode/decode per batch and the log-softmaxes (benchmarks/bench_eval.py measures it
 against the V plain passes; tests/evals/test_splice_saebench.py checks it against SAEBench's
-three separate passes).
+three separate passes). Several SAEs at one hook share a pass (`spliced_losses_many`): clean,
+zero and mean do not depend on the SAE, so N SAEs cost 3 + 2N rows per context, not 5N.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -51,6 +52,7 @@ from workbench.errors import WorkbenchError
 from workbench.hooks import replacing
 
 VARIANTS = ("clean", "sae", "zero", "mean", "error")
+SHARED = ("clean", "zero", "mean")  # the variants no SAE changes
 SPLICE_POSITIONS = ("text", "all")
 
 
@@ -70,27 +72,46 @@ class _ErrorStats:
         self.sq_x += float(x.double().pow(2).sum())
 
 
-def _rewrite(act: Tensor, splice: Tensor, variants: tuple[str, ...], sae: Any, mean: Tensor | None,
-             err: _ErrorStats) -> Tensor:
-    """The stacked activation `[V*B, T, d]` with each variant's slice rewritten (see the module docstring)."""
-    v = len(variants)
-    b = act.shape[0] // v
+def _layout(n_saes: int, has_mean: bool, error_term: bool) -> tuple[list[tuple[str, int]], tuple[str, ...],
+                                                                  list[list[int]]]:
+    """The stacked rows: clean, zero, mean once (they do not depend on the SAE), then sae and error per SAE.
+
+    Returns the rows as (variant, SAE index or -1), each SAE's variant names in `VARIANTS` order, and
+    for each SAE the row of each of its variants.
+    """
+    variants = tuple(n for n in VARIANTS if (n != "mean" or has_mean) and (n != "error" or error_term))
+    rows = [(n, -1) for n in variants if n in SHARED]
+    per_sae = []
+    for j in range(n_saes):
+        at = {n: i for i, (n, _) in enumerate(rows) if n in SHARED}
+        for n in variants:
+            if n not in SHARED:
+                at[n] = len(rows)
+                rows.append((n, j))
+        per_sae.append([at[n] for n in variants])
+    return rows, variants, per_sae
+
+
+def _rewrite(act: Tensor, splice: Tensor, rows: list[tuple[str, int]], saes: list[Any], mean: Tensor | None,
+             errs: list[_ErrorStats]) -> Tensor:
+    """The stacked activation `[R*B, T, d]` with each row's slice rewritten (see the module docstring)."""
+    b = act.shape[0] // len(rows)
     out = act.clone()
     x = act[:b][splice]  # [n, d]: identical inputs in every slice (same tokens, nothing changed yet)
-    x_hat = None
-    if "sae" in variants or "error" in variants:
-        x_hat = sae.decode(sae.encode(x.float())).to(act.dtype)
-    for i, name in enumerate(variants):
+    x_hat: dict[int, Tensor] = {}
+    for i, (name, j) in enumerate(rows):
         sl = out[i * b:(i + 1) * b]
+        if j >= 0 and j not in x_hat:
+            x_hat[j] = saes[j].decode(saes[j].encode(x.float())).to(act.dtype)
         if name == "sae":
-            sl[splice] = x_hat
+            sl[splice] = x_hat[j]
         elif name == "zero":
             sl.zero_()
         elif name == "mean":
             sl[:] = mean.to(act.device, act.dtype)
         elif name == "error":
-            with_error = x_hat + (x - x_hat)  # in the activation dtype, as a user's splice computes it
-            err.add(x, with_error)
+            with_error = x_hat[j] + (x - x_hat[j])  # in the activation dtype, as a user's splice computes it
+            errs[j].add(x, with_error)
             sl[splice] = with_error
     return out
 
@@ -112,7 +133,6 @@ def definition(splice_positions: str, special_ids: Iterable[int], act_dtype: str
     }
 
 
-@torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
 def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean: Tensor | None = None,
                    error_term: bool = True, splice_positions: str = "text",
                    device: torch.device | str = "cpu", n_resamples: int = DEFAULT_RESAMPLES,
@@ -122,20 +142,45 @@ def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean
     `splice_positions`: "text" (SAEBench's exclude_special_tokens_from_reconstruction=True) or "all".
     `intervals` holds bootstrap 95% intervals of the scores, resampling contexts (`score_intervals`).
     """
+    return spliced_losses_many(lm, [sae], hook, contexts, mean=mean, error_term=error_term,
+                               splice_positions=splice_positions, device=device, n_resamples=n_resamples,
+                               seed=seed)[0]
+
+
+def stacked_rows(n_saes: int, has_mean: bool = True, error_term: bool = True) -> int:
+    """Rows of the stacked batch per context for `n_saes` SAEs: 3 + 2N with mean and error term (not 5N)."""
+    return len(_layout(n_saes, has_mean, error_term)[0])
+
+
+@torch.no_grad()  # not inference_mode: the kernels reuse workspaces across calls
+def spliced_losses_many(lm, saes: Sequence[Any], hook: str, contexts: Iterable[ContextBatch], *,
+                        mean: Tensor | None = None, error_term: bool = True, splice_positions: str = "text",
+                        device: torch.device | str = "cpu", n_resamples: int = DEFAULT_RESAMPLES,
+                        seed: int = 0) -> list[dict[str, Any]]:
+    """`spliced_losses` of each of several SAEs at one `hook`, in one stacked forward pass per context batch.
+
+    clean, zero and mean do not depend on the SAE, so they run once and each SAE adds its own sae and
+    error rows (3 + 2N rows per context instead of 5N). Each SAE's dict is the one `spliced_losses`
+    gives it alone: its losses, scores and intervals from its own rows, KL against the shared clean.
+    The batch grows with N: callers size `contexts`' batches for `stacked_rows(N)` rows per context.
+    """
     if splice_positions not in SPLICE_POSITIONS:
         raise WorkbenchError(f"unknown splice positions {splice_positions!r}; valid choices: "
                              f"{', '.join(SPLICE_POSITIONS)}")
-    variants = tuple(n for n in VARIANTS if (n != "mean" or mean is not None) and (n != "error" or error_term))
-    v = len(variants)
-    ce_sum = torch.zeros(v, dtype=torch.float64)
-    kl_sum = torch.zeros(v, dtype=torch.float64)
+    saes = list(saes)
+    if not saes:
+        return []
+    rows, variants, per_sae = _layout(len(saes), mean is not None, error_term)
+    r = len(rows)
+    ce_sum = torch.zeros(r, dtype=torch.float64)
+    kl_sum = torch.zeros(r, dtype=torch.float64)
     n_ce = n_kl = 0
     n_ctx = 0
     length = 0
-    # Per-context sums [V, contexts], kept so the intervals resample whole contexts.
+    # Per-context sums [R, contexts], kept so the intervals resample whole contexts.
     ce_ctx: list[Tensor] = []
     kl_ctx: list[Tensor] = []
-    err = _ErrorStats()
+    errs = [_ErrorStats() for _ in saes]
     special: set[int] = set()
     act_dtype: list[str] = []
     for cb in contexts:
@@ -148,51 +193,57 @@ def spliced_losses(lm, sae, hook: str, contexts: Iterable[ContextBatch], *, mean
         def fn(act: Tensor, site: Any) -> Tensor:
             if not act_dtype:
                 act_dtype.append(str(act.dtype).removeprefix("torch."))
-            return _rewrite(act, splice, variants, sae, mean, err)
+            return _rewrite(act, splice, rows, saes, mean, errs)
 
         with replacing(lm, hook, fn):
-            logits = lm.bridge(tokens.repeat(v, 1))
-        logp = torch.log_softmax(logits.float(), dim=-1).view(v, b, *logits.shape[1:])
+            logits = lm.bridge(tokens.repeat(r, 1))
+        logp = torch.log_softmax(logits.float(), dim=-1).view(r, b, *logits.shape[1:])
         del logits
         # CE: position t predicts token t+1; scored where token t is text (the target may be EOS).
         ce_mask = keep[:, :-1]
-        tgt = tokens[:, 1:].unsqueeze(0).expand(v, -1, -1).unsqueeze(-1)
-        nll = -logp[:, :, :-1].gather(-1, tgt).squeeze(-1)  # [V, B, T-1]
-        per_ctx = (nll.double() * ce_mask).sum(-1).cpu()  # [V, B]
+        tgt = tokens[:, 1:].unsqueeze(0).expand(r, -1, -1).unsqueeze(-1)
+        nll = -logp[:, :, :-1].gather(-1, tgt).squeeze(-1)  # [R, B, T-1]
+        per_ctx = (nll.double() * ce_mask).sum(-1).cpu()  # [R, B]
         ce_ctx.append(per_ctx)
         ce_sum += per_ctx.sum(-1)
         n_ce += int(ce_mask.sum())
-        # KL(clean || variant) at every text position.
+        # KL(clean || variant) at every text position; row 0 is clean.
         lp_clean = logp[0][keep]  # [n, vocab]
         p_clean = lp_clean.exp()
-        rows = keep.nonzero()[:, 0].cpu()  # the context of each text position
-        kl_b = torch.zeros(v, b, dtype=torch.float64)
-        for i in range(1, v):
+        ctx_of = keep.nonzero()[:, 0].cpu()  # the context of each text position
+        kl_b = torch.zeros(r, b, dtype=torch.float64)
+        for i in range(1, r):
             kl = (p_clean * (lp_clean - logp[i][keep])).sum(-1)
-            kl_b[i].index_add_(0, rows, kl.double().cpu())
+            kl_b[i].index_add_(0, ctx_of, kl.double().cpu())
         kl_ctx.append(kl_b)
         kl_sum += kl_b.sum(-1)
         n_kl += int(keep.sum())
         n_ctx += b
         length = max(length, tokens.shape[1])
         del logp
-    ce = (ce_sum / max(n_ce, 1)).tolist()
-    kl = (kl_sum / max(n_kl, 1)).tolist()
-    out: dict[str, Any] = {"contexts": n_ctx, "context_length": length, "input_tokens": n_ctx * length,
-                           "ce_tokens": n_ce, "kl_tokens": n_kl}
-    for i, name in enumerate(variants):
-        out[f"ce_{name}"] = ce[i]
-        if name != "clean":
-            out[f"kl_{name}"] = kl[i]
-    if "error" in variants:
-        out["ce_error_diff"] = out["ce_error"] - out["ce_clean"]
-        out["error_max_abs_diff"] = err.max_abs
-        out["error_rel_diff"] = (err.sq_diff / err.sq_x) ** 0.5 if err.sq_x else 0.0
-    out.update(scores(out))
-    if n_ctx:
-        out["intervals"] = score_intervals(variants, torch.cat(ce_ctx, 1).numpy(), torch.cat(kl_ctx, 1).numpy(),
-                                           n_resamples=n_resamples, seed=seed)
-    out["definition"] = definition(splice_positions, special, act_dtype[0] if act_dtype else None)
+    ce_all = torch.cat(ce_ctx, 1) if ce_ctx else None
+    kl_all = torch.cat(kl_ctx, 1) if kl_ctx else None
+    head = {"contexts": n_ctx, "context_length": length, "input_tokens": n_ctx * length,
+            "ce_tokens": n_ce, "kl_tokens": n_kl}
+    out = []
+    for at, err in zip(per_sae, errs):
+        ce = (ce_sum[at] / max(n_ce, 1)).tolist()
+        kl = (kl_sum[at] / max(n_kl, 1)).tolist()
+        one: dict[str, Any] = dict(head)
+        for i, name in enumerate(variants):
+            one[f"ce_{name}"] = ce[i]
+            if name != "clean":
+                one[f"kl_{name}"] = kl[i]
+        if "error" in variants:
+            one["ce_error_diff"] = one["ce_error"] - one["ce_clean"]
+            one["error_max_abs_diff"] = err.max_abs
+            one["error_rel_diff"] = (err.sq_diff / err.sq_x) ** 0.5 if err.sq_x else 0.0
+        one.update(scores(one))
+        if n_ctx:
+            one["intervals"] = score_intervals(variants, ce_all[at].numpy(), kl_all[at].numpy(),
+                                               n_resamples=n_resamples, seed=seed)
+        one["definition"] = definition(splice_positions, special, act_dtype[0] if act_dtype else None)
+        out.append(one)
     return out
 
 
