@@ -34,12 +34,8 @@ a rerun continues where it stopped. The end writes the markdown table and the go
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
-import math
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -47,10 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from evals.intervals import bootstrap_interval
 from steering.concepts import BUILTIN, MORE_STEER_PROMPTS, STEER_PROMPTS, load_concept, neutral_texts
 from steering.generation import Generation, generate
 from steering.interventions import AddVector
@@ -61,13 +55,13 @@ from steering.selection.output import output_scores
 from steering.selection.registry import SelectionContext, select_direction
 from steering.stats import measure_stats
 from steering.vectors import diffmean, diffmean_sae, feature_contrast, pca_diff, read_concept
-from workbench.io import atomic_write_bytes, atomic_write_json
+from workbench.io import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steering_compare_table import MEASURES, goal_check, summarise, write_table  # noqa: E402,F401 (the table half)
 
 log = logging.getLogger("steering_compare")
 SELECTORS = ("rise", "output", "concept_output", "gradient", "sae_ts")
-CONTROLS = ("diffmean", "pca", "diffmean_sae")
-SCORES = ("rise", "output", "concept_output", "gradient")  # the per-feature scores Spearman ranks
-MEASURES = ("target_hit", "target_logprob", "ppl", "distinct_2", "compression")
 ALL_PROMPTS = STEER_PROMPTS + MORE_STEER_PROMPTS
 
 
@@ -260,23 +254,37 @@ class Run:
         done = load_json(path) or {}
         todo = [m for m in vecs if m not in done]
         if todo:
-            coeffs = [c for c in self.a.coeffs if c != 0]
-            unit = torch.stack([vecs[m] / vecs[m].norm().clamp_min(1e-12) for m in todo])  # [M, d]
-            pushes = torch.cat([c * self.mean_norm * unit for c in coeffs])  # [C*M, d], coeff-major
-            kls = self.kl.many(self.hook, pushes, Positions("all"), rows_per_pass=32)
-            objs = []
+            t = time.time()
+            unit = {m: vecs[m] / vecs[m].norm().clamp_min(1e-12) for m in todo}
             n = len(self.sel_prompts)
+            cost = {"kl": 0.0, "objective": 0.0}
+
+            def measure(methods: list[str], c: float, stop_kl: float) -> tuple[list[float], list[float | None]]:
+                t0 = time.time()
+                pushes = torch.stack([c * self.mean_norm * unit[m] for m in methods])  # [M, d]
+                kls = self.kl.many(self.hook, pushes, Positions("all"), rows_per_pass=32)
+                t1 = time.time()
+                ok = [i for i, k in enumerate(kls) if k <= stop_kl]  # over every budget: never chosen, not scored
+                objs: list[float | None] = [None] * len(methods)
+                with torch.no_grad():
+                    for part in torch.tensor(ok, dtype=torch.long).split(max(1, 64 // n)):
+                        iv = AddVector(self.hook, pushes[part].repeat_interleave(n, 0).unsqueeze(1), 1.0,
+                                       Positions("all"))
+                        for i, o in zip(part.tolist(), _per_setting_objective(self.lm, self.sel_prompts, targets,
+                                                                             iv, len(part))):
+                            objs[i] = o
+                cost["kl"] += t1 - t0
+                cost["objective"] += time.time() - t1
+                return kls, objs
+
             with torch.no_grad():
                 base = float(target_objective(self.lm, self.sel_prompts, targets))
-                for ks in torch.arange(pushes.shape[0]).split(max(1, 64 // n)):
-                    iv = AddVector(self.hook, pushes[ks].repeat_interleave(n, 0).unsqueeze(1), 1.0, Positions("all"))
-                    objs += _per_setting_objective(self.lm, self.sel_prompts, targets, iv, len(ks))
-            for j, m in enumerate(todo):
-                grid = [{"coeff": 0.0, "kl": 0.0, "objective": base}]
-                grid += [{"coeff": c, "kl": kls[i * len(todo) + j], "objective": objs[i * len(todo) + j]}
-                         for i, c in enumerate(coeffs)]
-                done[m] = {"grid": grid, "chosen": {str(b): pick_coeff(grid, b) for b in self.a.budgets}}
+            done.update(walk_grid(todo, self.a.coeffs, measure, self.a.budgets, base))
             atomic_write_json(path, done)
+            log.info("  %s %s: coefficients of %d methods chosen in %.0f s (KL %.0f s, objective %.0f s; %d of %d "
+                     "grid points past the budget skipped)", self.label, concept.name, len(todo), time.time() - t,
+                     cost["kl"], cost["objective"], sum(len(done[m]["skipped"]) for m in todo),
+                     len(todo) * len([c for c in self.a.coeffs if c != 0]))
         return done
 
     # -- held-out generations at the chosen coefficients
@@ -314,214 +322,44 @@ def pick_coeff(grid: list[dict], budget: float) -> float:
     return max(sorted(ok, key=lambda r: r["coeff"]), key=lambda r: r["objective"])["coeff"]
 
 
+def walk_grid(methods: list[str], coeffs: list[float], measure: Any, budgets: list[float],
+              base_objective: float) -> dict[str, dict]:
+    """Each method's grid and chosen coefficient per budget, walking the coefficients upward.
+
+    `measure(methods, coeff, stop_kl)` gives the KL of each method at `coeff` and its objective (None
+    where the KL is over `stop_kl`). A method leaves the walk after the first coefficient whose KL
+    is over the largest budget (or NaN): the coefficients above it are not measured and are listed
+    under `skipped`; the one over the budget stays in the grid (KL measured, objective None). This is
+    a choice, not a pure speed-up: it picks what the full grid would pick unless the KL falls back
+    under the budget at a larger coefficient (KL not monotone in the coefficient), which the full
+    grid could then choose and the walk cannot. Coefficient 0 (KL 0, `base_objective`) is always in
+    the grid, as before."""
+    grid_c = sorted(c for c in set(coeffs) if c != 0)
+    stop_kl = max(budgets)
+    out = {m: {"grid": [{"coeff": 0.0, "kl": 0.0, "objective": base_objective}], "skipped": []} for m in methods}
+    alive = list(methods)
+    for j, c in enumerate(grid_c):
+        if not alive:
+            break
+        kls, objs = measure(alive, c, stop_kl)
+        still = []
+        for m, kl, obj in zip(alive, kls, objs):
+            out[m]["grid"].append({"coeff": c, "kl": kl, "objective": obj})
+            if kl <= stop_kl:
+                still.append(m)
+            else:
+                out[m]["skipped"] = grid_c[j + 1:]
+        alive = still
+    for m in methods:
+        out[m]["chosen"] = {str(b): pick_coeff(out[m]["grid"], b) for b in budgets}
+    return out
+
+
 def _per_setting_objective(lm: Any, prompts: list[str], targets: list[int], iv: AddVector, k: int) -> list[float]:
     """target_objective per setting: rows are k settings x prompts, each setting's mean over its prompts."""
-    from steering.positions import RunState
-    from steering.interventions import steering
-    from steering.reading import _device, encode_texts
+    from steering.selection.gradient import target_logprobs
 
-    b = encode_texts(lm, prompts * k, side="right")
-    state = RunState(prompt_len=b.lengths, left_pad=b.left_pad)
-    with steering(lm, [iv], state=state):
-        logits = lm.bridge(b.tokens.to(_device(lm)))
-    last = (b.lengths - 1).to(logits.device)
-    lp = torch.log_softmax(logits[torch.arange(b.tokens.shape[0], device=logits.device), last].float(), -1)
-    tgt = torch.tensor(sorted(set(targets)), dtype=torch.long, device=lp.device)
-    per_row = torch.logsumexp(lp[:, tgt], -1).view(k, len(prompts)).mean(1)
-    return per_row.cpu().tolist()
-
-
-# ---------------------------------------------------------------- summary
-
-def per_prompt(rows: list[dict], key: str, n_prompts: int) -> np.ndarray:
-    """`[prompts]` the measure averaged over decodes (NaN ignored)."""
-    out = np.full(n_prompts, np.nan)
-    for i in range(n_prompts):
-        v = [r[key] for r in rows if r["prompt"] == i and not (isinstance(r[key], float) and math.isnan(r[key]))]
-        if v:
-            out[i] = float(np.mean(v))
-    return out
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    from scipy.stats import spearmanr
-
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
-
-
-def summarise(a: argparse.Namespace, run: Run, concept: Any, base_rows: list[dict], choice: dict, report: dict,
-              info: dict) -> dict:
-    n = len(run.rep_prompts)
-    base = {k: per_prompt(base_rows, k, n) for k in MEASURES}
-    out: dict[str, Any] = {"budgets": {}, "spearman": {}, "base": {k: float(np.nanmean(v)) for k, v in base.items()},
-                           "features": {m: v.get("feature") for m, v in info["selected"].items()}}
-    for b in a.budgets:
-        res: dict[str, Any] = {}
-        for m in choice:
-            if m.startswith("cand_") and b != a.budgets[0]:
-                continue
-            c = choice[m]["chosen"][str(b)]
-            grid = {r["coeff"]: r for r in choice[m]["grid"]}
-            rows = base_rows if c == 0 else report[f"{m}@{c:g}"]["rows"]
-            if m.startswith("cand_"):
-                rows = [r for r in rows if r["decode"] == 0]
-                bd = {k: per_prompt([r for r in base_rows if r["decode"] == 0], k, n) for k in MEASURES}
-            else:
-                bd = base
-            r: dict[str, Any] = {"coeff": c, "kl": grid[c]["kl"], "objective": grid[c]["objective"]}
-            for k in MEASURES:
-                v = per_prompt(rows, k, n)
-                r[k] = float(np.nanmean(v))
-            for k in ("target_hit", "target_logprob"):
-                gain = per_prompt(rows, k, n) - bd[k]
-                gain = gain[~np.isnan(gain)]
-                iv = bootstrap_interval(gain, n_resamples=a.resamples) if len(gain) else None
-                r[f"{k}_gain"] = iv.to_dict() if iv else None
-                r[f"{k}_gains"] = gain.tolist()  # per held-out prompt, for the pooled interval over concepts
-            steered = [x["steered_positions"] for x in rows] if c != 0 else []
-            read = [x["read_positions"] for x in rows] if c != 0 else []
-            r["all_positions_steered"] = bool(steered) and steered == read
-            res[m] = r
-        rand = [res[m] for m in res if m.startswith("random_")]
-        if rand:
-            res["random_median"] = {
-                "coeff": float(np.median([x["coeff"] for x in rand])), "kl": float(np.median([x["kl"] for x in rand])),
-                **{k: float(np.median([x[k] for x in rand])) for k in MEASURES},
-                **{f"{k}_gain": {"estimate": float(np.median([x[f"{k}_gain"]["estimate"] for x in rand])),
-                                 "low": math.nan, "high": math.nan, "n": len(rand)}
-                   for k in ("target_hit", "target_logprob")}}
-        out["budgets"][str(b)] = res
-    # Spearman: each score of the candidates vs their measured held-out log-prob gain
-    res0 = out["budgets"][str(a.budgets[0])]
-    cands = info["spearman_set"]
-    gains = [res0[f"cand_{c['feature']}"]["target_logprob_gain"]["estimate"] for c in cands]
-    for s in SCORES:
-        out["spearman"][s] = spearman([c[s] for c in cands], gains)
-    out["spearman_n"] = len(cands)
-    return out
-
-
-def fmt_iv(d: dict | None, nd: int = 2) -> str:
-    if not d:
-        return "n/a"
-    if math.isnan(d["low"]):
-        return f"{d['estimate']:.{nd}f}"
-    return f"{d['estimate']:.{nd}f} [{d['low']:.{nd}f}, {d['high']:.{nd}f}]"
-
-
-def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tuple[list[str], dict]:
-    """The issue's goal at one budget: best SAE selector (by mean log-prob gain over concepts) vs DiffMean
-    and the random median; and the Spearman of that selector's own score (concept_output where it has none)."""
-    concepts = list(summ)
-    sae_methods = [f"sae_{s}" for s in a.selectors]
-
-    def mean_gain(m: str, k: str) -> float:
-        return float(np.mean([summ[c]["budgets"][budget][m][f"{k}_gain"]["estimate"] for c in concepts]))
-
-    best = max(sae_methods, key=lambda m: mean_gain(m, "target_logprob"))
-    dm_hit, dm_lp = mean_gain("diffmean", "target_hit"), mean_gain("diffmean", "target_logprob")
-    b_hit, b_lp = mean_gain(best, "target_hit"), mean_gain(best, "target_logprob")
-    beats = [summ[c]["budgets"][budget][best]["target_logprob_gain"]["estimate"]
-             > summ[c]["budgets"][budget]["random_median"]["target_logprob_gain"]["estimate"] for c in concepts]
-    score = best.removeprefix("sae_")
-    score = score if score in SCORES else "concept_output"
-    rho = [summ[c]["spearman"][score] for c in concepts]
-    rho_mean = float(np.nanmean(rho)) if not all(math.isnan(r) for r in rho) else float("nan")
-    ratio = lambda x, y: x / y if y > 0 else float("nan")  # noqa: E731
-    res = {"best": best, "hit_ratio": ratio(b_hit, dm_hit), "lp_ratio": ratio(b_lp, dm_lp),
-           "beats_random": sum(beats) / len(beats), "spearman": rho_mean, "score": score}
-    yes = lambda ok: "met" if ok else "missed"  # noqa: E731
-    lines = [
-        f"- best SAE method (mean held-out log-prob gain over {len(concepts)} concepts): **{best}**",
-        f"- hit-rate gain {b_hit:.3f} vs DiffMean {dm_hit:.3f}: ratio {res['hit_ratio']:.2f} (goal >= 0.8: "
-        f"{yes(res['hit_ratio'] >= 0.8)})",
-        f"- log-prob gain {b_lp:.3f} vs DiffMean {dm_lp:.3f}: ratio {res['lp_ratio']:.2f} (goal >= 0.8: "
-        f"{yes(res['lp_ratio'] >= 0.8)})",
-        f"- beats the random-feature median (log-prob gain) on {sum(beats)}/{len(beats)} concepts (goal >= 75%: "
-        f"{yes(res['beats_random'] >= 0.75)})",
-        f"- Spearman of the {score} score vs measured log-prob gain over {summ[concepts[0]]['spearman_n']} "
-        f"candidates, mean over concepts: {rho_mean:.2f} (goal >= 0.3: {yes(rho_mean >= 0.3)})",
-    ]
-    return lines, res
-
-
-def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]], path: Path,
-                wall: float) -> str:
-    import torch as _t
-
-    methods = [f"sae_{s}" for s in a.selectors] + list(CONTROLS) + ["random_median"]
-    lines = ["# Steering: SAE feature selectors vs DiffMean at one KL budget", "",
-             "Command: `python " + " ".join(shlex.quote(x) for x in sys.argv) + "`", "",
-             f"Date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; machine "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared), torch {_t.__version__}, "
-             f"device {a.device}; wall {wall:.0f} s (this invocation; cached stages are not re-timed).", "",
-             f"Sizes: {len(a.concepts)} concepts ({', '.join(a.concepts)}); {a.select_prompts} selection prompts and "
-             f"{a.report_prompts} held-out prompts per concept (disjoint); greedy + {a.samples} seeded samples per "
-             f"prompt; {a.max_new_tokens} new tokens; coefficient grid {a.coeffs} x the hook's mean norm (and 0); "
-             f"KL on {a.neutral} neutral texts of {a.neutral_tokens} tokens; {a.random} random features; "
-             f"{a.spearman} pool candidates for Spearman; candidate pool {a.candidates} per source. SAE features are "
-             "added (not clamped) at every position. Gains: steered minus unsteered on the held-out prompts, "
-             f"decodes averaged per prompt, 95% percentile-bootstrap interval over prompts ({a.resamples} resamples, "
-             "evals.intervals); the random median has no interval.", ""]
-    for label, run in runs.items():
-        lines.append(f"SAE `{label}`: {run['sae_dir']} at {run['hook']} ({run['features']} features), hook mean norm "
-                     f"{run['mean_norm']:.3g}; concepts done: {', '.join(summ[label]) or 'none'}")
-    lines.append("")
-    for b in a.budgets:
-        for label in runs:
-            s = summ[label]
-            if not s:
-                continue
-            lines += [f"## {label}, KL budget {b:g} nats/token (mean over concepts; per-concept rows in summary.json)", "",
-                      "| method | coeff | KL | hit gain [95%, pooled prompts] | log-prob gain [95%, pooled prompts] | hit | ppl | distinct-2 | compression |",
-                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-            base = {k: float(np.mean([s[c]["base"][k] for c in s])) for k in MEASURES}
-            lines.append(f"| unsteered | 0 | 0 | 0 | 0 | {base['target_hit']:.2f} | {base['ppl']:.2f} | "
-                         f"{base['distinct_2']:.2f} | {base['compression']:.2f} |")
-            for m in methods:
-                rs = [s[c]["budgets"][str(b)][m] for c in s if m in s[c]["budgets"][str(b)]]
-                if not rs:
-                    continue
-                mean = lambda k: float(np.mean([r[k] for r in rs]))  # noqa: E731
-                gain = {}
-                for k in ("target_hit", "target_logprob"):
-                    est = float(np.mean([r[f"{k}_gain"]["estimate"] for r in rs]))
-                    pooled = [x for r in rs for x in r.get(f"{k}_gains", [])]
-                    # one interval over every (concept, held-out prompt): equal prompts per concept, so the
-                    # pooled mean is the mean over concepts; the random median has no per-prompt gains
-                    iv = bootstrap_interval(pooled, n_resamples=a.resamples).to_dict() if pooled else None
-                    gain[k] = {"estimate": est, "low": iv["low"] if iv else math.nan, "high": iv["high"] if iv else math.nan}
-                lines.append(f"| {m} | {mean('coeff'):.3g} | {mean('kl'):.3f} | {fmt_iv(gain['target_hit'])} | "
-                             f"{fmt_iv(gain['target_logprob'])} | {mean('target_hit'):.2f} | {mean('ppl'):.2f} | "
-                             f"{mean('distinct_2'):.2f} | {mean('compression'):.2f} |")
-            lines += ["", "Per concept, log-prob gain [95%] (hit gain):", "",
-                      "| concept | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
-            for c in s:
-                cells = []
-                for m in methods:
-                    r = s[c]["budgets"][str(b)].get(m)
-                    cells.append("" if r is None else f"{fmt_iv(r['target_logprob_gain'])} ({r['target_hit_gain']['estimate']:.2f})")
-                lines.append(f"| {c} | " + " | ".join(cells) + " |")
-            feats = "; ".join(f"{c}: " + ", ".join(f"{m.removeprefix('sae_')} {f}" for m, f in s[c]["features"].items()
-                                                     if f is not None) for c in s)
-            lines += ["", f"Features picked ({feats}); sae_ts steers along a solved vector.", "", "Goal check:", ""] + goal_check(a, s, str(b))[0] + [""]
-    lines += ["## Spearman: selection score vs measured held-out log-prob gain (0.25 budget, greedy)", "",
-              "| SAE | concept | " + " | ".join(SCORES) + " |", "|---|---|" + "---:|" * len(SCORES)]
-    for label, s in summ.items():
-        for c in s:
-            lines.append(f"| {label} | {c} | " + " | ".join(f"{s[c]['spearman'][k]:.2f}" for k in SCORES) + " |")
-        lines.append(f"| {label} | mean | " + " | ".join(
-            f"{np.nanmean([s[c]['spearman'][k] for c in s]):.2f}" for k in SCORES) + " |")
-    lines.append("")
-    pos_ok = all(r.get("all_positions_steered", True) for s in summ.values() for c in s.values()
-                 for bb in c["budgets"].values() for m, r in bb.items() if m != "random_median" and r["coeff"] != 0)
-    lines.append(f"Every steered generation steered every position it read (prompt + generated, KV cache on): "
-                 f"{'yes' if pos_ok else 'NO: see summary.json all_positions_steered'}.")
-    text = "\n".join(lines) + "\n"
-    atomic_write_bytes(path, text.encode())
-    return text
+    return target_logprobs(lm, prompts * k, targets, [iv]).view(k, len(prompts)).mean(1).tolist()
 
 
 def main(argv: list[str] | None = None) -> int:

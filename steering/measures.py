@@ -79,6 +79,32 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(zlib.compress(raw)) if raw else math.nan
 
 
+def logits_at(lm: Any, tokens: Tensor, index: Tensor) -> Tensor:
+    """`[B, K, V]` the bridge's logits at positions `index [B, K]` of each row of `tokens [B, S]`.
+
+    Only those positions go through the unembedding (a pre-hook on the bridge's `unembed` gathers
+    them): the judge scores the generated positions only and the objective the last token only, and
+    a 49k-token unembedding over every position was a fifth of a forward pass. Call it inside any
+    `steering(...)` block, as `lm.bridge(tokens)`. A bridge without an `unembed` module computes every
+    position and gathers afterwards (same numbers, no saving)."""
+    dev = _device(lm)
+    idx = index.to(dev)
+    unembed = getattr(lm.bridge, "unembed", None)
+    if not isinstance(unembed, torch.nn.Module):
+        logits = lm.bridge(tokens.to(dev))
+        return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
+
+    def pick(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        h = args[0]
+        return (h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1])), *args[1:]), kwargs
+
+    handle = unembed.register_forward_pre_hook(pick, with_kwargs=True)
+    try:
+        return lm.bridge(tokens.to(dev))
+    finally:
+        handle.remove()
+
+
 def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 16) -> list[dict[str, float]]:
     """Per prompt: feature, probe, target_logprob, target_hit, ppl, distinct_2, distinct_3, compression,
     n_new (NaN where nothing was generated)."""
@@ -93,9 +119,13 @@ def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 1
         def keep(act: Tensor, site: Any) -> None:
             acts["x"] = act.detach().float().cpu()
 
+        # only the positions that predict a generated token are unembedded: row i's p-1 .. p+n-2
+        starts = torch.tensor([len(gen.prompt_ids[k]) - 1 for k in range(sl.start, sl.stop)])
+        width = max(1, max(len(gen.new_ids[k]) for k in range(sl.start, sl.stop)))
+        index = (starts[:, None] + torch.arange(width)).clamp_max(b.tokens.shape[1] - 1)
         with torch.no_grad(), editing(lm, judge.hook, keep):
-            logits = lm.bridge(b.tokens.to(_device(lm)))
-        lp = F.log_softmax(logits.float(), -1).cpu()
+            logits = logits_at(lm, b.tokens, index)
+        lp = F.log_softmax(logits.float(), -1).cpu()  # [rows, width, V]: lp[i, j] predicts token p + j
         for i, k in enumerate(range(sl.start, sl.stop)):
             p, n = len(gen.prompt_ids[k]), len(gen.new_ids[k])
             r = {"n_new": float(n), "feature": math.nan, "probe": math.nan, "target_logprob": math.nan,
@@ -111,7 +141,7 @@ def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 1
                     r["feature"] = float(feature_values(codes, torch.tensor([judge.feature], device=w.device)).mean())
                 if judge.probe is not None:
                     r["probe"] = float((x @ judge.probe.float()).mean()) + judge.probe_bias
-                pred = lp[i, p - 1: p + n - 1]
+                pred = lp[i, :n]
                 tok = b.tokens[i, p: p + n]
                 r["ppl"] = float(torch.exp(-pred.gather(1, tok.view(-1, 1)).mean()))
                 if targets is not None and targets.numel():

@@ -18,23 +18,30 @@ from torch import Tensor
 
 from steering.interventions import AddVector, steering
 from steering.positions import Positions, RunState
-from steering.reading import _device, encode_texts
+from steering.reading import encode_texts
 from workbench.errors import WorkbenchError
 
 
-def target_objective(lm: Any, prompts: list[str], targets: list[int], interventions: list | tuple = (),
-                     positions: Positions | None = None) -> Tensor:
-    """Mean over prompts of log sum_{t in targets} p(t | prompt) at each prompt's last token."""
+def target_logprobs(lm: Any, prompts: list[str], targets: list[int], interventions: list | tuple = ()) -> Tensor:
+    """`[prompts]` log sum_{t in targets} p(t | prompt) at each prompt's last token (only that token is
+    unembedded: steering.measures.logits_at)."""
+    from steering.measures import logits_at
+
     if not targets:
         raise WorkbenchError("the gradient score needs target tokens (a concept with target words)")
     b = encode_texts(lm, prompts, side="right")
     state = RunState(prompt_len=b.lengths, left_pad=b.left_pad)
     with steering(lm, list(interventions), state=state):
-        logits = lm.bridge(b.tokens.to(_device(lm)))
-    last = (b.lengths - 1).to(logits.device)
-    lp = torch.log_softmax(logits[torch.arange(len(prompts), device=logits.device), last].float(), -1)
+        logits = logits_at(lm, b.tokens, (b.lengths - 1)[:, None])[:, 0]
+    lp = torch.log_softmax(logits.float(), -1)
     tgt = torch.tensor(sorted(set(targets)), dtype=torch.long, device=lp.device)
-    return torch.logsumexp(lp[:, tgt], -1).mean()
+    return torch.logsumexp(lp[:, tgt], -1)
+
+
+def target_objective(lm: Any, prompts: list[str], targets: list[int], interventions: list | tuple = (),
+                     positions: Positions | None = None) -> Tensor:
+    """Mean over prompts of log sum_{t in targets} p(t | prompt) at each prompt's last token."""
+    return target_logprobs(lm, prompts, targets, interventions).mean()
 
 
 def hook_gradient(lm: Any, hook: str, prompts: list[str], targets: list[int],

@@ -1,0 +1,148 @@
+"""What the steering comparison computes costs less, and still gives the same numbers (issue 18, cost).
+
+Each speed-up has two checks on the tiny model: that it does less work (rows counted where the
+unembedding reads them; coefficients counted where the KL is asked for), and that its result is the
+plain computation's, written here from the definitions one prompt at a time on full logits."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steering import AddVector, Positions, generate, steering
+from steering.measures import Judge, score_generation
+from steering.selection.gradient import target_objective
+
+from .conftest import HOOK
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import steering_compare as sc  # noqa: E402
+
+PROMPTS = ["the cat sat on the mat", "a dog", "what is the capital of france and why"]
+
+
+class UnembedRows:
+    """Counts the positions (per row) that reach the unembedding in each forward pass."""
+
+    def __init__(self, lm):
+        self.lm, self.widths, self.full = lm, [], []
+
+    def __enter__(self):
+        def post(mod, args, out):  # the logits it made: [rows, positions, vocab]
+            self.widths.append(out.shape[1])
+
+        def pre_model(mod, args, kwargs):
+            x = args[0] if args else kwargs.get("input_ids")
+            self.full.append(x.shape[1])
+
+        self.h = [self.lm.bridge.unembed.register_forward_hook(post),
+                  self.lm.bridge.original_model.register_forward_pre_hook(pre_model, with_kwargs=True)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.h:
+            h.remove()
+
+
+def _ids(lm, text):
+    return list(lm.prefix_ids) + lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _plain_last_target_logprob(lm, text, targets, ivs=()):
+    """log sum_{t in targets} p(t | text) at the text's last token, from the full logits of the text alone."""
+    with torch.no_grad(), steering(lm, list(ivs)):
+        lp = F.log_softmax(lm.bridge(torch.tensor([_ids(lm, text)]))[0, -1].float(), -1)
+    return float(torch.logsumexp(lp[sorted(set(targets))], 0))
+
+
+def test_objective_unembeds_only_each_prompts_last_token(tiny_lm):
+    with UnembedRows(tiny_lm) as seen, torch.no_grad():
+        target_objective(tiny_lm, PROMPTS, [5, 9])
+    assert seen.full == [max(len(_ids(tiny_lm, p)) for p in PROMPTS)]
+    assert seen.widths == [1]
+
+
+def test_objective_per_prompt_equals_the_plain_computation(tiny_lm):
+    v = torch.randn(32, generator=torch.Generator().manual_seed(2))
+    iv = AddVector(HOOK, v, 2.0, Positions("all"))
+    from steering.selection.gradient import target_logprobs
+
+    got = target_logprobs(tiny_lm, PROMPTS, [5, 9, 11], [iv])
+    want = [_plain_last_target_logprob(tiny_lm, p, [5, 9, 11], [iv]) for p in PROMPTS]
+    assert got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert float(target_objective(tiny_lm, PROMPTS, [5, 9, 11], [iv])) == pytest.approx(sum(want) / 3, rel=1e-5)
+
+
+def test_per_setting_objective_equals_one_setting_at_a_time(tiny_lm):
+    """The comparison's objective for k settings in one pass (each row its own vector) is each setting's
+    mean over the prompts of the plain last-token target log-prob."""
+    vecs = torch.randn(3, 32, generator=torch.Generator().manual_seed(4)) * 2
+    vecs[1] = 0
+    n = len(PROMPTS)
+    iv = AddVector(HOOK, vecs.repeat_interleave(n, 0).unsqueeze(1), 1.0, Positions("all"))
+    got = sc._per_setting_objective(tiny_lm, PROMPTS, [5, 9], iv, 3)
+    want = [sum(_plain_last_target_logprob(tiny_lm, p, [5, 9], [AddVector(HOOK, v, 1.0, Positions("all"))])
+                for p in PROMPTS) / n for v in vecs]
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_judge_unembeds_only_the_positions_that_predict_generated_tokens(tiny_lm):
+    gen = generate(tiny_lm, PROMPTS, [], max_new_tokens=5)
+    with UnembedRows(tiny_lm) as seen:
+        score_generation(tiny_lm, gen, Judge(HOOK, target_words=("cat",)), batch_size=8)
+    assert seen.widths == [max(len(n) for n in gen.new_ids)]
+    assert seen.full == [max(len(p) + len(n) for p, n in zip(gen.prompt_ids, gen.new_ids))]
+
+
+def test_judge_equals_the_plain_computation_on_full_logits(tiny_lm):
+    gen = generate(tiny_lm, PROMPTS, [AddVector(HOOK, torch.ones(32), 1.0)], max_new_tokens=6, do_sample=True,
+                   seed=3)
+    judge = Judge(HOOK, target_words=("cat", "dog"))
+    tids = judge.target_ids(tiny_lm)
+    got = score_generation(tiny_lm, gen, judge, batch_size=2)
+    for k, (p_ids, new) in enumerate(zip(gen.prompt_ids, gen.new_ids)):
+        ids, p, n = p_ids + new, len(p_ids), len(new)
+        with torch.no_grad():
+            lp = F.log_softmax(tiny_lm.bridge(torch.tensor([ids]))[0].float(), -1)
+        nll = -sum(float(lp[t - 1, ids[t]]) for t in range(p, p + n)) / n
+        tlp = sum(float(torch.logsumexp(lp[t - 1, tids], 0)) for t in range(p, p + n)) / n
+        assert got[k]["ppl"] == pytest.approx(math.exp(nll), rel=1e-5)
+        assert got[k]["target_logprob"] == pytest.approx(tlp, rel=1e-5, abs=1e-6)
+
+
+# ---------------------------------------------------------------- the coefficient walk
+
+def _fake_measure(kl_of, obj_of, calls):
+    def measure(methods, coeff, stop_kl):
+        calls.append((tuple(methods), coeff))
+        kls = [kl_of(m, coeff) for m in methods]
+        return kls, [obj_of(m, coeff) if k <= stop_kl else None for m, k in zip(methods, kls)]
+    return measure
+
+
+def test_grid_walk_stops_a_method_once_its_kl_passes_the_largest_budget():
+    coeffs = [0.05, 0.1, 0.2, 0.3, 0.4]
+    kl = {"a": lambda c: 3 * c * c, "b": lambda c: 0.5 * c * c, "n": lambda c: math.nan}
+    obj = lambda m, c: -1.0 / (c + 0.1)  # noqa: E731 - rises with the coefficient
+    calls = []
+    got = sc.walk_grid(["a", "b", "n"], coeffs, _fake_measure(lambda m, c: kl[m](c), obj, calls), [0.25, 0.1],
+                       base_objective=-10.0)
+    # a: KL 0.0075, 0.03, 0.12, 0.27 (over 0.25: measured, then stop) -> 0.4 skipped
+    assert [r["coeff"] for r in got["a"]["grid"]] == [0.0, 0.05, 0.1, 0.2, 0.3]
+    assert got["a"]["skipped"] == [0.4]
+    assert got["a"]["grid"][-1]["objective"] is None  # over every budget: never a candidate, not scored
+    assert got["b"]["skipped"] == [] and len(got["b"]["grid"]) == 6
+    assert got["n"]["skipped"] == [0.1, 0.2, 0.3, 0.4]  # a NaN KL is never within a budget
+    assert [c for _, c in calls] == coeffs and calls[-1][0] == ("b",)
+    # with KL rising in the coefficient, the choice is the full grid's
+    for m in ("a", "b"):
+        full = [{"coeff": 0.0, "kl": 0.0, "objective": -10.0}] + [
+            {"coeff": c, "kl": kl[m](c), "objective": obj(m, c)} for c in coeffs]
+        for b in (0.25, 0.1):
+            assert got[m]["chosen"][str(b)] == sc.pick_coeff(full, b)
+    assert got["n"]["chosen"] == {"0.25": 0.0, "0.1": 0.0}
