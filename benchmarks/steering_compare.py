@@ -50,7 +50,7 @@ from steering.generation import Generation, generate
 from steering.interventions import AddVector
 from steering.measures import Judge, NeutralKL, score_generation
 from steering.positions import Positions
-from steering.selection.gradient import gradient_scores, target_objective
+from steering.selection.gradient import gradient_scores, steered_target_logprobs, target_objective
 from steering.selection.output import output_scores
 from steering.selection.registry import SelectionContext, select_direction
 from steering.stats import measure_stats
@@ -256,7 +256,6 @@ class Run:
         if todo:
             t = time.time()
             unit = {m: vecs[m] / vecs[m].norm().clamp_min(1e-12) for m in todo}
-            n = len(self.sel_prompts)
             cost = {"kl": 0.0, "objective": 0.0}
 
             def measure(methods: list[str], c: float, stop_kl: float) -> tuple[list[float], list[float | None]]:
@@ -266,13 +265,10 @@ class Run:
                 t1 = time.time()
                 ok = [i for i, k in enumerate(kls) if k <= stop_kl]  # over every budget: never chosen, not scored
                 objs: list[float | None] = [None] * len(methods)
-                with torch.no_grad():
-                    for part in torch.tensor(ok, dtype=torch.long).split(max(1, 64 // n)):
-                        iv = AddVector(self.hook, pushes[part].repeat_interleave(n, 0).unsqueeze(1), 1.0,
-                                       Positions("all"))
-                        for i, o in zip(part.tolist(), _per_setting_objective(self.lm, self.sel_prompts, targets,
-                                                                             iv, len(part))):
-                            objs[i] = o
+                if ok:
+                    got = steered_target_logprobs(self.lm, self.hook, self.sel_prompts, targets, pushes[ok])
+                    for i, o in zip(ok, got.mean(1).tolist()):
+                        objs[i] = o
                 cost["kl"] += t1 - t0
                 cost["objective"] += time.time() - t1
                 return kls, objs
@@ -353,13 +349,6 @@ def walk_grid(methods: list[str], coeffs: list[float], measure: Any, budgets: li
     for m in methods:
         out[m]["chosen"] = {str(b): pick_coeff(out[m]["grid"], b) for b in budgets}
     return out
-
-
-def _per_setting_objective(lm: Any, prompts: list[str], targets: list[int], iv: AddVector, k: int) -> list[float]:
-    """target_objective per setting: rows are k settings x prompts, each setting's mean over its prompts."""
-    from steering.selection.gradient import target_logprobs
-
-    return target_logprobs(lm, prompts * k, targets, [iv]).view(k, len(prompts)).mean(1).tolist()
 
 
 def main(argv: list[str] | None = None) -> int:

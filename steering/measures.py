@@ -30,7 +30,8 @@ from steering.generation import Generation
 from steering.interventions import Intervention, feature_values, steering
 from steering.positions import RunState
 from steering.reading import TokenBatch, _device, chunks, encode_texts, pad_batch, token_ids
-from workbench.hooks import editing
+from workbench.errors import WorkbenchError
+from workbench.hooks import capture, editing
 
 
 @dataclass
@@ -79,7 +80,7 @@ def compression_ratio(text: str) -> float:
     return len(raw) / len(zlib.compress(raw)) if raw else math.nan
 
 
-def logits_at(lm: Any, tokens: Tensor, index: Tensor) -> Tensor:
+def logits_at(lm: Any, tokens: Tensor, index: Tensor, **forward_kwargs: Any) -> Tensor:
     """`[B, K, V]` the bridge's logits at positions `index [B, K]` of each row of `tokens [B, S]`.
 
     Only those positions go through the unembedding (a pre-hook on the bridge's `unembed` gathers
@@ -91,7 +92,7 @@ def logits_at(lm: Any, tokens: Tensor, index: Tensor) -> Tensor:
     idx = index.to(dev)
     unembed = getattr(lm.bridge, "unembed", None)
     if not isinstance(unembed, torch.nn.Module):
-        logits = lm.bridge(tokens.to(dev))
+        logits = lm.bridge(tokens.to(dev), **forward_kwargs)
         return logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))
 
     def pick(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -100,9 +101,53 @@ def logits_at(lm: Any, tokens: Tensor, index: Tensor) -> Tensor:
 
     handle = unembed.register_forward_pre_hook(pick, with_kwargs=True)
     try:
-        return lm.bridge(tokens.to(dev))
+        return lm.bridge(tokens.to(dev), **forward_kwargs)
     finally:
         handle.remove()
+
+
+class _PassThrough(torch.nn.Module):
+    """Stands in for a decoder layer whose output is discarded anyway: returns its input."""
+
+    def forward(self, hidden_states: Tensor | None = None, *args: Any, **kwargs: Any) -> Tensor:
+        return hidden_states if hidden_states is not None else args[0]
+
+
+def start_layer(lm: Any, hook: str) -> int | None:
+    """The block a forward can resume at after `blocks.L.hook_resid_post` (L + 1), or None where it cannot:
+    another hook, the last block's, or a bridge without a `blocks` stack of wrapped layers."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_post", hook)
+    blocks = getattr(lm.bridge, "blocks", None)
+    if m is None or blocks is None or int(m.group(1)) + 1 >= len(blocks):
+        return None
+    if any(b._modules.get("_original_component") is None for b in blocks):
+        return None
+    return int(m.group(1)) + 1
+
+
+def resume_logits(lm: Any, hook: str, resid: Tensor, index: Tensor | None = None) -> Tensor:
+    """Logits of the model run on from `hook` (a block's resid_post) with `resid [B, S, d]` there.
+
+    The bridge's `start_at_layer` swaps the residual in at block L + 1 but still runs blocks 0..L on
+    it and throws their output away; here those blocks pass their input through instead, so they
+    cost nothing. The blocks after the hook compute exactly what they compute in a full forward in
+    which the hook's activation is `resid`. With `index [B, K]`, only those positions are unembedded
+    (logits_at)."""
+    k = start_layer(lm, hook)
+    if k is None:
+        raise WorkbenchError(f"cannot resume a forward after {hook}")
+    blocks = lm.bridge.blocks[:k]
+    saved = [b._modules["_original_component"] for b in blocks]
+    try:
+        for b in blocks:
+            b._modules["_original_component"] = _PassThrough()
+        x = resid.to(_device(lm))
+        if index is None:
+            return lm.bridge(x, start_at_layer=k)
+        return logits_at(lm, x, index, start_at_layer=k)
+    finally:
+        for b, orig in zip(blocks, saved):
+            b._modules["_original_component"] = orig
 
 
 def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 16) -> list[dict[str, float]]:
@@ -208,20 +253,47 @@ class NeutralKL:
         k_all = vectors.shape[0]
         total = torch.zeros(k_all, dtype=torch.float64)
         count = 0
-        for b, base in zip(self.batches, self.base):
+        for i, (b, base) in enumerate(zip(self.batches, self.base)):
             n = b.tokens.shape[0]
             probe = [AddVector(hook, vectors[:1], 1.0, positions)]
             reach = self._reach(b, probe, self._state(b, probe))
             count += int(reach.sum())
+            resid = self._resid(hook, i)
             for ks in chunks(k_all, max(1, rows_per_pass // n)):
                 k = ks.stop - ks.start
                 rows = TokenBatch(b.tokens.repeat(k, 1), b.mask.repeat(k, 1), b.left_pad.repeat(k))
                 vec = vectors[ks].repeat_interleave(n, 0).unsqueeze(1)
                 ivs = [AddVector(hook, vec, 1.0, positions)]
-                new = self._logprobs(rows, ivs, self._state(rows, ivs))
+                if resid is not None:  # the blocks before the hook ran once, unsteered; resume after it
+                    x = resid.repeat(k, 1, 1)
+                    m = positions.mask(torch.arange(x.shape[1]), x.shape[0], self._state(rows, ivs))
+                    x = x + vec.to(x) if m is None else torch.where(m.unsqueeze(-1), x + vec.to(x), x)
+                    with torch.no_grad():
+                        new = F.log_softmax(resume_logits(self.lm, hook, x).float(), -1).cpu()
+                else:
+                    new = self._logprobs(rows, ivs, self._state(rows, ivs))
                 kl = (base.exp() * (base - new.view(k, *base.shape))).sum(-1)  # [k, n, S]
                 total[ks] += (kl * reach).sum((1, 2)).double()
         return (total / count).tolist() if count else [math.nan] * k_all
+
+    def _resid(self, hook: str, i: int) -> Tensor | None:
+        """Batch i's unsteered activation at `hook`, where a forward can resume after it (else None).
+
+        Checked once per hook: resuming from it unsteered must give the log-probabilities the full
+        forward gave (to 1e-5); where it does not, every pass runs the whole model as before."""
+        if not hasattr(self, "_resids"):
+            self._resids: dict[str, list[Tensor] | None] = {}
+        if hook not in self._resids:
+            got: list[Tensor] | None = None
+            if start_layer(self.lm, hook) is not None:
+                got = [capture(self.lm, b.tokens.to(_device(self.lm)), [hook], stop=True)[hook] for b in self.batches]
+                with torch.no_grad():
+                    again = F.log_softmax(resume_logits(self.lm, hook, got[0]).float(), -1).cpu()
+                if not torch.allclose(again, self.base[0], atol=1e-5, rtol=1e-5):
+                    got = None
+            self._resids[hook] = got
+        got = self._resids[hook]
+        return None if got is None else got[i]
 
     def __call__(self, interventions: Intervention | Iterable[Intervention]) -> float:
         ivs = [interventions] if isinstance(interventions, Intervention) else list(interventions)

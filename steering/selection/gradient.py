@@ -38,6 +38,48 @@ def target_logprobs(lm: Any, prompts: list[str], targets: list[int], interventio
     return torch.logsumexp(lp[:, tgt], -1)
 
 
+@torch.no_grad()
+def steered_target_logprobs(lm: Any, hook: str, prompts: list[str], targets: list[int], vectors: Tensor,
+                            rows_per_pass: int = 64) -> Tensor:
+    """`[K, prompts]` target_logprobs with each of K vectors added at every position of `hook`.
+
+    Every setting leaves the blocks up to the hook as they are, so where a forward can resume after
+    the hook (a block's resid_post, steering.measures.resume_logits) they run once for the prompts
+    and each pass runs only the blocks after it (checked once against a full forward, unsteered);
+    elsewhere each pass is a whole steered forward."""
+    from steering.measures import logits_at, resume_logits, start_layer
+    from workbench.hooks import capture
+
+    if not targets:
+        raise WorkbenchError("the gradient score needs target tokens (a concept with target words)")
+    n, k_all = len(prompts), vectors.shape[0]
+    b = encode_texts(lm, prompts, side="right")
+    last = (b.lengths - 1)[:, None]
+    tgt = torch.tensor(sorted(set(targets)), dtype=torch.long)
+    resid = None
+    if start_layer(lm, hook) is not None:  # checked: resuming unsteered gives the full forward's logits
+        resid = capture(lm, b.tokens.to(next(iter(lm.bridge.parameters())).device), [hook], stop=True)[hook]
+        if not torch.allclose(resume_logits(lm, hook, resid, last)[:, 0], logits_at(lm, b.tokens, last)[:, 0],
+                              atol=1e-4, rtol=1e-5):
+            resid = None
+    out = []
+    for a in range(0, k_all, max(1, rows_per_pass // n)):
+        vec = vectors[a: a + max(1, rows_per_pass // n)]
+        k = vec.shape[0]
+        rows = vec.repeat_interleave(n, 0).unsqueeze(1)  # [k * n, 1, d]: each row its own vector
+        if resid is not None:
+            x = resid.repeat(k, 1, 1)
+            logits = resume_logits(lm, hook, x + rows.to(x), last.repeat(k, 1))[:, 0]
+        else:
+            tok = b.tokens.repeat(k, 1)
+            state = RunState(prompt_len=b.lengths.repeat(k), left_pad=b.left_pad.repeat(k))
+            with steering(lm, [AddVector(hook, rows, 1.0, Positions("all"))], state=state):
+                logits = logits_at(lm, tok, last.repeat(k, 1))[:, 0]
+        lp = torch.log_softmax(logits.float(), -1).cpu()
+        out.append(torch.logsumexp(lp[:, tgt], -1).view(k, n))
+    return torch.cat(out)
+
+
 def target_objective(lm: Any, prompts: list[str], targets: list[int], interventions: list | tuple = (),
                      positions: Positions | None = None) -> Tensor:
     """Mean over prompts of log sum_{t in targets} p(t | prompt) at each prompt's last token."""

@@ -78,17 +78,57 @@ def test_objective_per_prompt_equals_the_plain_computation(tiny_lm):
     assert float(target_objective(tiny_lm, PROMPTS, [5, 9, 11], [iv])) == pytest.approx(sum(want) / 3, rel=1e-5)
 
 
-def test_per_setting_objective_equals_one_setting_at_a_time(tiny_lm):
-    """The comparison's objective for k settings in one pass (each row its own vector) is each setting's
-    mean over the prompts of the plain last-token target log-prob."""
+def test_objective_of_many_settings_equals_one_setting_at_a_time(tiny_lm):
+    """The comparison's objective for K settings (each row of a pass its own vector) is, per setting and
+    prompt, the plain last-token target log-prob of the prompt steered with that vector alone."""
+    from steering.selection.gradient import steered_target_logprobs
+
     vecs = torch.randn(3, 32, generator=torch.Generator().manual_seed(4)) * 2
     vecs[1] = 0
-    n = len(PROMPTS)
-    iv = AddVector(HOOK, vecs.repeat_interleave(n, 0).unsqueeze(1), 1.0, Positions("all"))
-    got = sc._per_setting_objective(tiny_lm, PROMPTS, [5, 9], iv, 3)
-    want = [sum(_plain_last_target_logprob(tiny_lm, p, [5, 9], [AddVector(HOOK, v, 1.0, Positions("all"))])
-                for p in PROMPTS) / n for v in vecs]
-    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    got = steered_target_logprobs(tiny_lm, HOOK, PROMPTS, [5, 9], vecs, rows_per_pass=4)
+    want = [[_plain_last_target_logprob(tiny_lm, p, [5, 9], [AddVector(HOOK, v, 1.0, Positions("all"))])
+             for p in PROMPTS] for v in vecs]
+    assert got.shape == (3, len(PROMPTS))
+    assert got.flatten().tolist() == pytest.approx([x for r in want for x in r], rel=1e-5, abs=1e-6)
+
+
+class LayerCalls:
+    """Counts the forward passes each decoder layer really runs."""
+
+    def __init__(self, lm):
+        self.lm, self.calls = lm, {}
+
+    def __enter__(self):
+        self.h = [b.original_component.register_forward_pre_hook(lambda m, a, i=i: self.calls.update(
+            {i: self.calls.get(i, 0) + 1})) for i, b in enumerate(self.lm.bridge.blocks)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.h:
+            h.remove()
+
+
+def test_objective_of_many_settings_runs_the_blocks_before_the_hook_once(tiny_lm):
+    from steering.selection.gradient import steered_target_logprobs
+
+    vecs = torch.randn(6, 32, generator=torch.Generator().manual_seed(5))
+    with LayerCalls(tiny_lm) as seen:
+        steered_target_logprobs(tiny_lm, HOOK, PROMPTS, [5, 9], vecs, rows_per_pass=6)  # 3 passes of 2 settings
+    # HOOK is blocks.1's output: blocks 0-1 once (+ 1: the unsteered full forward the resumed one is checked
+    # against), block 2 once per pass (+ 2: that check)
+    assert seen.calls == {0: 2, 1: 2, 2: 3 + 2}
+
+
+def test_kl_of_many_settings_runs_the_blocks_before_the_hook_once(tiny_lm):
+    from steering import NeutralKL
+
+    kl = NeutralKL(tiny_lm, ["the committee met on tuesday", "a letter", "he fixed the broken chair"], batch_size=2)
+    vecs = torch.randn(4, 32, generator=torch.Generator().manual_seed(6))
+    with LayerCalls(tiny_lm) as seen:
+        many = kl.many(HOOK, vecs, rows_per_pass=4)  # batch of 2 texts: 2 passes of 2 settings; of 1: 1 pass
+    # blocks 0-1 once per batch of texts; block 2 once per pass, + 1: resuming unsteered is checked once
+    assert seen.calls == {0: 2, 1: 2, 2: 3 + 1}
+    assert many == pytest.approx([kl([AddVector(HOOK, v, 1.0)]) for v in vecs], rel=1e-5, abs=1e-7)
 
 
 def test_judge_unembeds_only_the_positions_that_predict_generated_tokens(tiny_lm):
