@@ -97,3 +97,24 @@ def test_cli_several_saes_at_one_hook_share_the_pass(tiny_cache, tiny_model_dir,
         assert both["spliced"]["contexts"] == 4
         _close(both["spliced"], alone["spliced"])
         _close(both["reconstruction"], alone["reconstruction"])
+
+
+def test_eight_saes_at_vocab_49152_fit_the_logits_budget() -> None:
+    """The reference suite's case (8 SAEs, vocab 49152, 128-token contexts): the SAEs go in groups and each pass's
+    float32 logits (and the log-probs and a temporary, as large) stay within 1 GiB on a CPU, 8 GiB on CUDA,
+    while the rows per context stay below one 5-row pass per SAE."""
+    from types import SimpleNamespace
+
+    from evals.evaluate_splice import _auto_batch_contexts, _chunks, max_group
+    from evals.splice import stacked_rows
+
+    lm = SimpleNamespace(bridge=SimpleNamespace(cfg=SimpleNamespace(d_vocab=49152)))
+    for device, gib in ((torch.device("cpu"), 1), (torch.device("cuda"), 8)):
+        groups = _chunks(list(range(8)), max_group(lm, 128, device, has_mean=True, error_term=True))
+        assert sorted(i for g in groups for i in g) == list(range(8))
+        for g in groups:
+            rows = stacked_rows(len(g))
+            assert rows == 3 + 2 * len(g)
+            bc = _auto_batch_contexts(lm, 128, rows, device)
+            assert bc * rows * 128 * 49152 * 4 * 3 <= gib * 2**30
+        assert sum(stacked_rows(len(g)) for g in groups) < 5 * 8
