@@ -169,13 +169,28 @@ def gen_rows(lm: Any, prompts: list[str], vecs: torch.Tensor | None, hook: str, 
 
 def judged(lm: Any, gens: list[Generation], judge: Judge) -> list[dict]:
     """One row per (decode, prompt): the measures, the text and the positions read and steered."""
-    rows = []
-    for d, g in enumerate(gens):
-        for i, s in enumerate(score_generation(lm, g, judge, batch_size=64)):
-            rows.append({"decode": d, "prompt": i, **{k: s[k] for k in MEASURES}, "text": g.texts[i],
-                         "read_positions": g.read_positions[i],
-                         "steered_positions": g.steered_positions[i][0] if g.steered_positions[i] else 0})
-    return rows
+    return judged_many(lm, [gens], judge)[0]
+
+
+def judged_many(lm: Any, settings: list[list[Generation]], judge: Judge) -> list[list[dict]]:
+    """judged() for several settings at once: every (setting, decode) of a prompt is judged in one
+    score_generation call, so the unsteered model reads each prompt once for all of them."""
+    flat = [g for gens in settings for g in gens]
+    merged = Generation([p for g in flat for p in g.prompts], [x for g in flat for x in g.prompt_ids],
+                        [x for g in flat for x in g.new_ids], [x for g in flat for x in g.texts])
+    scores = score_generation(lm, merged, judge, batch_size=64)
+    out, at = [], 0
+    for gens in settings:
+        rows = []
+        for d, g in enumerate(gens):
+            for i in range(len(g.prompts)):
+                s = scores[at]
+                at += 1
+                rows.append({"decode": d, "prompt": i, **{k: s[k] for k in MEASURES}, "text": g.texts[i],
+                             "read_positions": g.read_positions[i],
+                             "steered_positions": g.steered_positions[i][0] if g.steered_positions[i] else 0})
+        out.append(rows)
+    return out
 
 
 class Run:
@@ -303,8 +318,8 @@ class Run:
                                       for _, m, c, _ in chunk])
                 t = time.time()
                 gens = gen_rows(self.lm, self.rep_prompts, pushes, self.hook, self.a, greedy_only)
-                for (key, m, c, _), g in zip(chunk, gens):
-                    done[key] = {"method": m, "coeff": c, "rows": judged(self.lm, g, judge)}
+                for (key, m, c, _), rows in zip(chunk, judged_many(self.lm, gens, judge)):
+                    done[key] = {"method": m, "coeff": c, "rows": rows}
                 atomic_write_json(path, done)
                 log.info("  %s %s: %d settings generated in %.0f s", self.label, concept.name, len(chunk),
                          time.time() - t)

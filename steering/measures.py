@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import zlib
@@ -152,47 +153,101 @@ def resume_logits(lm: Any, hook: str, resid: Tensor, index: Tensor | None = None
 
 def score_generation(lm: Any, gen: Generation, judge: Judge, batch_size: int = 16) -> list[dict[str, float]]:
     """Per prompt: feature, probe, target_logprob, target_hit, ppl, distinct_2, distinct_3, compression,
-    n_new (NaN where nothing was generated)."""
-    rows = [p + n for p, n in zip(gen.prompt_ids, gen.new_ids)]
+    n_new (NaN where nothing was generated).
+
+    Rows that share a prompt share its forward pass: the unsteered model reads each distinct prompt
+    once, and its continuations run on a copy of that KV cache (a sweep judges many settings and
+    decodes of the same prompts, and the prompt was a third of every row). Only the positions that
+    predict a generated token are unembedded. A bridge without a manual KV cache reads every row
+    whole, as before."""
     targets = torch.tensor(judge.target_ids(lm), dtype=torch.long) if judge.target_words else None
     pattern = target_pattern(judge.target_words)
     out: list[dict[str, float]] = []
-    for sl in chunks(len(rows), batch_size):
-        b = pad_batch(lm, rows[sl], "right")
-        acts: dict[str, Tensor] = {}
-
-        def keep(act: Tensor, site: Any) -> None:
-            acts["x"] = act.detach().float().cpu()
-
-        # only the positions that predict a generated token are unembedded: row i's p-1 .. p+n-2
-        starts = torch.tensor([len(gen.prompt_ids[k]) - 1 for k in range(sl.start, sl.stop)])
-        width = max(1, max(len(gen.new_ids[k]) for k in range(sl.start, sl.stop)))
-        index = (starts[:, None] + torch.arange(width)).clamp_max(b.tokens.shape[1] - 1)
-        with torch.no_grad(), editing(lm, judge.hook, keep):
-            logits = logits_at(lm, b.tokens, index)
-        lp = F.log_softmax(logits.float(), -1).cpu()  # [rows, width, V]: lp[i, j] predicts token p + j
-        for i, k in enumerate(range(sl.start, sl.stop)):
-            p, n = len(gen.prompt_ids[k]), len(gen.new_ids[k])
-            r = {"n_new": float(n), "feature": math.nan, "probe": math.nan, "target_logprob": math.nan,
-                 "ppl": math.nan,
-                 "target_hit": float(bool(pattern.search(gen.texts[k]))) if pattern else math.nan,
-                 "distinct_2": distinct_n(gen.new_ids[k], 2), "distinct_3": distinct_n(gen.new_ids[k], 3),
-                 "compression": compression_ratio(gen.texts[k])}
-            if n > 0:
-                x = acts["x"][i, p: p + n]
+    for k in range(len(gen.prompt_ids)):
+        n = len(gen.new_ids[k])
+        out.append({"n_new": float(n), "feature": math.nan, "probe": math.nan, "target_logprob": math.nan,
+                    "ppl": math.nan, "target_hit": float(bool(pattern.search(gen.texts[k]))) if pattern else math.nan,
+                    "distinct_2": distinct_n(gen.new_ids[k], 2), "distinct_3": distinct_n(gen.new_ids[k], 3),
+                    "compression": compression_ratio(gen.texts[k])})
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, p in enumerate(gen.prompt_ids):
+        if gen.new_ids[k]:
+            groups.setdefault(tuple(p), []).append(k)
+    for prompt, ks in groups.items():
+        prefix = _prompt_pass(lm, list(prompt))
+        for sl in chunks(len(ks), batch_size):
+            rows = ks[sl]
+            if prefix is None:
+                x, pred_logits = _read_whole(lm, gen, rows, judge.hook)
+            else:
+                x, pred_logits = _read_continued(lm, gen, rows, judge.hook, *prefix)
+            lp = F.log_softmax(pred_logits.float(), -1).cpu()  # [rows, width, V]: lp[i, j] predicts new token j
+            for i, k in enumerate(rows):
+                r, n = out[k], len(gen.new_ids[k])
+                xi = x[i, :n]
                 if judge.sae is not None and judge.feature is not None:
                     w = judge.sae.W_dec
-                    codes = judge.sae.encode(x.to(device=w.device, dtype=w.dtype))
+                    codes = judge.sae.encode(xi.to(device=w.device, dtype=w.dtype))
                     r["feature"] = float(feature_values(codes, torch.tensor([judge.feature], device=w.device)).mean())
                 if judge.probe is not None:
-                    r["probe"] = float((x @ judge.probe.float()).mean()) + judge.probe_bias
+                    r["probe"] = float((xi @ judge.probe.float()).mean()) + judge.probe_bias
                 pred = lp[i, :n]
-                tok = b.tokens[i, p: p + n]
+                tok = torch.tensor(gen.new_ids[k], dtype=torch.long)
                 r["ppl"] = float(torch.exp(-pred.gather(1, tok.view(-1, 1)).mean()))
                 if targets is not None and targets.numel():
                     r["target_logprob"] = float(torch.logsumexp(pred[:, targets], dim=1).mean())
-            out.append(r)
     return out
+
+
+def _prompt_pass(lm: Any, prompt: list[int]) -> tuple[Tensor, Any] | None:
+    """The unsteered model's logits at the prompt's last token `[V]` and its KV cache, or None where the
+    bridge gives no cache to continue from."""
+    try:
+        with torch.no_grad():
+            logits, cache = lm.bridge(torch.tensor([prompt], device=_device(lm)), return_type="logits_and_cache")
+    except Exception:  # noqa: BLE001 - a bridge without a manual KV cache: read each row whole
+        return None
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    return logits[0, -1], cache
+
+
+def _read_continued(lm: Any, gen: Generation, rows: list[int], hook: str, last: Tensor,
+                    cache: Any) -> tuple[Tensor, Tensor]:
+    """`x [R, W, d]` at `hook` over each row's generated tokens and the logits predicting them `[R, W, V]`,
+    the generated tokens run on a copy of their prompt's KV cache."""
+    b = pad_batch(lm, [gen.new_ids[k] for k in rows], "right")
+    r, w = b.tokens.shape
+    acts: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, site: Any) -> None:
+        acts["x"] = act.detach().float().cpu()
+
+    cache = copy.deepcopy(cache)
+    cache.batch_repeat_interleave(r)
+    index = torch.arange(max(w - 1, 1)).expand(r, -1)  # new token j + 1 is predicted at new position j
+    with torch.no_grad(), editing(lm, hook, keep):
+        logits = logits_at(lm, b.tokens, index, past_key_values=cache)
+    pred = torch.cat([last.view(1, 1, -1).expand(r, 1, -1), logits[:, : w - 1]], 1)
+    return acts["x"], pred
+
+
+def _read_whole(lm: Any, gen: Generation, rows: list[int], hook: str) -> tuple[Tensor, Tensor]:
+    """As _read_continued, each row read whole (prompt and generated tokens in one pass)."""
+    b = pad_batch(lm, [gen.prompt_ids[k] + gen.new_ids[k] for k in rows], "right")
+    acts: dict[str, Tensor] = {}
+
+    def keep(act: Tensor, site: Any) -> None:
+        acts["x"] = act.detach().float().cpu()
+
+    starts = torch.tensor([len(gen.prompt_ids[k]) for k in rows])
+    width = max(len(gen.new_ids[k]) for k in rows)
+    index = (starts[:, None] - 1 + torch.arange(width)).clamp_max(b.tokens.shape[1] - 1)
+    with torch.no_grad(), editing(lm, hook, keep):
+        logits = logits_at(lm, b.tokens, index)
+    x = acts["x"].gather(1, (starts[:, None] + torch.arange(width)).clamp_max(b.tokens.shape[1] - 1)[..., None]
+                         .expand(-1, -1, acts["x"].shape[-1]))
+    return x, logits
 
 
 def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:

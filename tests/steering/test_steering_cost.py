@@ -6,6 +6,7 @@ plain computation's, written here from the definitions one prompt at a time on f
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ class UnembedRows:
     """Counts the positions (per row) that reach the unembedding in each forward pass."""
 
     def __init__(self, lm):
-        self.lm, self.widths, self.full = lm, [], []
+        self.lm, self.widths, self.full, self.inputs = lm, [], [], []
 
     def __enter__(self):
         def post(mod, args, out):  # the logits it made: [rows, positions, vocab]
@@ -39,6 +40,7 @@ class UnembedRows:
         def pre_model(mod, args, kwargs):
             x = args[0] if args else kwargs.get("input_ids")
             self.full.append(x.shape[1])
+            self.inputs.append(tuple(x.shape))
 
         self.h = [self.lm.bridge.unembed.register_forward_hook(post),
                   self.lm.bridge.original_model.register_forward_pre_hook(pre_model, with_kwargs=True)]
@@ -131,12 +133,21 @@ def test_kl_of_many_settings_runs_the_blocks_before_the_hook_once(tiny_lm):
     assert many == pytest.approx([kl([AddVector(HOOK, v, 1.0)]) for v in vecs], rel=1e-5, abs=1e-7)
 
 
-def test_judge_unembeds_only_the_positions_that_predict_generated_tokens(tiny_lm):
-    gen = generate(tiny_lm, PROMPTS, [], max_new_tokens=5)
-    with UnembedRows(tiny_lm) as seen:
-        score_generation(tiny_lm, gen, Judge(HOOK, target_words=("cat",)), batch_size=8)
-    assert seen.widths == [max(len(n) for n in gen.new_ids)]
-    assert seen.full == [max(len(p) + len(n) for p, n in zip(gen.prompt_ids, gen.new_ids))]
+def test_judge_reads_each_prompt_once_and_unembeds_only_what_predicts_generated_tokens(tiny_lm):
+    """Two sampled decodes of each prompt judged together: each distinct prompt goes through the model
+    once (its last position is the only prompt logit used), and each group of continuations runs its
+    generated tokens only, unembedding the positions that predict a later generated token."""
+    g = generate(tiny_lm, PROMPTS * 2, [], max_new_tokens=5, do_sample=True, seed=1)
+    with UnembedRows(tiny_lm) as seen, torch.no_grad():
+        score_generation(tiny_lm, g, Judge(HOOK, target_words=("cat",)), batch_size=8)
+    want_in, want_out = [], []
+    for p in PROMPTS:
+        ids = _ids(tiny_lm, p)
+        w = max(len(n) for q, n in zip(g.prompt_ids, g.new_ids) if q == ids)
+        want_in += [(1, len(ids)), (2, w)]
+        want_out += [len(ids), w - 1]
+    assert seen.inputs == want_in
+    assert seen.widths == want_out
 
 
 def test_judge_equals_the_plain_computation_on_full_logits(tiny_lm):
@@ -186,3 +197,19 @@ def test_grid_walk_stops_a_method_once_its_kl_passes_the_largest_budget():
         for b in (0.25, 0.1):
             assert got[m]["chosen"][str(b)] == sc.pick_coeff(full, b)
     assert got["n"]["chosen"] == {"0.25": 0.0, "0.1": 0.0}
+
+
+def test_judging_settings_together_gives_each_settings_own_rows(tiny_lm):
+    """The comparison judges a chunk of settings in one call (prompts shared across them): each setting
+    gets the rows it gets judged alone, in the same order."""
+    a = argparse.Namespace(samples=1, max_new_tokens=4)
+    vecs = torch.randn(2, 32, generator=torch.Generator().manual_seed(8)) * 3
+    gens = sc.gen_rows(tiny_lm, PROMPTS, vecs, HOOK, a)  # 2 settings x (greedy + 1 sample)
+    judge = Judge(HOOK, target_words=("cat", "the"))
+    together = sc.judged_many(tiny_lm, gens, judge)
+    for rows, g in zip(together, gens):
+        alone = sc.judged(tiny_lm, g, judge)
+        assert [(r["decode"], r["prompt"], r["text"]) for r in rows] == [(r["decode"], r["prompt"], r["text"])
+                                                                         for r in alone]
+        for r, s in zip(rows, alone):
+            assert [r[k] for k in sc.MEASURES] == pytest.approx([s[k] for k in sc.MEASURES], rel=1e-5, nan_ok=True)
