@@ -11,7 +11,10 @@ The coefficient is chosen on the *selection* prompts, never on the reported ones
 the one with the largest steered log-probability of the concept's target tokens at each
 selection prompt's last token (the quantity the gradient score differentiates; forward passes
 only) whose KL on neutral text (nats/token, every position steered) is within the budget
-(0.25 and 0.1; 0 is always admitted). At that coefficient every method generates from the
+(0.25 and 0.1; 0 is always admitted). The grid is walked upward per method and a method stops
+after the first coefficient whose KL is over the largest budget (walk_grid: the same choice as the
+full grid unless the KL falls back under the budget at a larger coefficient; choice.json lists
+the skipped points). At that coefficient every method generates from the
 held-out prompts (greedy and seeded samples, the unsteered model with the same seeds beside
 it), and the unsteered model judges the text (steering.measures): target-word hit rate and
 target log-prob, perplexity, distinct-2 and zlib compression ratio. Gains are steered minus
