@@ -15,7 +15,10 @@ What it does, through the `sae` command line a user would type (so the suite als
    tokens gets, not a snapshot of a longer run;
 3. `sae eval` of every SAE on the cache's held-out rows (the same rows for every budget, since the
    budgets share the cache and its held-out fraction) and its held-out contexts spliced into the
-   model: held-out FVU, CE loss score and KL score, L0, dead features;
+   model: held-out FVU, CE loss score and KL score, L0, dead features (never firing on the held-out
+   split: `sae eval`'s default counts them over every cached token, one encode pass over 10M tokens per
+   SAE, which on this CPU would cost more than the training; the held-out 1% holds 100k tokens);
+   the SAEs of one hook share the spliced loss's forward passes (`evals.evaluate_many`);
 4. the scaling table (markdown, printed and written to `<root>/scaling.md`) and the plot
    (`<root>/scaling.png`: held-out FVU and CE loss score against tokens seen, log x axis).
 
@@ -41,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
-EVAL_KEYS = ("ce_contexts", "heldout_fraction", "splice_positions")
+EVAL_KEYS = ("ce_contexts", "heldout_fraction", "splice_positions", "density_split")
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def eval_settings_match(eval_json: Path, args: argparse.Namespace) -> bool:
     if not eval_json.exists():
         return False
     settings = json.loads(eval_json.read_text()).get("settings", {})
-    want = {"ce_contexts": args.ce_contexts, "heldout_fraction": args.heldout_fraction, "splice_positions": "text"}
+    want = {"ce_contexts": args.ce_contexts, "heldout_fraction": args.heldout_fraction, "splice_positions": "text",
+            "density_split": "heldout"}
     return all(settings.get(k) == want[k] for k in EVAL_KEYS)
 
 
@@ -128,7 +132,7 @@ def evaluate(args: argparse.Namespace, acts: Path, saes: list[SuiteSae], env: di
     if todo:
         run(sae_command() + ["eval", "--sae", *[str(s.sae_dir) for s in todo], "--cache", str(acts),
                              "--ce-contexts", str(args.ce_contexts), "--heldout-fraction", str(args.heldout_fraction),
-                             "--splice-positions", "text", "--no-probing", "--device", args.device,
+                             "--splice-positions", "text", "--density-split", "heldout", "--no-probing", "--device", args.device,
                              "--plot", str(args.root / f"pareto-{todo[0].budget}.png")], env)
 
 
@@ -160,7 +164,7 @@ def read_row(sae: SuiteSae) -> Row | None:
 
 
 def table(rows: list[Row]) -> str:
-    head = ("| hook | F | k | tokens seen | held-out FVU | CE loss score | KL score | L0 | dead % | "
+    head = ("| hook | F | k | tokens seen | held-out FVU | CE loss score | KL score | L0 | dead % (held-out) | "
             "held-out tokens | CE tokens |\n|---|---|---|---|---|---|---|---|---|---|---|")
     body = [f"| {r.sae.hook} | x{r.sae.expansion} | {r.sae.k} | {r.tokens_seen:,} | {r.fvu:.4f} | {r.ce_score:.4f} | "
             f"{r.kl_score:.4f} | {r.l0:.1f} | {r.dead_pct:.1f} | {r.heldout_tokens:,} | {r.ce_tokens:,} |"
