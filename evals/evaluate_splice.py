@@ -10,13 +10,15 @@ it gets evaluated alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from evals.contexts import cache_contexts, corpus_contexts
+from evals.contexts import ContextBatch, cache_contexts, corpus_contexts
 from evals.result import EvalResult
 from evals.splice import spliced_losses_many, stacked_rows
 from harvesting import CacheReader
@@ -133,11 +135,21 @@ def run_spliced(jobs: list[SpliceJob], lm, reader: CacheReader | None, cfg: Any,
                 ctx = cache_contexts(reader, head.hook, heldout_fraction=head.frac, max_contexts=n_contexts,
                                      batch_contexts=bc)
                 text = "held-out contexts of the cache"
-            outs = spliced_losses_many(lm, [j.sae for j in chunk], head.hook, ctx, mean=head.mean,
-                                       error_term=cfg.error_term, splice_positions=cfg.splice_positions,
-                                       device=device)
+            with tqdm(total=n_contexts, unit="ctx", desc=f"spliced {head.hook} x{len(chunk)} SAE(s)",
+                      disable=not cfg.progress) as bar:
+                outs = spliced_losses_many(lm, [j.sae for j in chunk], head.hook, _counted(ctx, bar),
+                                           mean=head.mean, error_term=cfg.error_term,
+                                           splice_positions=cfg.splice_positions, device=device)
             for job, out in zip(chunk, outs):
                 _record(job.result, out, text, n_contexts, length, has_mean)
+
+
+def _counted(contexts: Iterable[ContextBatch], bar: tqdm) -> Iterator[ContextBatch]:
+    """The contexts, ticking `bar` by each batch's contexts: on a CPU the spliced passes of a sweep
+    take tens of minutes, and a step that long should not look hung."""
+    for cb in contexts:
+        yield cb
+        bar.update(cb.tokens.shape[0])
 
 
 def _record(result: EvalResult, out: dict[str, Any], text: str, n_contexts: int, length: int, has_mean: bool) -> None:
