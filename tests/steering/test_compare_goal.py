@@ -55,3 +55,22 @@ def test_goal_check_against_hand_computed_ratios():
     text = "\n".join(lines)
     assert "ratio 0.83 (goal >= 0.8: met)" in text and "ratio 0.75 (goal >= 0.8: missed)" in text
     assert "1/2 concepts (goal >= 75%: missed)" in text and "0.35 (goal >= 0.3: met)" in text
+
+
+def test_goal_check_also_names_the_method_chosen_without_the_held_out_prompts():
+    """Picking the best of five selectors by their held-out gain flatters the winner; the method with the
+    largest selection-prompt objective at its chosen coefficient is picked blind to the held-out prompts."""
+    a = argparse.Namespace(selectors=["rise", "output"])
+    summ = {}
+    # held-out: output wins (lp 3, 3 vs rise 2, 2); selection prompts: rise has the larger objective (-4, -5
+    # vs -6, -6), so the blind choice is rise, whose ratios are 2/4 = 0.5 (lp) and 0.2/0.4 = 0.5 (hit)
+    for c in ("a", "b"):
+        dm, out, rise, rnd = _row(4, .4), _row(3, .3), _row(2, .2), _row(0, 0)
+        out["objective"], rise["objective"] = -6.0, (-4.0 if c == "a" else -5.0)
+        summ[c] = {"budgets": {"0.25": {"diffmean": dm, "sae_output": out, "sae_rise": rise, "random_median": rnd}},
+                   "spearman": {"output": 0.0, "rise": 0.0, "concept_output": 0.0, "gradient": 0.0},
+                   "spearman_n": 16}
+    lines, res = sc.goal_check(a, summ, "0.25")
+    assert res["best"] == "sae_output" and res["blind"] == "sae_rise"
+    assert res["blind_lp_ratio"] == pytest.approx(0.5) and res["blind_hit_ratio"] == pytest.approx(0.5)
+    assert "**sae_rise**" in "\n".join(lines)
