@@ -149,6 +149,14 @@ class Row:
     dead_pct: float
     heldout_tokens: int
     ce_tokens: int
+    fvu_ci: tuple[float, float] = (float("nan"), float("nan"))
+    ce_ci: tuple[float, float] = (float("nan"), float("nan"))
+
+
+def interval(block: dict, key: str) -> tuple[float, float]:
+    """The bootstrap 95% interval `sae eval` stored for one metric; NaNs where it stored none (too few rows)."""
+    iv = block.get("intervals", {}).get(key)
+    return (iv["low"], iv["high"]) if iv else (float("nan"), float("nan"))
 
 
 def read_row(sae: SuiteSae) -> Row | None:
@@ -160,13 +168,15 @@ def read_row(sae: SuiteSae) -> Row | None:
     rec, spl = e["reconstruction"], e.get("spliced", {})
     return Row(sae, int(s["tokens"]), rec["fvu"], spl.get("ce_loss_score", float("nan")),
                spl.get("kl_div_score", float("nan")), rec["l0"], e["health"]["dead_pct"], int(rec["tokens"]),
-               int(spl.get("ce_tokens", 0)))
+               int(spl.get("ce_tokens", 0)), interval(rec, "fvu"), interval(spl, "ce_loss_score"))
 
 
 def table(rows: list[Row]) -> str:
-    head = ("| hook | F | k | tokens seen | held-out FVU | CE loss score | KL score | L0 | dead % (held-out) | "
-            "held-out tokens | CE tokens |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    body = [f"| {r.sae.hook} | x{r.sae.expansion} | {r.sae.k} | {r.tokens_seen:,} | {r.fvu:.4f} | {r.ce_score:.4f} | "
+    """Bracketed: the bootstrap 95% intervals of `sae eval` (FVU over blocks of rows, CE score over contexts)."""
+    head = ("| hook | F | k | tokens seen | held-out FVU [95% CI] | CE loss score [95% CI] | KL score | L0 | "
+            "dead % (held-out) | held-out tokens | CE tokens |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    body = [f"| {r.sae.hook} | x{r.sae.expansion} | {r.sae.k} | {r.tokens_seen:,} | {r.fvu:.4f} "
+            f"[{r.fvu_ci[0]:.4f}, {r.fvu_ci[1]:.4f}] | {r.ce_score:.4f} [{r.ce_ci[0]:.4f}, {r.ce_ci[1]:.4f}] | "
             f"{r.kl_score:.4f} | {r.l0:.1f} | {r.dead_pct:.1f} | {r.heldout_tokens:,} | {r.ce_tokens:,} |"
             for r in sorted(rows, key=lambda r: (r.sae.hook, r.sae.expansion, r.sae.k, r.tokens_seen))]
     return "\n".join([head, *body])
@@ -185,8 +195,11 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     for (hook, x, k), pts in sorted(curves.items()):
         pts.sort(key=lambda r: r.tokens_seen)
         label = f"{hook.split('.hook')[0]} x{x} k{k}"
-        axes[0].plot([r.tokens_seen for r in pts], [r.fvu for r in pts], marker="o", label=label)
-        axes[1].plot([r.tokens_seen for r in pts], [r.ce_score for r in pts], marker="o", label=label)
+        xs = [r.tokens_seen for r in pts]
+        for ax, val, ci in ((axes[0], "fvu", "fvu_ci"), (axes[1], "ce_score", "ce_ci")):
+            ys = [getattr(r, val) for r in pts]
+            err = [[y - getattr(r, ci)[0] for y, r in zip(ys, pts)], [getattr(r, ci)[1] - y for y, r in zip(ys, pts)]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     for ax, name in zip(axes, ("held-out FVU (lower is better)", "CE loss score (higher is better)")):
         ax.set_xscale("log")
         ax.set_xlabel("training tokens seen")

@@ -46,6 +46,12 @@ def test_suite_runs_every_stage_and_resumes(tiny_model_dir, tmp_path, capsys):  
     assert [r.tokens_seen for r in rows] == [s.budget for s in saes]
     table = (tmp_path / "ref" / "scaling.md").read_text()
     assert "SAEs finished: 8 of 8" in table and table.count("| blocks.") == 8
+    # each row carries the bootstrap interval its eval.json holds, around its estimate
+    for r in rows:
+        ev = json.loads((r.sae.sae_dir / "eval.json").read_text())
+        iv = ev["reconstruction"]["intervals"]["fvu"]
+        assert r.fvu_ci == (iv["low"], iv["high"]) and iv["low"] <= r.fvu <= iv["high"]
+        assert f"{r.fvu:.4f} [{iv['low']:.4f}, {iv['high']:.4f}]" in table
     assert (tmp_path / "ref" / "scaling.png").stat().st_size > 10_000
     assert "$ " in out and "harvest" in out
     # a second run finds everything done: no stage runs again
