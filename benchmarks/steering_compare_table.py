@@ -103,6 +103,36 @@ def fmt_iv(d: dict | None, nd: int = 2) -> str:
     return f"{d['estimate']:.{nd}f} [{d['low']:.{nd}f}, {d['high']:.{nd}f}]"
 
 
+def ratio_interval(summ: dict[str, dict], budget: str, method: str, key: str, resamples: int = 1000,
+                   seed: int = 0) -> tuple[float, float]:
+    """95% interval of (mean over concepts of METHOD's held-out gain) / (the same for DiffMean).
+
+    Paired bootstrap: each resample redraws every concept's held-out prompts with replacement and scores
+    both methods on the same draw, because the two gains share the prompt (a hard prompt is hard for both)
+    and an unpaired resample would widen the interval by that shared variance. NaNs where a concept lacks
+    per-prompt gains or DiffMean's resampled gain is not positive in over 2.5% of draws (the ratio
+    then has no upper end)."""
+    k = f"{key}_gains"
+    rows = [summ[c]["budgets"][budget] for c in summ]
+    if not rows or any(k not in r.get(method, {}) or k not in r.get("diffmean", {}) for r in rows):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    num, den = np.zeros(resamples), np.zeros(resamples)
+    for r in rows:
+        m, d = np.asarray(r[method][k], float), np.asarray(r["diffmean"][k], float)
+        idx = rng.integers(0, len(m), size=(resamples, len(m)))
+        num += np.nanmean(m[idx], axis=1) / len(rows)
+        den += np.nanmean(d[idx], axis=1) / len(rows)
+    if np.mean(den <= 0) > 0.025:
+        return math.nan, math.nan
+    ratios = num[den > 0] / den[den > 0]
+    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+
+
+def fmt_ratio(x: float, ci: tuple[float, float]) -> str:
+    return f"{x:.2f}" if math.isnan(ci[0]) else f"{x:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tuple[list[str], dict]:
     """The issue's goal at one budget: best SAE selector (by mean log-prob gain over concepts) vs DiffMean
     and the random median; and the Spearman of that selector's own score (concept_output where it has none)."""
@@ -122,17 +152,20 @@ def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tup
     rho = [summ[c]["spearman"][score] for c in concepts]
     rho_mean = float(np.nanmean(rho)) if not all(math.isnan(r) for r in rho) else float("nan")
     ratio = lambda x, y: x / y if y > 0 else float("nan")  # noqa: E731
+    n_res = getattr(a, "resamples", 1000)
+    ci = lambda m, k: ratio_interval(summ, budget, m, k, n_res)  # noqa: E731
     res = {"best": best, "hit_ratio": ratio(b_hit, dm_hit), "lp_ratio": ratio(b_lp, dm_lp),
+           "hit_ratio_ci": ci(best, "target_hit"), "lp_ratio_ci": ci(best, "target_logprob"),
            "beats_random": sum(beats) / len(beats), "spearman": rho_mean, "score": score}
     yes = lambda ok: "met" if ok else "missed"  # noqa: E731
     lines = [
         f"- best SAE method (mean held-out log-prob gain over {len(concepts)} concepts): **{best}**"
         f" (the best of {len(sae_methods)} picked on the held-out prompts themselves, which flatters it; the"
         f" blind choice below is not)",
-        f"- hit-rate gain {b_hit:.3f} vs DiffMean {dm_hit:.3f}: ratio {res['hit_ratio']:.2f} (goal >= 0.8: "
-        f"{yes(res['hit_ratio'] >= 0.8)})",
-        f"- log-prob gain {b_lp:.3f} vs DiffMean {dm_lp:.3f}: ratio {res['lp_ratio']:.2f} (goal >= 0.8: "
-        f"{yes(res['lp_ratio'] >= 0.8)})",
+        f"- hit-rate gain {b_hit:.3f} vs DiffMean {dm_hit:.3f}: ratio {fmt_ratio(res['hit_ratio'], res['hit_ratio_ci'])} "
+        f"(goal >= 0.8: {yes(res['hit_ratio'] >= 0.8)})",
+        f"- log-prob gain {b_lp:.3f} vs DiffMean {dm_lp:.3f}: ratio {fmt_ratio(res['lp_ratio'], res['lp_ratio_ci'])} "
+        f"(goal >= 0.8: {yes(res['lp_ratio'] >= 0.8)})",
         f"- beats the random-feature median (log-prob gain) on {sum(beats)}/{len(beats)} concepts (goal >= 75%: "
         f"{yes(res['beats_random'] >= 0.75)})",
         f"- Spearman of the {score} score vs measured log-prob gain over {summ[concepts[0]]['spearman_n']} "
@@ -146,11 +179,38 @@ def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tup
     if scored:
         blind = max(scored, key=lambda m: float(np.mean([r["objective"] for r in rows(m)])))
         res.update(blind=blind, blind_hit_ratio=ratio(mean_gain(blind, "target_hit"), dm_hit),
-                   blind_lp_ratio=ratio(mean_gain(blind, "target_logprob"), dm_lp))
+                   blind_lp_ratio=ratio(mean_gain(blind, "target_logprob"), dm_lp),
+                   blind_hit_ratio_ci=ci(blind, "target_hit"), blind_lp_ratio_ci=ci(blind, "target_logprob"))
         lines.append(f"- chosen blind to the held-out prompts (largest selection-prompt objective): **{blind}**: "
-                     f"held-out hit-rate ratio {res['blind_hit_ratio']:.2f}, log-prob ratio {res['blind_lp_ratio']:.2f}"
+                     f"held-out hit-rate ratio {fmt_ratio(res['blind_hit_ratio'], res['blind_hit_ratio_ci'])}, "
+                     f"log-prob ratio {fmt_ratio(res['blind_lp_ratio'], res['blind_lp_ratio_ci'])}"
                      f" (goal >= 0.8: {yes(min(res['blind_hit_ratio'], res['blind_lp_ratio']) >= 0.8)})")
     return lines, res
+
+
+def goal_summary(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]]) -> list[str]:
+    """One row per (SAE, budget): the goal check of every SAE side by side, so the layer sweep and the
+    SAE-size comparison read off one table. Ratios against DiffMean at the same layer, with the paired
+    bootstrap interval over held-out prompts."""
+    out = ["## Goal check, every SAE (ratios to DiffMean at the same hook and budget, 95% paired bootstrap)", "",
+           "Intervals resample the held-out prompts of each concept (both methods on the same draw); the "
+           "coefficients, the best method and the blind choice are held fixed, so the selection step's own "
+           "variance is not in them.", "",
+           "| SAE | hook | features | concepts | KL budget | best on held-out | hit ratio | log-prob ratio | "
+           "chosen blind | blind hit ratio | blind log-prob ratio | beats random | Spearman |",
+           "|---|---|---:|---:|---:|---|---|---|---|---|---|---:|---:|"]
+    for b in a.budgets:
+        for label, run in runs.items():
+            if not summ[label]:
+                continue
+            r = goal_check(a, summ[label], str(b))[1]
+            nan2 = (math.nan, math.nan)
+            out.append(f"| {label} | {run['hook']} | {run['features']} | {len(summ[label])} | {b:g} | {r['best']} | "
+                       f"{fmt_ratio(r['hit_ratio'], r['hit_ratio_ci'])} | {fmt_ratio(r['lp_ratio'], r['lp_ratio_ci'])} | "
+                       f"{r.get('blind', 'n/a')} | {fmt_ratio(r.get('blind_hit_ratio', math.nan), r.get('blind_hit_ratio_ci', nan2))} | "
+                       f"{fmt_ratio(r.get('blind_lp_ratio', math.nan), r.get('blind_lp_ratio_ci', nan2))} | "
+                       f"{r['beats_random']:.0%} | {r['spearman']:.2f} ({r['score']}) |")
+    return out + [""]
 
 
 def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]], path: Path,
@@ -175,6 +235,7 @@ def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, di
         lines.append(f"SAE `{label}`: {run['sae_dir']} at {run['hook']} ({run['features']} features), hook mean norm "
                      f"{run['mean_norm']:.3g}; concepts done: {', '.join(summ[label]) or 'none'}")
     lines.append("")
+    lines += goal_summary(a, runs, summ)
     for b in a.budgets:
         for label in runs:
             s = summ[label]

@@ -74,3 +74,61 @@ def test_goal_check_also_names_the_method_chosen_without_the_held_out_prompts():
     assert res["best"] == "sae_output" and res["blind"] == "sae_rise"
     assert res["blind_lp_ratio"] == pytest.approx(0.5) and res["blind_hit_ratio"] == pytest.approx(0.5)
     assert "**sae_rise**" in "\n".join(lines)
+
+
+def _prompts(dm: list[float], m: list[float]) -> dict:
+    row = lambda g: {"target_logprob_gains": g, "target_hit_gains": g,  # noqa: E731
+                     "target_logprob_gain": {"estimate": sum(g) / len(g)}, "target_hit_gain": {"estimate": sum(g) / len(g)}}
+    return {"budgets": {"0.25": {"diffmean": row(dm), "sae_output": row(m)}}}
+
+
+def test_ratio_interval_is_paired_over_prompts():
+    """A method that gains exactly half of DiffMean on every prompt has ratio 0.5 under every resample of
+    the prompts, however much the prompts differ; an unpaired bootstrap would give a wide interval."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    summ = {}
+    for c in ("a", "b", "c"):
+        dm = list(rng.uniform(0.2, 3.0, size=24))
+        summ[c] = _prompts(dm, [0.5 * x for x in dm])
+    lo, hi = sc.ratio_interval(summ, "0.25", "sae_output", "target_logprob")
+    assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+
+
+def test_ratio_interval_covers_the_estimate_and_narrows_with_prompts():
+    import numpy as np
+
+    def widths(n: int) -> tuple[float, float, float]:
+        rng = np.random.default_rng(n)
+        summ = {c: _prompts(list(rng.normal(1.0, 1.0, n)), list(rng.normal(0.6, 1.0, n))) for c in ("a", "b")}
+        est = (np.mean([np.mean(summ[c]["budgets"]["0.25"]["sae_output"]["target_logprob_gains"]) for c in summ])
+               / np.mean([np.mean(summ[c]["budgets"]["0.25"]["diffmean"]["target_logprob_gains"]) for c in summ]))
+        lo, hi = sc.ratio_interval(summ, "0.25", "sae_output", "target_logprob")
+        return lo, est, hi
+
+    lo, est, hi = widths(400)
+    assert lo < est < hi and hi - lo < 0.4
+    lo8, _, hi8 = widths(8)
+    assert hi8 - lo8 > 2 * (hi - lo)
+
+
+def test_ratio_interval_is_nan_when_diffmean_gain_is_not_surely_positive():
+    summ = {"a": _prompts([1.0, -1.0, 0.5, -0.5], [0.2, 0.1, 0.3, 0.0])}
+    assert all(math.isnan(x) for x in sc.ratio_interval(summ, "0.25", "sae_output", "target_logprob"))
+
+
+def test_goal_summary_has_one_row_per_sae_and_budget():
+    a = argparse.Namespace(selectors=["output"], budgets=[0.25], resamples=200)
+    summ = {}
+    for c in ("a", "b"):
+        s = _prompts([2.0, 4.0], [1.0, 2.0])
+        s["budgets"]["0.25"]["random_median"] = {"target_logprob_gain": {"estimate": 0.0}, "target_hit_gain": {"estimate": 0.0}}
+        s["spearman"], s["spearman_n"] = {"output": 0.4, "rise": 0.0, "concept_output": 0.0, "gradient": 0.0}, 16
+        summ[c] = s
+    runs = {"big": {"hook": "blocks.8.hook_resid_post", "features": 9216}, "none": {"hook": "h", "features": 1}}
+    lines = sc.goal_summary(a, runs, {"big": summ, "none": {}})
+    rows = [ln for ln in lines if ln.startswith("| big")]
+    assert len(rows) == 1 and not any(ln.startswith("| none") for ln in lines)
+    assert "| 9216 | 2 | 0.25 | sae_output | 0.50 [0.50, 0.50] | 0.50 [0.50, 0.50] |" in rows[0]
+    assert "| 100% | 0.40 (output) |" in rows[0]
