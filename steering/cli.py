@@ -14,6 +14,7 @@ from workbench.errors import WorkbenchError
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this package's verbs to the root `sae` command."""
+    from steering.concepts import BUILTIN
     from steering.consistency import ConsistencyConfig
     from steering.interventions import UNITS
     from steering.selection.registry import selector_names
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", nargs="+", required=True, help="one or more prompts")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--feature", type=int, nargs="+", help="SAE feature index(es)")
-    what.add_argument("--concept", help="built-in concept (ocean, food, music, space, sports) or a .json file")
+    what.add_argument("--concept", help=f"built-in concept ({', '.join(BUILTIN)}) or a .json file")
     p.add_argument("--method", choices=METHODS, default="sae", metavar="METHOD",
                    help="with --concept: which direction; sae = the concept's most contrastive feature "
                    f"(choices: {', '.join(METHODS)}; default: sae)")
