@@ -25,7 +25,7 @@ What it does, through the `sae` command line a user would type (so the suite als
 Every stage resumes: re-running the command continues an interrupted harvest or training run
 (the `sae` verbs resume themselves) and skips SAEs whose eval.json is already written with the
 same evaluation settings. The SAEs stay under `<root>/saes-<budget>/` for the steering and
-supervised-dictionary benchmarks (`--sae <root>/saes-10000000/blocks.8.hook_resid_post/topk-k32-x8`).
+supervised-dictionary benchmarks (`--sae <root>/saes-9800000/blocks.8.hook_resid_post/topk-k32-x8`).
 """
 
 from __future__ import annotations
