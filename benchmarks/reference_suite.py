@@ -9,7 +9,7 @@ What it does, through the `sae` command line a user would type (so the suite als
 
 1. `sae harvest` the offline model (smollm2-135m) over the `debian-text` corpus (26M tokens; see
    README) at two layers in one pass, stored as bfloat16 (half the disk; the trainer upcasts);
-2. for each token budget (default 0.1M, 1M, 10M tokens seen), one `sae train` run of every TopK
+2. for each token budget (default 0.1M, 1M and 9.8M tokens seen: the 10M cache less its 1% held out), one `sae train` run of every TopK
    SAE of the grid (two layers x two widths x two k) in one pass over the cache: each budget is its
    own run with its own warm-up, so a point on the curve is what a user training for that many
    tokens gets, not a snapshot of a longer run;
