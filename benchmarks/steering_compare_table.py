@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from evals.intervals import bootstrap_interval
+from evals.intervals import bootstrap_interval, stratified_mean_interval, stratified_ratio_interval
 from workbench.io import atomic_write_bytes
 
 CONTROLS = ("diffmean", "pca", "diffmean_sae")
@@ -105,28 +105,20 @@ def fmt_iv(d: dict | None, nd: int = 2) -> str:
 
 def ratio_interval(summ: dict[str, dict], budget: str, method: str, key: str, resamples: int = 1000,
                    seed: int = 0) -> tuple[float, float]:
-    """95% interval of (mean over concepts of METHOD's held-out gain) / (the same for DiffMean).
-
-    Paired bootstrap: each resample redraws every concept's held-out prompts with replacement and scores
-    both methods on the same draw, because the two gains share the prompt (a hard prompt is hard for both)
-    and an unpaired resample would widen the interval by that shared variance. NaNs where a concept lacks
-    per-prompt gains or DiffMean's resampled gain is not positive in over 2.5% of draws (the ratio
-    then has no upper end)."""
+    """95% interval of (mean over concepts of METHOD's held-out gain) / (the same for DiffMean):
+    `evals.intervals.stratified_ratio_interval` over each concept's held-out prompts, both methods on
+    the same draw. NaNs where a concept lacks per-prompt gains, or where DiffMean's gain on those same
+    draws is not surely positive (the lower end of its own interval at or below 0: the ratio then has
+    no upper end)."""
     k = f"{key}_gains"
     rows = [summ[c]["budgets"][budget] for c in summ]
     if not rows or any(k not in r.get(method, {}) or k not in r.get("diffmean", {}) for r in rows):
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    num, den = np.zeros(resamples), np.zeros(resamples)
-    for r in rows:
-        m, d = np.asarray(r[method][k], float), np.asarray(r["diffmean"][k], float)
-        idx = rng.integers(0, len(m), size=(resamples, len(m)))
-        num += np.nanmean(m[idx], axis=1) / len(rows)
-        den += np.nanmean(d[idx], axis=1) / len(rows)
-    if np.mean(den <= 0) > 0.025:
+    num, den = [r[method][k] for r in rows], [r["diffmean"][k] for r in rows]
+    if stratified_mean_interval(den, n_resamples=resamples, seed=seed).low <= 0:
         return math.nan, math.nan
-    ratios = num[den > 0] / den[den > 0]
-    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
+    iv = stratified_ratio_interval(num, den, n_resamples=resamples, seed=seed)
+    return iv.low, iv.high
 
 
 def fmt_ratio(x: float, ci: tuple[float, float]) -> str:

@@ -181,6 +181,35 @@ def stratified_mean_interval(groups: Sequence[ArrayLike], *, n_resamples: int = 
     return _percentiles(estimate, stats / len(gs), n, level)
 
 
+def stratified_ratio_interval(numerators: Sequence[ArrayLike], denominators: Sequence[ArrayLike], *,
+                              n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
+                              seed: int = 0) -> Interval:
+    """Interval of (mean over groups of each group's numerator mean) / (the same of the denominators).
+
+    The form of one steering method's gain relative to another's, averaged over concepts: each group
+    (concept) has its own units (prompts), both methods measured on every unit. A resample redraws each
+    group's units from itself, and numerator and denominator share the draw (a hard prompt is hard for
+    both; drawing them apart would widen the interval by that shared variance). The draws are those of
+    `stratified_mean_interval` with the same seed, so its interval of the denominators alone is the
+    denominator of these same resamples. A resample whose denominator is zero is dropped."""
+    nums = [np.asarray(g, dtype=np.float64).reshape(-1) for g in numerators]
+    dens = [np.asarray(g, dtype=np.float64).reshape(-1) for g in denominators]
+    if not nums or len(nums) != len(dens) or any(a.size == 0 or a.size != b.size for a, b in zip(nums, dens)):
+        raise WorkbenchError("stratified_ratio_interval needs the same non-empty groups for numerator and "
+                             f"denominator; got sizes {[a.size for a in nums]} and {[b.size for b in dens]}")
+    n = int(sum(a.size for a in nums))
+    _check(n, n_resamples, level)
+    rng = np.random.default_rng(seed)
+    num_stats, den_stats = np.zeros(n_resamples), np.zeros(n_resamples)
+    for a, b in zip(nums, dens):
+        idx = np.concatenate(list(_index_chunks(rng, a.size, n_resamples)))
+        num_stats += a[idx].mean(axis=1)
+        den_stats += b[idx].mean(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = float(np.mean([a.mean() for a in nums]) / np.mean([b.mean() for b in dens]))
+        return _percentiles(estimate, num_stats / den_stats, n, level)
+
+
 def ratio_interval(numerator: ArrayLike, denominator: ArrayLike, *,
                    n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL,
                    seed: int = 0) -> Interval:
@@ -206,4 +235,4 @@ def ratio_interval(numerator: ArrayLike, denominator: ArrayLike, *,
 
 __all__ = ["DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "Interval", "bootstrap_interval",
            "paired_bootstrap_interval", "percentile_interval", "ratio_interval", "resample_counts",
-           "stratified_mean_interval"]
+           "stratified_mean_interval", "stratified_ratio_interval"]

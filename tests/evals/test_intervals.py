@@ -205,6 +205,33 @@ def test_mean_accuracy_over_tasks_is_covered_at_the_stated_rate():
     assert 0.90 <= hits / REPS <= 0.99, hits / REPS
 
 
+def test_stratified_ratio_is_covered_at_the_stated_rate_and_pairs_its_draws():
+    """Three concepts of 24 prompts; method A gains 0.8x method B on average, with prompt-level noise
+    shared by both (a hard prompt is hard for each). The 95% interval of mean(A)/mean(B) over concepts
+    should cover 0.8 about 95% of the time; a method that is exactly 0.8x B on every prompt has a
+    zero-width interval, which only a draw shared by numerator and denominator gives."""
+    from evals.intervals import stratified_mean_interval, stratified_ratio_interval
+
+    rng = np.random.default_rng(3)
+    hits = 0
+    for rep in range(REPS):
+        shared = [rng.normal(0, 1.0, 24) for _ in range(3)]
+        b = [1.0 + c + s for c, s in zip((0.0, 0.5, 1.0), shared)]
+        a = [0.8 * (1.0 + c) + 0.8 * s + rng.normal(0, 0.3, 24) for c, s in zip((0.0, 0.5, 1.0), shared)]
+        iv = stratified_ratio_interval(a, b, n_resamples=400, seed=rep)
+        hits += iv.low <= 0.8 <= iv.high
+    assert 0.88 <= hits / REPS <= 0.995, hits / REPS
+    exact = stratified_ratio_interval([0.8 * g for g in b], b, n_resamples=400)
+    assert exact.low == pytest.approx(0.8) and exact.high == pytest.approx(0.8)
+    assert exact.estimate == pytest.approx(0.8) and exact.n == 72
+    # the draws are stratified_mean_interval's: with numerators of 1 every resampled ratio is 1 / that
+    # resample's denominator mean, so the ends are the reciprocals of its ends (401 resamples put both
+    # 2.5% and 97.5% quantiles on order statistics, so no interpolation blurs the identity)
+    den = stratified_mean_interval(b, n_resamples=401, seed=5)
+    inv = stratified_ratio_interval([np.ones_like(g) for g in b], b, n_resamples=401, seed=5)
+    assert inv.low == pytest.approx(1 / den.high) and inv.high == pytest.approx(1 / den.low)
+
+
 def test_sparse_probing_reports_accuracy_intervals_from_its_test_examples():
     """Every accuracy sparse probing reports carries a percentile-bootstrap interval over its test examples."""
     from evals.probing import sparse_probing
