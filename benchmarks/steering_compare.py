@@ -61,7 +61,7 @@ from steering.vectors import diffmean, diffmean_sae, feature_contrast, pca_diff,
 from workbench.io import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from steering_compare_table import MEASURES, goal_check, goal_summary, ratio_interval, summarise, write_table  # noqa: E402,F401 (the table half)
+from steering_compare_table import MEASURES, goal_check, goal_summary, ratio_interval, same_hook_rows, summarise, write_table  # noqa: E402,F401 (the table half)
 
 log = logging.getLogger("steering_compare")
 SELECTORS = ("rise", "output", "concept_output", "gradient", "sae_ts")

@@ -114,7 +114,15 @@ def ratio_interval(summ: dict[str, dict], budget: str, method: str, key: str, re
     rows = [summ[c]["budgets"][budget] for c in summ]
     if not rows or any(k not in r.get(method, {}) or k not in r.get("diffmean", {}) for r in rows):
         return math.nan, math.nan
-    num, den = [r[method][k] for r in rows], [r["diffmean"][k] for r in rows]
+    return paired_ratio([r[method][k] for r in rows], [r["diffmean"][k] for r in rows], resamples, seed)
+
+
+def paired_ratio(num: list[list[float]], den: list[list[float]], resamples: int = 1000,
+                 seed: int = 0) -> tuple[float, float]:
+    """`stratified_ratio_interval`'s ends, or NaNs where the denominator's gain is not surely positive
+    (the ratio then has no upper end) or the groups do not pair up (different held-out prompt counts)."""
+    if len(num) != len(den) or any(len(x) != len(y) for x, y in zip(num, den)):
+        return math.nan, math.nan
     if stratified_mean_interval(den, n_resamples=resamples, seed=seed).low <= 0:
         return math.nan, math.nan
     iv = stratified_ratio_interval(num, den, n_resamples=resamples, seed=seed)
@@ -205,6 +213,42 @@ def goal_summary(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, d
     return out + [""]
 
 
+def same_hook_rows(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]]) -> list[str]:
+    """Does a larger SAE change the answer? Every SAE at a hook against the smallest one there: the held-out
+    gain of each one's blind choice (the selector a user would have picked), larger over smaller, paired
+    over the concepts both finished and their held-out prompts. Both runs read the same held-out prompts
+    and greedy decode; seeded samples are seeded per batch, so they are paired by prompt, not by draw."""
+    by_hook: dict[str, list[str]] = {}
+    for label, run in runs.items():
+        if summ.get(label):
+            by_hook.setdefault(run["hook"], []).append(label)
+    out = []
+    for hook, labels in by_hook.items():
+        labels.sort(key=lambda x: runs[x]["features"])
+        small = labels[0]
+        for big in labels[1:]:
+            common = [c for c in summ[big] if c in summ[small]]
+            for b in map(str, a.budgets):
+                sb, ss = ({c: summ[x][c] for c in common} for x in (big, small))
+                rb, rs = goal_check(a, sb, b)[1], goal_check(a, ss, b)[1]
+                mb, ms = rb.get("blind", rb["best"]), rs.get("blind", rs["best"])
+                cells = []
+                for k in ("target_hit", "target_logprob"):
+                    num = [sb[c]["budgets"][b][mb].get(f"{k}_gains", []) for c in common]
+                    den = [ss[c]["budgets"][b][ms].get(f"{k}_gains", []) for c in common]
+                    est = (np.mean([sb[c]["budgets"][b][mb][f"{k}_gain"]["estimate"] for c in common])
+                           / np.mean([ss[c]["budgets"][b][ms][f"{k}_gain"]["estimate"] for c in common]))
+                    cells.append(fmt_ratio(float(est), paired_ratio(num, den, getattr(a, "resamples", 1000))))
+                out.append(f"| {hook} | {big} ({runs[big]['features']}) | {small} ({runs[small]['features']}) | {b} | "
+                           f"{len(common)} | {mb} | {ms} | {cells[0]} | {cells[1]} |")
+    if not out:
+        return []
+    return ["## Larger vs smaller SAE at the same hook (blind choices, held-out gain ratio, 95% paired bootstrap)", "",
+            "| hook | larger (features) | smaller (features) | KL budget | concepts | larger's blind choice | "
+            "smaller's blind choice | hit gain ratio | log-prob gain ratio |",
+            "|---|---|---|---:|---:|---|---|---|---|", *out, ""]
+
+
 def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]], path: Path,
                 wall: float) -> str:
     import torch as _t
@@ -227,7 +271,7 @@ def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, di
         lines.append(f"SAE `{label}`: {run['sae_dir']} at {run['hook']} ({run['features']} features), hook mean norm "
                      f"{run['mean_norm']:.3g}; concepts done: {', '.join(summ[label]) or 'none'}")
     lines.append("")
-    lines += goal_summary(a, runs, summ)
+    lines += goal_summary(a, runs, summ) + same_hook_rows(a, runs, summ)
     for b in a.budgets:
         for label in runs:
             s = summ[label]

@@ -132,3 +132,46 @@ def test_goal_summary_has_one_row_per_sae_and_budget():
     assert len(rows) == 1 and not any(ln.startswith("| none") for ln in lines)
     assert "| 9216 | 2 | 0.25 | sae_output | 0.50 [0.50, 0.50] | 0.50 [0.50, 0.50] |" in rows[0]
     assert "| 100% | 0.40 (output) |" in rows[0]
+
+
+def _size_summ(gains: dict[str, list[float]]) -> dict:
+    """Per concept: DiffMean 1.0 on every prompt, sae_gradient the given per-prompt gains (and the blind
+    choice: it is the only selector), random median 0."""
+    out = {}
+    for c, g in gains.items():
+        s = _prompts([1.0] * len(g), g)
+        s["budgets"]["0.25"]["sae_gradient"] = s["budgets"]["0.25"].pop("sae_output")
+        s["budgets"]["0.25"]["sae_gradient"]["objective"] = 0.0
+        s["budgets"]["0.25"]["random_median"] = {"target_logprob_gain": {"estimate": 0.0},
+                                                 "target_hit_gain": {"estimate": 0.0}}
+        s["spearman"], s["spearman_n"] = {"output": 0.0, "rise": 0.0, "concept_output": 0.0, "gradient": 0.3}, 16
+        out[c] = s
+    return out
+
+
+def test_larger_sae_is_compared_with_the_smaller_at_its_hook_on_shared_concepts():
+    """Larger SAE gains exactly twice the smaller's on every prompt of the concepts both finished: ratio
+    2 under every paired resample. A concept only the larger finished is left out (it would pull the ratio
+    to 3); an SAE at another hook is not compared with either."""
+    import numpy as np
+
+    a = argparse.Namespace(selectors=["gradient"], budgets=[0.25], resamples=200)
+    rng = np.random.default_rng(0)
+    small = {c: list(rng.uniform(0.1, 1.0, 12)) for c in ("a", "b")}
+    big = {c: [2 * x for x in g] for c, g in small.items()} | {"c": [3.0] * 12}
+    runs = {"big": {"hook": "blocks.8", "features": 9216}, "small": {"hook": "blocks.8", "features": 4608},
+            "other": {"hook": "blocks.4", "features": 100}}
+    summ = {"big": _size_summ(big), "small": _size_summ(small), "other": _size_summ({"a": [1.0] * 12})}
+    lines = sc.same_hook_rows(a, runs, summ)
+    rows = [ln for ln in lines if ln.startswith("| blocks")]
+    assert rows == ["| blocks.8 | big (9216) | small (4608) | 0.25 | 2 | sae_gradient | sae_gradient | "
+                    "2.00 [2.00, 2.00] | 2.00 [2.00, 2.00] |"]
+    assert sc.same_hook_rows(a, {"other": runs["other"]}, {"other": summ["other"]}) == []
+
+
+def test_larger_vs_smaller_has_no_interval_when_the_smaller_gains_nothing_surely():
+    a = argparse.Namespace(selectors=["gradient"], budgets=[0.25], resamples=200)
+    runs = {"big": {"hook": "h", "features": 2}, "small": {"hook": "h", "features": 1}}
+    summ = {"big": _size_summ({"a": [1.0, 0.5, 0.8, 0.9]}), "small": _size_summ({"a": [0.5, -0.5, 0.4, -0.3]})}
+    row = [ln for ln in sc.same_hook_rows(a, runs, summ) if ln.startswith("| h ")][0]
+    assert row.endswith("| 32.00 | 32.00 |")  # 0.8 / 0.025, no interval: the smaller's gain is not surely > 0
