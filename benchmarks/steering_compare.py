@@ -148,6 +148,17 @@ def layer_saes(a: argparse.Namespace, out: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- cached stages
 
+def sae_train_tokens(sae_dir: str) -> int:
+    """Tokens the SAE trained on, from its cfg.json (0 when the directory or the record is gone)."""
+    from saes.storage import resolve_sae_dir
+    from workbench.errors import WorkbenchError
+
+    try:
+        return int(load_json(resolve_sae_dir(sae_dir) / "cfg.json")["train"].get("tokens", 0))
+    except (WorkbenchError, OSError, KeyError, TypeError, ValueError):  # moved or foreign: no token count
+        return 0
+
+
 def load_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -382,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     table = Path(a.table or out / "table.md")
     if a.table_only:
         metas = {p.parent.name: load_json(p) for p in sorted(out.glob("*/meta.json"))}
+        for m in metas.values():  # meta.json written before train_tokens was recorded
+            m.setdefault("train_tokens", sae_train_tokens(m["sae_dir"]))
         summ = {label: {c: s for c in a.concepts if (s := load_json(out / label / c / "summary.json"))}
                 for label in metas}
         print(write_table(a, metas, summ, table, 0.0))
@@ -414,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, sae_dir in saes.items():
         run = Run(label, sae_dir, lm, a, out, sel_prompts, rep_prompts, neutral, kl)
         runs[label] = {"sae_dir": sae_dir, "hook": run.hook, "features": run.sae.num_features,
-                       "mean_norm": run.mean_norm}
+                       "train_tokens": int(run.sae.cfg.train.get("tokens", 0)), "mean_norm": run.mean_norm}
         atomic_write_json(run.dir / "meta.json", runs[label])
         summ[label] = {}
         for concept in concepts:

@@ -214,39 +214,46 @@ def goal_summary(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, d
 
 
 def same_hook_rows(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]]) -> list[str]:
-    """Does a larger SAE change the answer? Every SAE at a hook against the smallest one there: the held-out
-    gain of each one's blind choice (the selector a user would have picked), larger over smaller, paired
-    over the concepts both finished and their held-out prompts. Both runs read the same held-out prompts
-    and greedy decode; seeded samples are seeded per batch, so they are paired by prompt, not by draw."""
+    """Does a larger SAE change the answer? Every pair of SAEs at one hook, the larger first (more features;
+    at equal features, more training tokens): the held-out gain of each one's blind choice (the selector a
+    user would have picked), larger over smaller, paired over the concepts both finished and their
+    held-out prompts. Every pair, so a width step and a data step read apart. Both runs read the same
+    held-out prompts and greedy decode; seeded samples are seeded per batch, so they pair by prompt, not draw."""
     by_hook: dict[str, list[str]] = {}
     for label, run in runs.items():
         if summ.get(label):
             by_hook.setdefault(run["hook"], []).append(label)
+    size = lambda x: (runs[x]["features"], runs[x].get("train_tokens", 0))  # noqa: E731
     out = []
     for hook, labels in by_hook.items():
-        labels.sort(key=lambda x: runs[x]["features"])
-        small = labels[0]
-        for big in labels[1:]:
-            common = [c for c in summ[big] if c in summ[small]]
-            for b in map(str, a.budgets):
-                sb, ss = ({c: summ[x][c] for c in common} for x in (big, small))
-                rb, rs = goal_check(a, sb, b)[1], goal_check(a, ss, b)[1]
-                mb, ms = rb.get("blind", rb["best"]), rs.get("blind", rs["best"])
-                cells = []
-                for k in ("target_hit", "target_logprob"):
-                    num = [sb[c]["budgets"][b][mb].get(f"{k}_gains", []) for c in common]
-                    den = [ss[c]["budgets"][b][ms].get(f"{k}_gains", []) for c in common]
-                    est = (np.mean([sb[c]["budgets"][b][mb][f"{k}_gain"]["estimate"] for c in common])
-                           / np.mean([ss[c]["budgets"][b][ms][f"{k}_gain"]["estimate"] for c in common]))
-                    cells.append(fmt_ratio(float(est), paired_ratio(num, den, getattr(a, "resamples", 1000))))
-                out.append(f"| {hook} | {big} ({runs[big]['features']}) | {small} ({runs[small]['features']}) | {b} | "
-                           f"{len(common)} | {mb} | {ms} | {cells[0]} | {cells[1]} |")
+        labels.sort(key=size, reverse=True)
+        for i, big in enumerate(labels):
+            for small in labels[i + 1:]:
+                common = [c for c in summ[big] if c in summ[small]]
+                for b in map(str, a.budgets):
+                    sb, ss = ({c: summ[x][c] for c in common} for x in (big, small))
+                    rb, rs = goal_check(a, sb, b)[1], goal_check(a, ss, b)[1]
+                    mb, ms = rb.get("blind", rb["best"]), rs.get("blind", rs["best"])
+                    cells = []
+                    for k in ("target_hit", "target_logprob"):
+                        num = [sb[c]["budgets"][b][mb].get(f"{k}_gains", []) for c in common]
+                        den = [ss[c]["budgets"][b][ms].get(f"{k}_gains", []) for c in common]
+                        est = (np.mean([sb[c]["budgets"][b][mb][f"{k}_gain"]["estimate"] for c in common])
+                               / np.mean([ss[c]["budgets"][b][ms][f"{k}_gain"]["estimate"] for c in common]))
+                        cells.append(fmt_ratio(float(est), paired_ratio(num, den, getattr(a, "resamples", 1000))))
+                    out.append(f"| {hook} | {big} ({_size(runs[big])}) | {small} ({_size(runs[small])}) | {b} | "
+                               f"{len(common)} | {mb} | {ms} | {cells[0]} | {cells[1]} |")
     if not out:
         return []
     return ["## Larger vs smaller SAE at the same hook (blind choices, held-out gain ratio, 95% paired bootstrap)", "",
-            "| hook | larger (features) | smaller (features) | KL budget | concepts | larger's blind choice | "
+            "| hook | larger (features, training tokens) | smaller | KL budget | concepts | larger's blind choice | "
             "smaller's blind choice | hit gain ratio | log-prob gain ratio |",
             "|---|---|---|---:|---:|---|---|---|---|", *out, ""]
+
+
+def _size(run: dict) -> str:
+    t = run.get("train_tokens", 0)
+    return f"{run['features']}, {t / 1e6:.1f}M tok" if t else f"{run['features']}"
 
 
 def write_table(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]], path: Path,

@@ -150,23 +150,40 @@ def _size_summ(gains: dict[str, list[float]]) -> dict:
 
 
 def test_larger_sae_is_compared_with_the_smaller_at_its_hook_on_shared_concepts():
-    """Larger SAE gains exactly twice the smaller's on every prompt of the concepts both finished: ratio
-    2 under every paired resample. A concept only the larger finished is left out (it would pull the ratio
-    to 3); an SAE at another hook is not compared with either."""
+    """Every pair at one hook, larger first: more features, or at equal features more training tokens.
+    "wide" gains exactly twice "small" on every prompt of the concepts both finished: ratio 2 under every
+    paired resample; a concept only "wide" finished is left out (it would pull the ratio up). "data" (same
+    width as "small", more tokens) gains 1.5x "small", so "wide" over "data" is 4/3. An SAE at another
+    hook is compared with none of them."""
     import numpy as np
 
     a = argparse.Namespace(selectors=["gradient"], budgets=[0.25], resamples=200)
     rng = np.random.default_rng(0)
     small = {c: list(rng.uniform(0.1, 1.0, 12)) for c in ("a", "b")}
-    big = {c: [2 * x for x in g] for c, g in small.items()} | {"c": [3.0] * 12}
-    runs = {"big": {"hook": "blocks.8", "features": 9216}, "small": {"hook": "blocks.8", "features": 4608},
+    wide = {c: [2 * x for x in g] for c, g in small.items()} | {"c": [3.0] * 12}
+    data = {c: [1.5 * x for x in g] for c, g in small.items()}
+    runs = {"small": {"hook": "blocks.8", "features": 4608, "train_tokens": 1_000_000},
+            "wide": {"hook": "blocks.8", "features": 9216, "train_tokens": 9_800_000},
+            "data": {"hook": "blocks.8", "features": 4608, "train_tokens": 9_800_000},
             "other": {"hook": "blocks.4", "features": 100}}
-    summ = {"big": _size_summ(big), "small": _size_summ(small), "other": _size_summ({"a": [1.0] * 12})}
-    lines = sc.same_hook_rows(a, runs, summ)
-    rows = [ln for ln in lines if ln.startswith("| blocks")]
-    assert rows == ["| blocks.8 | big (9216) | small (4608) | 0.25 | 2 | sae_gradient | sae_gradient | "
-                    "2.00 [2.00, 2.00] | 2.00 [2.00, 2.00] |"]
+    summ = {"wide": _size_summ(wide), "small": _size_summ(small), "data": _size_summ(data),
+            "other": _size_summ({"a": [1.0] * 12})}
+    rows = [ln for ln in sc.same_hook_rows(a, runs, summ) if ln.startswith("| blocks")]
+    tail = "| 0.25 | 2 | sae_gradient | sae_gradient |"
+    assert rows == [f"| blocks.8 | wide (9216, 9.8M tok) | data (4608, 9.8M tok) {tail} 1.33 [1.33, 1.33] | 1.33 [1.33, 1.33] |",
+                    f"| blocks.8 | wide (9216, 9.8M tok) | small (4608, 1.0M tok) {tail} 2.00 [2.00, 2.00] | 2.00 [2.00, 2.00] |",
+                    f"| blocks.8 | data (4608, 9.8M tok) | small (4608, 1.0M tok) {tail} 1.50 [1.50, 1.50] | 1.50 [1.50, 1.50] |"]
     assert sc.same_hook_rows(a, {"other": runs["other"]}, {"other": summ["other"]}) == []
+
+
+def test_train_tokens_come_from_the_saved_sae_or_are_zero(tmp_path):
+    d = tmp_path / "sae"
+    d.mkdir()
+    (d / "cfg.json").write_text('{"train": {"tokens": 9797632}}')
+    assert sc.sae_train_tokens(str(d)) == 9797632
+    assert sc.sae_train_tokens(str(tmp_path / "gone")) == 0
+    (d / "cfg.json").write_text("{not json")
+    assert sc.sae_train_tokens(str(d)) == 0
 
 
 def test_larger_vs_smaller_has_no_interval_when_the_smaller_gains_nothing_surely():
