@@ -14,6 +14,14 @@ PROMPTS = ["the cat sat on the mat", "a dog", "what is the capital of france and
 
 @pytest.mark.parametrize("positions", ["all", "last"])
 def test_gradient_score_equals_a_finite_difference(tiny_lm, tiny_sae, positions):
+    """The SAE is untied first: a fresh TopK SAE's encoder is its decoder transposed, so a score that
+    read the encoder's columns instead of the decoder's rows would pass on it."""
+    import copy
+
+    tiny_sae = copy.deepcopy(tiny_sae)
+    with torch.no_grad():
+        tiny_sae.W_enc.copy_(torch.randn(tiny_sae.W_enc.shape, generator=torch.Generator().manual_seed(5)))
+    assert not torch.allclose(tiny_sae.W_enc, tiny_sae.W_dec.T)
     targets = [2000, 2100, 3000, 4321]
     pos = Positions(positions)
     scores = gradient_scores(tiny_lm, tiny_sae, PROMPTS, targets, pos)
