@@ -22,27 +22,28 @@ CASE = Path(__file__).with_name("kernel_training_case.py")
 ROOT = CASE.parents[2]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 STEPS = 6
+DET_STEPS = 2  # the sorted (deterministic) kernels take about 13 s a step under the interpreter
 LR = 3e-3  # kernel_training_case.py's Adam rate
 
 
 def trace(tmp: Path, name: str, device: str, env_extra: dict[str, str], drop: tuple[str, ...] = (),
-          deterministic: str = "auto") -> dict:
+          deterministic: str = "auto", steps: int = STEPS) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     for k in drop:
         env.pop(k, None)
     out = tmp / f"{name}.safetensors"
-    proc = subprocess.run([sys.executable, str(CASE), str(out), device, str(STEPS), deterministic], env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, str(CASE), str(out), device, str(steps), deterministic], env=env, capture_output=True,
                           text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"backend": proc.stdout.split("backend", 1)[1].split()[0], "weights": load_file(str(out))}
 
 
-def compare(a: dict, b: dict) -> None:
+def compare(a: dict, b: dict, n_steps: int = STEPS) -> None:
     wa = {k: v for k, v in a["weights"].items() if not k.endswith("/deterministic")}
     wb = {k: v for k, v in b["weights"].items() if not k.endswith("/deterministic")}
     assert wa.keys() == wb.keys()
     steps = sorted({int(k.split("/")[0]) for k in wa})
-    assert steps == list(range(1, STEPS + 1))
+    assert steps == list(range(1, n_steps + 1))
     moved = 0.0
     for k in sorted(wa, key=lambda s: int(s.split("/")[0])):
         step = int(k.split("/")[0])
@@ -82,13 +83,13 @@ def test_deterministic_training_equals_atomic_training_and_repeats_bit_for_bit(t
     """TrainConfig.deterministic on the Triton kernels (interpreter): on = sorted reductions, off =
     fp32 atomics. Both train alike (float tolerance); two deterministic runs are bit-identical."""
     env = {"SAE_KERNELS": "triton", "TRITON_INTERPRET": "1"}
-    on1 = trace(tmp_path, "on1", "cpu", env, deterministic="on")
-    on2 = trace(tmp_path, "on2", "cpu", env, deterministic="on")
-    off = trace(tmp_path, "off", "cpu", env, deterministic="off")
+    on1 = trace(tmp_path, "on1", "cpu", env, deterministic="on", steps=DET_STEPS)
+    on2 = trace(tmp_path, "on2", "cpu", env, deterministic="on", steps=DET_STEPS)
+    off = trace(tmp_path, "off", "cpu", env, deterministic="off", steps=DET_STEPS)
     assert _mode(on1) == {1} and _mode(off) == {0}  # the option reached the kernels
     assert on1["weights"].keys() == on2["weights"].keys()
     assert all(torch.equal(on1["weights"][k], on2["weights"][k]) for k in on1["weights"])
-    compare(on1, off)
+    compare(on1, off, DET_STEPS)
 
 
 @pytest.mark.gpu
