@@ -76,22 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     sample = torch.randperm(F, generator=g)[: a.sample]
     plain = sample[: a.plain_features]
     lens = lens_tokens(lm, sae)  # shared by every path: the logit lens is not what is being timed
-    rows: list[tuple[str, int, float, str]] = []
+    rows: list[tuple[str, int, float, float, str]] = []  # name, features, s, ours (s), agreement
 
     ours, t_ours = timed(lambda: output_scores(lm, sae, lens=lens))
-    rows.append(("output score, batched + KV-cached prefix (ours)", F, t_ours, "-"))
+    rows.append(("output score, batched + KV-cached prefix (ours)", F, t_ours, t_ours, "-"))
     rerun, t_rerun = timed(lambda: output_scores(lm, sae, sample, lens=lens[sample], use_cache=False))
     d = float((rerun.output - ours.output[sample]).abs().max())
-    rows.append(("output score, batched, prompt re-run per row", len(sample), t_rerun, f"max abs diff {d:.1e}"))
+    rows.append(("output score, batched, prompt re-run per row", len(sample), t_rerun, t_ours, f"max abs diff {d:.1e}"))
     one, t_one = timed(lambda: output_scores(lm, sae, plain, lens=lens[plain], use_cache=False, batch_size=1))
     d = float((one.output - ours.output[plain]).abs().max())
-    rows.append(("output score, plain: one forward pass per feature", len(plain), t_one, f"max abs diff {d:.1e}"))
+    rows.append(("output score, plain: one forward pass per feature", len(plain), t_one, t_ours, f"max abs diff {d:.1e}"))
 
     prompts = (STEER_PROMPTS + MORE_STEER_PROMPTS)[: a.prompts]
     targets = Judge(sae.cfg.hook, target_words=tuple(load_concept(a.concept).target_words)).target_ids(lm)
     pos = Positions("all")
     grad, t_grad = timed(lambda: gradient_scores(lm, sae, prompts, targets, pos))
-    rows.append((f"gradient score, one backward pass over {len(prompts)} prompts (ours)", F, t_grad, "-"))
+    rows.append((f"gradient score, one backward pass over {len(prompts)} prompts (ours)", F, t_grad, t_grad, "-"))
     eps = 1e-2
 
     def finite_difference() -> torch.Tensor:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fd, t_fd = timed(finite_difference)
     rel = float(((grad[plain] - fd).abs() / fd.abs().clamp_min(1e-3)).max())
-    rows.append(("gradient score, plain: central finite difference per feature", len(plain), t_fd,
+    rows.append(("gradient score, plain: central finite difference per feature", len(plain), t_fd, t_grad,
                  f"max rel diff {rel:.1e}"))
 
     print("# Scoring every feature for steering selection\n")
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| path | features timed | seconds | features/s | all features (s; extrapolated where sampled) "
           "| x slower than ours | agreement with ours |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for i, (name, n, t, agree) in enumerate(rows):
-        ours_t = t_ours if i < 3 else t_grad
+    for name, n, t, ours_t, agree in rows:
         full = t * F / n
         print(f"| {name} | {n} | {t:.2f} | {n / t:.1f} | {full:.3g} | {full / ours_t:.3g} | {agree} |")
     return 0

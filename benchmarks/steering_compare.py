@@ -150,12 +150,12 @@ def layer_saes(a: argparse.Namespace, out: Path) -> dict[str, str]:
 
 def sae_train_tokens(sae_dir: str) -> int:
     """Tokens the SAE trained on, from its cfg.json (0 when the directory or the record is gone)."""
-    from saes.storage import resolve_sae_dir
+    from saes import read_sae_cfg
     from workbench.errors import WorkbenchError
 
     try:
-        return int(load_json(resolve_sae_dir(sae_dir) / "cfg.json")["train"].get("tokens", 0))
-    except (WorkbenchError, OSError, KeyError, TypeError, ValueError):  # moved or foreign: no token count
+        return int(read_sae_cfg(sae_dir).get("train", {}).get("tokens", 0))
+    except (WorkbenchError, OSError, AttributeError, TypeError, ValueError):  # moved or foreign: no count
         return 0
 
 

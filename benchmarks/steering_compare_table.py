@@ -120,8 +120,8 @@ def ratio_interval(summ: dict[str, dict], budget: str, method: str, key: str, re
 def paired_ratio(num: list[list[float]], den: list[list[float]], resamples: int = 1000,
                  seed: int = 0) -> tuple[float, float]:
     """`stratified_ratio_interval`'s ends, or NaNs where the denominator's gain is not surely positive
-    (the ratio then has no upper end) or the groups do not pair up (different held-out prompt counts)."""
-    if len(num) != len(den) or any(len(x) != len(y) for x, y in zip(num, den)):
+    (the ratio then has no upper end) or the groups do not pair up (missing or different held-out prompt counts)."""
+    if not num or len(num) != len(den) or any(len(x) != len(y) or not len(x) for x, y in zip(num, den)):
         return math.nan, math.nan
     if stratified_mean_interval(den, n_resamples=resamples, seed=seed).low <= 0:
         return math.nan, math.nan
@@ -171,13 +171,8 @@ def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tup
         f"- Spearman of the {score} score vs measured log-prob gain over {summ[concepts[0]]['spearman_n']} "
         f"candidates, mean over concepts: {rho_mean:.2f} (goal >= 0.3: {yes(rho_mean >= 0.3)})",
     ]
-    # The selector a user would pick without the held-out prompts: the largest mean steered target
-    # log-prob on the selection prompts at its chosen coefficient (every method of a concept shares the
-    # unsteered baseline, so the raw objective ranks them).
-    rows = lambda m: [summ[c]["budgets"][budget][m] for c in concepts]  # noqa: E731
-    scored = [m for m in sae_methods if all("objective" in r for r in rows(m))]
-    if scored:
-        blind = max(scored, key=lambda m: float(np.mean([r["objective"] for r in rows(m)])))
+    blind = blind_choice(a, summ, budget)
+    if blind is not None:
         res.update(blind=blind, blind_hit_ratio=ratio(mean_gain(blind, "target_hit"), dm_hit),
                    blind_lp_ratio=ratio(mean_gain(blind, "target_logprob"), dm_lp),
                    blind_hit_ratio_ci=ci(blind, "target_hit"), blind_lp_ratio_ci=ci(blind, "target_logprob"))
@@ -186,6 +181,15 @@ def goal_check(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> tup
                      f"log-prob ratio {fmt_ratio(res['blind_lp_ratio'], res['blind_lp_ratio_ci'])}"
                      f" (goal >= 0.8: {yes(min(res['blind_hit_ratio'], res['blind_lp_ratio']) >= 0.8)})")
     return lines, res
+
+
+def blind_choice(a: argparse.Namespace, summ: dict[str, dict], budget: str) -> str | None:
+    """The SAE selector a user would pick without the held-out prompts: the largest mean steered target
+    log-prob on the selection prompts at its chosen coefficient (every method of a concept shares the
+    unsteered baseline, so the raw objective ranks them). None where no selector recorded one."""
+    rows = lambda m: [summ[c]["budgets"][budget][m] for c in summ]  # noqa: E731
+    scored = [m for m in (f"sae_{s}" for s in a.selectors) if all("objective" in r for r in rows(m))]
+    return max(scored, key=lambda m: float(np.mean([r["objective"] for r in rows(m)]))) if scored else None
 
 
 def goal_summary(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str, dict[str, dict]]) -> list[str]:
@@ -230,10 +234,11 @@ def same_hook_rows(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str,
         for i, big in enumerate(labels):
             for small in labels[i + 1:]:
                 common = [c for c in summ[big] if c in summ[small]]
-                for b in map(str, a.budgets):
+                for b in map(str, a.budgets) if common else ():
                     sb, ss = ({c: summ[x][c] for c in common} for x in (big, small))
-                    rb, rs = goal_check(a, sb, b)[1], goal_check(a, ss, b)[1]
-                    mb, ms = rb.get("blind", rb["best"]), rs.get("blind", rs["best"])
+                    mb, ms = blind_choice(a, sb, b), blind_choice(a, ss, b)
+                    if mb is None or ms is None:
+                        continue
                     cells = []
                     for k in ("target_hit", "target_logprob"):
                         num = [sb[c]["budgets"][b][mb].get(f"{k}_gains", []) for c in common]
@@ -241,7 +246,7 @@ def same_hook_rows(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str,
                         est = (np.mean([sb[c]["budgets"][b][mb][f"{k}_gain"]["estimate"] for c in common])
                                / np.mean([ss[c]["budgets"][b][ms][f"{k}_gain"]["estimate"] for c in common]))
                         cells.append(fmt_ratio(float(est), paired_ratio(num, den, getattr(a, "resamples", 1000))))
-                    out.append(f"| {hook} | {big} ({_size(runs[big])}) | {small} ({_size(runs[small])}) | {b} | "
+                    out.append(f"| {hook} | {big} ({_size_label(runs[big])}) | {small} ({_size_label(runs[small])}) | {b} | "
                                f"{len(common)} | {mb} | {ms} | {cells[0]} | {cells[1]} |")
     if not out:
         return []
@@ -251,7 +256,7 @@ def same_hook_rows(a: argparse.Namespace, runs: dict[str, dict], summ: dict[str,
             "|---|---|---|---:|---:|---|---|---|---|", *out, ""]
 
 
-def _size(run: dict) -> str:
+def _size_label(run: dict) -> str:
     t = run.get("train_tokens", 0)
     return f"{run['features']}, {t / 1e6:.1f}M tok" if t else f"{run['features']}"
 

@@ -31,7 +31,7 @@ from saes.heldout import evaluate_heldout
 from saes.kernels import SparseCodes
 from saes.losses import fvu
 from saes.registry import build_sae, register, sae_class
-from saes.storage import find_sae_dirs, load_sae, load_stats, save_sae
+from saes.storage import find_sae_dirs, load_sae, load_stats, read_sae_cfg, save_sae
 from saes.trainer import Trainer, train
 from saes.whitening import Whitening, fit_whitening, fold_whitening
 from saes.formats import export_saelens, export_sparsify, find_any, load_any  # last: formats builds on the above
@@ -70,6 +70,7 @@ __all__ = [
     "geometric_median",
     "load_sae",
     "load_stats",
+    "read_sae_cfg",
     "open_cache",
     "register",
     "sae_class",

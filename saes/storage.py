@@ -145,14 +145,20 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], where: Path) -> None:
                                  f"this SAE cannot be used (retrain it, or load an earlier checkpoint)")
 
 
+def read_sae_cfg(directory: str | Path) -> dict[str, Any]:
+    """The raw cfg.json of the one SAE at or below `directory`, without touching its weights: what a
+    table needs (width, training tokens) costs a JSON read, not a load."""
+    path = resolve_sae_dir(directory) / CFG_FILE
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise WorkbenchError(f"{path} is not valid JSON: {e}") from None
+
+
 def load_sae(directory: str | Path, *, device: torch.device | str = "cpu") -> SparseAutoencoder:
     """Load a saved SAE (or the one SAE of a run directory) onto `device`, ready for inference."""
     d = resolve_sae_dir(directory)
-    try:
-        raw = json.loads((d / CFG_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise WorkbenchError(f"{d / CFG_FILE} is not valid JSON: {e}") from None
-    cfg = load_config(SAEConfig, raw)
+    cfg = load_config(SAEConfig, read_sae_cfg(d))
     check_saved_sae(d, {"num_features": cfg.num_features, "d_in": cfg.d_in})  # before allocating anything
     try:
         tensors = load_file(str(d / WEIGHTS_FILE), device=str(device))
